@@ -1,0 +1,3 @@
+from anabranch.cli import app
+
+app(prog_name="anabranch")

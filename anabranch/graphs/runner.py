@@ -1,0 +1,209 @@
+"""The batch runner: one small graph run per task, many at once, results as they complete.
+
+C workers pull tasks from the input and push results to a queue, so the cost per task stays flat
+however large the batch (no `asyncio.wait` over every pending run) and memory holds only the runs in
+flight. Tasks in == results out: a graph run that raises, or an input line that was rejected, still
+yields a TaskResult that says what happened.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections import Counter
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from anabranch.errors import InputError
+from anabranch.graphs.state import RunContext, StageClock, now
+from anabranch.types import RunReport, StageReport, SubtaskError, Task, TaskResult, Usage
+
+_DONE = object()
+
+
+@dataclass
+class BatchRun:
+    """`async for result in run_batch(...)` yields TaskResults; `.report` is set once it ends."""
+
+    tasks: Iterable[Task | InputError]
+    graph: Any
+    concurrency: int = 16
+    progress: bool | None = None
+    """Show a progress bar on stderr; None means only when stderr is a terminal."""
+    total: int | None = None
+    """Tasks expected, for the progress bar (taken from `len(tasks)` when it has one)."""
+    report: RunReport | None = field(default=None, init=False)
+
+    def __aiter__(self) -> AsyncIterator[TaskResult]:
+        return self._run()
+
+    async def _run(self) -> AsyncIterator[TaskResult]:
+        if self.concurrency < 1:
+            raise ValueError(f"concurrency must be at least 1, got {self.concurrency}")
+        clock = StageClock()
+        context = RunContext(clock=clock)
+        source = iter(self.tasks)
+        queue: asyncio.Queue = asyncio.Queue()
+        counts = Counter()
+        started = now()
+
+        async def worker() -> None:
+            for item in source:  # a shared iterator: each next() hands out a distinct task
+                counts["received"] += 1
+                clock.record("input", started, now())
+                if isinstance(item, InputError):
+                    counts["rejected"] += 1
+                    await queue.put(_rejected(item))
+                    continue
+                counts["tasks"] += 1
+                await queue.put(await self._run_one(item, context))
+            await queue.put(_DONE)
+
+        workers = [asyncio.create_task(worker()) for _ in range(self.concurrency)]
+        bar = _ProgressBar.open(self.progress, self.total or _length(self.tasks))
+        results = Counter()
+        subtasks = received = 0
+        usage = Usage()
+        error_types: Counter[str] = Counter()
+        running = len(workers)
+        try:
+            while running:
+                item = await queue.get()
+                if item is _DONE:
+                    running -= 1
+                    continue
+                result: TaskResult = item
+                results[result.status] += 1
+                subtasks += result.subtasks
+                received += result.results
+                usage += result.usage
+                error_types.update(e.type for e in result.errors)
+                bar.advance(result)
+                delivered_at = now()
+                yield result
+                clock.record("deliver", delivered_at, now())
+        finally:
+            bar.close()
+            for w in workers:
+                w.cancel()
+            await asyncio.gather(*workers, return_exceptions=True)
+
+        delivered = sum(results.values())
+        graph_results = delivered - counts["rejected"]
+        stages = [
+            StageReport(name="Input Task Queue", description="Receive tasks to be processed "
+                        "asynchronously", input_count=counts["received"], input_unit="tasks",
+                        output_count=counts["tasks"], output_unit="tasks",
+                        seconds=clock.seconds("input")),
+            StageReport(name="Task Splitting", description="Divide tasks into smaller subtasks "
+                        "for parallel execution", input_count=counts["tasks"], input_unit="tasks",
+                        output_count=subtasks, output_unit="subtasks",
+                        seconds=clock.seconds("split")),
+            StageReport(name="Async Execution", description="Run subtasks concurrently using "
+                        "async calls", input_count=subtasks, input_unit="subtasks",
+                        output_count=received, output_unit="subtasks with results",
+                        seconds=clock.seconds("execute")),
+            StageReport(name="Result Aggregation", description="Combine subtask results back "
+                        "into full task results", input_count=received,
+                        input_unit="subtasks with results", output_count=graph_results,
+                        output_unit="task results", seconds=clock.seconds("aggregate")),
+            StageReport(name="Output Delivery", description="Send completed task results to "
+                        "user or next system", input_count=delivered, input_unit="task results",
+                        output_count=delivered, output_unit="task results delivered",
+                        seconds=clock.seconds("deliver")),
+        ]  # fmt: skip
+        self.report = RunReport(
+            stages=stages,
+            wall_seconds=now() - started,
+            tasks_ok=results["ok"],
+            tasks_partial=results["partial"],
+            tasks_failed=results["error"],
+            tasks_rejected=results["rejected"],
+            subtask_errors=dict(error_types),
+            usage=usage,
+        )
+
+    async def _run_one(self, task: Task, context: RunContext) -> TaskResult:
+        try:
+            output = await self.graph.ainvoke({"task": task}, context=context)
+            return output["result"]
+        except Exception as exc:  # noqa: BLE001 - errors are data (DESIGN rule 1)
+            return TaskResult(
+                task_id=task.id,
+                status="error",
+                errors=[SubtaskError(kind="graph", type=type(exc).__name__, message=str(exc))],
+                metadata=task.metadata,
+            )
+
+
+def run_batch(
+    tasks: Iterable[Task | InputError],
+    graph: Any,
+    *,
+    concurrency: int = 16,
+    progress: bool | None = None,
+    total: int | None = None,
+) -> BatchRun:
+    """Run `graph` once per task, `concurrency` runs at a time; iterate the result for TaskResults.
+
+    `tasks` may hold InputErrors (as `read_tasks` yields them): each becomes a rejected TaskResult.
+    """
+    return BatchRun(tasks, graph, concurrency=concurrency, progress=progress, total=total)
+
+
+def _rejected(error: InputError) -> TaskResult:
+    return TaskResult(
+        task_id=getattr(error, "task_id", "input"),
+        status="rejected",
+        errors=[SubtaskError(kind="input", type=type(error).__name__, message=str(error))],
+    )
+
+
+def _length(tasks: Iterable) -> int | None:
+    try:
+        return len(tasks)  # type: ignore[arg-type]
+    except TypeError:
+        return None
+
+
+class _ProgressBar:
+    """A rich progress bar on stderr, or nothing when it would only clutter a log."""
+
+    def __init__(self, total: int | None) -> None:
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+        self._progress = Progress(
+            "[progress.description]{task.description}",
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            "{task.fields[status]}",
+            console=Console(stderr=True),
+            transient=True,
+        )
+        self._task = self._progress.add_task("tasks", total=total, status="")
+        self._errors = 0
+        self._progress.start()
+
+    @classmethod
+    def open(cls, wanted: bool | None, total: int | None) -> _ProgressBar | _NoBar:
+        show = sys.stderr.isatty() if wanted is None else wanted
+        return cls(total) if show else _NoBar()
+
+    def advance(self, result: TaskResult) -> None:
+        self._errors += result.status != "ok"
+        status = f"[yellow]{self._errors} with errors" if self._errors else ""
+        self._progress.update(self._task, advance=1, status=status)
+
+    def close(self) -> None:
+        self._progress.stop()
+
+
+class _NoBar:
+    def advance(self, result: TaskResult) -> None:
+        pass
+
+    def close(self) -> None:
+        pass

@@ -1,0 +1,60 @@
+"""Graph state and run context shared by the graph builders and the runner."""
+
+from __future__ import annotations
+
+import operator
+import time
+from dataclasses import dataclass, field
+from typing import Annotated, TypedDict
+
+from anabranch.types import Subtask, SubtaskResult, Task, TaskResult
+
+
+class FanoutInput(TypedDict):
+    task: Task
+
+
+class FanoutOutput(TypedDict):
+    result: TaskResult
+
+
+class FanoutState(TypedDict, total=False):
+    task: Task
+    subtasks: list[Subtask]
+    results: Annotated[list[SubtaskResult], operator.add]
+    """Each agent branch appends its one result; LangGraph merges the branches with `+`."""
+    result: TaskResult
+
+
+@dataclass(slots=True)
+class StageClock:
+    """Wall-time span of each stage across a batch: first start to last end.
+
+    Stages overlap when tasks run concurrently, so per-stage spans do not add up to the run's
+    wall time; they show where the time went.
+    """
+
+    spans: dict[str, list[float]] = field(default_factory=dict)
+
+    def record(self, stage: str, start: float, end: float) -> None:
+        span = self.spans.get(stage)
+        if span is None:
+            self.spans[stage] = [start, end]
+        else:
+            span[0] = min(span[0], start)
+            span[1] = max(span[1], end)
+
+    def seconds(self, stage: str) -> float:
+        span = self.spans.get(stage)
+        return span[1] - span[0] if span else 0.0
+
+
+@dataclass(slots=True)
+class RunContext:
+    """Per-run context handed to nodes by LangGraph (`Runtime.context`); optional."""
+
+    clock: StageClock | None = None
+
+
+def now() -> float:
+    return time.perf_counter()

@@ -1,0 +1,35 @@
+"""The pipeline trace printed after a run, in the five stages of the seed trace."""
+
+from __future__ import annotations
+
+from anabranch.types import RunReport
+
+
+def render_trace(report: RunReport) -> str:
+    lines = [f"Data Flow - {len(report.stages)} Stages"]
+    for i, stage in enumerate(report.stages, start=1):
+        lines.append(
+            f"{i} {stage.name:<20} {stage.input_count} {stage.input_unit} -> "
+            f"{stage.output_count} {stage.output_unit}  ({stage.seconds:.2f} s)"
+        )
+        lines.append(f"  {stage.description}")
+    split, execute, aggregate, deliver = report.stages[1:]
+    lines.append(
+        f"{report.stages[0].input_count} tasks -> {split.output_count} subtasks -> "
+        f"{execute.output_count} results -> {aggregate.output_count} task results -> "
+        f"{deliver.output_count} delivered"
+    )
+    lines.append(
+        f"tasks: {report.tasks_ok} ok, {report.tasks_partial} partial, "
+        f"{report.tasks_failed} failed, {report.tasks_rejected} rejected; "
+        f"wall time {report.wall_seconds:.2f} s"
+    )
+    if report.usage.requests:
+        lines.append(
+            f"LLM usage: {report.usage.requests} requests, {report.usage.prompt_tokens} prompt + "
+            f"{report.usage.completion_tokens} completion = {report.usage.total_tokens} tokens"
+        )
+    if report.subtask_errors:
+        errors = ", ".join(f"{k} x{v}" for k, v in sorted(report.subtask_errors.items()))
+        lines.append(f"errors: {errors}")
+    return "\n".join(lines)

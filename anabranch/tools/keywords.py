@@ -1,0 +1,35 @@
+"""Keyword extraction with YAKE: unsupervised, offline, no model to download."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+import yake
+
+from anabranch.types import Keyword
+
+
+@dataclass(frozen=True, slots=True)
+class YakeKeywords:
+    """YAKE scores are "lower is better" and unbounded; we map them to relevance in (0, 1]."""
+
+    top_k: int = 10
+    max_ngram: int = 3
+    language: str = "en"
+
+    name = "yake"
+
+    def _extract(self, text: str) -> list[Keyword]:
+        if not text.strip():
+            return []
+        extractor = yake.KeywordExtractor(lan=self.language, n=self.max_ngram, top=self.top_k)
+        # YAKE returns numpy floats: cast before they reach JSON.
+        return [
+            Keyword(term=term, score=round(1.0 / (1.0 + float(score)), 6))
+            for term, score in extractor.extract_keywords(text)
+        ]
+
+    async def extract(self, text: str) -> list[Keyword]:
+        # YAKE is pure Python and slow on long texts: keep it off the event loop.
+        return await asyncio.to_thread(self._extract, text)

@@ -1,0 +1,158 @@
+"""The data that crosses the framework's edges: tasks in, results and reports out.
+
+These are pydantic models because they are read from user files, written to results.jsonl and
+checkpoints, and returned to users; inside the framework the same objects are passed around as is.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+SentimentLabel = Literal["positive", "negative", "neutral"]
+"""The three sentiment classes every sentiment tool must map to."""
+
+SubtaskStatus = Literal["ok", "error"]
+"""`ok`: the agent produced an output; `error`: it did not, and the result says why."""
+
+TaskStatus = Literal["ok", "partial", "error", "rejected"]
+"""`ok`: every subtask succeeded; `partial`: some failed; `error`: all failed;
+`rejected`: the input line itself was unusable, so nothing ran."""
+
+
+class Task(BaseModel):
+    """One unit of user work, one line of a tasks.jsonl file."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str
+    """Unique within a batch; results carry it back."""
+    text: str
+    """The text to analyse. May be empty (the result is then empty, not an error)."""
+    instruction: str | None = None
+    """Free-form guidance for LLM-backed agents and the LLM planner."""
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    """Carried through to the result untouched."""
+
+
+class Subtask(BaseModel):
+    """What the planner hands one agent: one kind of analysis on one chunk of one task."""
+
+    task_id: str
+    kind: str
+    """The name of the agent that runs it (`tokenize`, `keywords`, `sentiment`, or a user's own)."""
+    chunk: int = 0
+    """Index of the chunk in the task's text; the reducer merges chunks in this order."""
+    chunks: int = 1
+    """How many chunks the task was cut into."""
+    chunk_tokens: int = 0
+    """The chunk's size in tokens; the reducer weights per-chunk answers by it."""
+    text: str
+    instruction: str | None = None
+
+
+class Usage(BaseModel):
+    """What LLM calls cost; summed from subtasks into tasks and from tasks into the run."""
+
+    requests: int = 0
+    """Calls that reached the endpoint, retries included."""
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    def __add__(self, other: Usage) -> Usage:
+        return Usage(
+            requests=self.requests + other.requests,
+            prompt_tokens=self.prompt_tokens + other.prompt_tokens,
+            completion_tokens=self.completion_tokens + other.completion_tokens,
+        )
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+class SubtaskError(BaseModel):
+    """Why one subtask produced no output. Errors are data: they travel with the result."""
+
+    kind: str
+    chunk: int = 0
+    type: str
+    """The exception's class name, e.g. `LLMTimeoutError`, `InputError`."""
+    message: str
+    attempts: int = 1
+
+
+class SubtaskResult(BaseModel):
+    """One agent's answer for one subtask: an output or an error, never an exception."""
+
+    task_id: str
+    kind: str
+    chunk: int = 0
+    chunk_tokens: int = 0
+    """Size of the chunk, used to weight per-chunk answers when merging."""
+    status: SubtaskStatus
+    output: dict[str, Any] | None = None
+    """The agent's output model, dumped to JSON-ready data."""
+    error: SubtaskError | None = None
+    attempts: int = 1
+    latency_s: float = 0.0
+    usage: Usage = Field(default_factory=Usage)
+
+
+class Keyword(BaseModel):
+    term: str
+    score: float
+    """Relevance in [0, 1]; higher is more relevant, whatever the tool's own scale."""
+
+
+class TaskResult(BaseModel):
+    """Everything the reducer knows about one task: always delivered, partial if need be."""
+
+    task_id: str
+    status: TaskStatus
+    tokens: list[str] = Field(default_factory=list)
+    token_count: int = 0
+    tokenizer: str | None = None
+    """Which tokenizer produced `tokens` (e.g. `tiktoken:cl100k_base`, `llama.cpp:/tokenize`)."""
+    keywords: list[Keyword] = Field(default_factory=list)
+    sentiment: SentimentLabel | None = None
+    sentiment_score: float | None = None
+    """In [-1, 1], weighted by chunk length."""
+    outputs: dict[str, list[dict[str, Any]]] = Field(default_factory=dict)
+    """Outputs of user-defined agents, by agent name, one entry per chunk in order."""
+    chunks: int = 1
+    subtasks: int = 0
+    """How many subtasks the planner made."""
+    results: int = 0
+    """How many subtask results reached the reducer (equal to `subtasks` unless one was lost)."""
+    errors: list[SubtaskError] = Field(default_factory=list)
+    usage: Usage = Field(default_factory=Usage)
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+
+class StageReport(BaseModel):
+    """One stage of the pipeline trace: what came in, what went out, how long it took."""
+
+    name: str
+    description: str
+    input_count: int
+    input_unit: str
+    output_count: int
+    output_unit: str
+    seconds: float
+    """Wall time from the stage's first start to its last end (stages overlap)."""
+
+
+class RunReport(BaseModel):
+    """The pipeline trace of one batch, in the five stages of the seed trace."""
+
+    stages: list[StageReport]
+    wall_seconds: float
+    tasks_ok: int
+    tasks_partial: int
+    tasks_failed: int
+    tasks_rejected: int
+    subtask_errors: dict[str, int] = Field(default_factory=dict)
+    """Error type -> count, so a run that hit 429s says so at a glance."""
+    usage: Usage = Field(default_factory=Usage)

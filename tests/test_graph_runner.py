@@ -1,0 +1,126 @@
+import asyncio
+import random
+from dataclasses import dataclass
+from typing import TypedDict
+
+from langgraph.graph import END, START, StateGraph
+
+from anabranch import Answer, Task, TaskResult, build_fanout_graph, run_batch
+from anabranch.agents.analysts import local_agents
+from anabranch.agents.outputs import SentimentOutput
+from anabranch.agents.planner import RulePlanner
+from anabranch.inputs import RejectedLine
+from anabranch.types import Subtask
+
+
+@dataclass
+class SlowSentiment:
+    """A user-defined agent with random latency, so runs complete out of input order."""
+
+    name: str = "sentiment"
+
+    async def run(self, subtask: Subtask) -> Answer:
+        await asyncio.sleep(random.uniform(0, 0.02))
+        return Answer(SentimentOutput(label="neutral", score=0.0))
+
+
+@dataclass
+class Broken:
+    name: str = "keywords"
+
+    async def run(self, subtask: Subtask) -> Answer:
+        raise RuntimeError(f"cannot handle {subtask.task_id}")
+
+
+async def test_graph_runs_one_task_end_to_end():
+    out = await build_fanout_graph().ainvoke({"task": Task(id="t", text="I love this phone.")})
+    result = out["result"]
+    assert result.status == "ok" and result.subtasks == result.results == 3
+    assert result.tokens[:2] == ["I", " love"] and result.sentiment == "positive"
+    assert any(k.term.lower() == "phone" for k in result.keywords)
+
+
+async def test_failing_agent_is_data_and_siblings_still_deliver():
+    tokenizer, _, sentiment = local_agents()
+    graph = build_fanout_graph(agents=[tokenizer, Broken(), sentiment])
+    result = (await graph.ainvoke({"task": Task(id="t", text="Great.")}))["result"]
+    assert result.status == "partial"
+    (error,) = result.errors
+    assert (error.kind, error.type, error.message) == (
+        "keywords",
+        "RuntimeError",
+        "cannot handle t",
+    )
+    assert result.tokens and result.sentiment == "positive"
+
+
+async def test_unknown_agent_and_failing_planner_become_errors():
+    @dataclass
+    class Planner:
+        kinds: tuple
+
+        async def plan(self, task):
+            if task.text == "boom":
+                raise ValueError("planner exploded")
+            return [Subtask(task_id=task.id, kind=k, text=task.text) for k in self.kinds]
+
+    graph = build_fanout_graph(Planner(("tokenize", "translate")), local_agents())
+    result = (await graph.ainvoke({"task": Task(id="t", text="hi")}))["result"]
+    assert result.status == "partial" and result.errors[0].type == "LookupError"
+    assert "translate" in result.errors[0].message and result.tokens == ["hi"]
+    boom = (await graph.ainvoke({"task": Task(id="b", text="boom")}))["result"]
+    assert boom.status == "error" and boom.errors[0].message == "planner exploded"
+
+
+async def test_graph_drops_into_a_users_graph_as_a_subgraph():
+    class Outer(TypedDict, total=False):
+        task: Task
+        result: TaskResult
+        verdict: str
+
+    def judge(state: Outer) -> dict:
+        return {"verdict": f"{state['result'].task_id}:{state['result'].sentiment}"}
+
+    builder = StateGraph(Outer)
+    builder.add_node("analyze", build_fanout_graph())
+    builder.add_node("judge", judge)
+    builder.add_edge(START, "analyze")
+    builder.add_edge("analyze", "judge")
+    builder.add_edge("judge", END)
+    out = await builder.compile().ainvoke({"task": Task(id="x", text="Awful service.")})
+    assert out["verdict"] == "x:negative"
+
+
+async def test_runner_delivers_every_task_whatever_the_order():
+    tokenizer, keywords, _ = local_agents()
+    graph = build_fanout_graph(agents=[tokenizer, keywords, SlowSentiment()])
+    tasks = [Task(id=f"t{i}", text=f"Task number {i} is here.") for i in range(100)]
+    batch = run_batch(tasks, graph, concurrency=8)
+    order = [r.task_id async for r in batch]
+    assert sorted(order) == sorted(t.id for t in tasks)
+    assert order != [t.id for t in tasks]  # random latencies reorder completions
+    counts = [(s.input_count, s.output_count) for s in batch.report.stages]
+    assert counts == [(100, 100), (100, 300), (300, 300), (300, 100), (100, 100)]
+    assert batch.report.tasks_ok == 100
+
+
+async def test_runner_turns_rejected_lines_and_crashing_graphs_into_results():
+    class Crashing:
+        async def ainvoke(self, state, context=None):
+            raise RuntimeError("graph fell over")
+
+    items = [Task(id="a", text="x"), RejectedLine("f:2: not valid JSON", task_id="line-2")]
+    batch = run_batch(items, Crashing(), concurrency=2)
+    results = {r.task_id: r async for r in batch}
+    assert results["a"].status == "error" and results["a"].errors[0].message == "graph fell over"
+    assert results["line-2"].status == "rejected"
+    assert (batch.report.tasks_failed, batch.report.tasks_rejected) == (1, 1)
+
+
+async def test_chunked_task_delivers_three_results_per_chunk():
+    text = " ".join(f"Sentence {i} is fine and good." for i in range(60))
+    graph = build_fanout_graph(RulePlanner(chunk_tokens=40))
+    batch = run_batch([Task(id="long", text=text)], graph)
+    (result,) = [r async for r in batch]
+    assert result.chunks > 3 and result.subtasks == result.results == 3 * result.chunks
+    assert "".join(result.tokens) == text

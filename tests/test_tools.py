@@ -1,0 +1,59 @@
+import asyncio
+import time
+
+from anabranch.tools.keywords import YakeKeywords
+from anabranch.tools.sentiment import VaderSentiment, label_for
+from anabranch.tools.tokenizer import TiktokenTokenizer, count_tokens, readable_pieces
+
+
+async def test_tiktoken_pieces_rebuild_the_text():
+    text = "Async agents split work; café, naïve, 日本語 all survive."
+    tokens, count = await TiktokenTokenizer().tokenize(text)
+    assert "".join(tokens) == text
+    assert count == count_tokens(text) >= len(tokens)
+    assert "\ufffd" not in "".join(tokens)
+
+
+def test_readable_pieces_joins_split_characters():
+    data = "語".encode()
+    assert readable_pieces([data[:1], data[1:], b" ok"]) == ["語", " ok"]
+
+
+async def test_long_text_does_not_block_the_event_loop():
+    text = "The quick brown fox jumps over the lazy dog. " * 40_000
+    ticks = 0
+
+    async def ticker():
+        nonlocal ticks
+        while True:
+            await asyncio.sleep(0.005)
+            ticks += 1
+
+    tick_task = asyncio.create_task(ticker())
+    start = time.perf_counter()
+    _, count = await TiktokenTokenizer().tokenize(text)
+    elapsed = time.perf_counter() - start
+    tick_task.cancel()
+    assert count > 100_000
+    # While the tokenizer ran on its thread, the loop kept ticking; a blocked loop ticks ~once.
+    assert elapsed < 0.05 or ticks >= 3
+
+
+async def test_yake_ranks_relevant_phrases_as_plain_floats():
+    text = (
+        "The battery life of this phone is amazing. Battery charging is fast, "
+        "and the battery lasts two days."
+    )
+    keywords = await YakeKeywords(top_k=5).extract(text)
+    assert 0 < len(keywords) <= 5
+    assert any("battery" in k.term.lower() for k in keywords)
+    assert all(type(k.score) is float and 0 < k.score <= 1 for k in keywords)
+    assert [k.score for k in keywords] == sorted((k.score for k in keywords), reverse=True)
+    assert await YakeKeywords().extract("   ") == []
+
+
+async def test_vader_labels():
+    vader = VaderSentiment()
+    assert label_for(await vader.score("I love it, this is wonderful!")) == "positive"
+    assert label_for(await vader.score("This is awful, broken and useless.")) == "negative"
+    assert label_for(await vader.score("")) == "neutral"
