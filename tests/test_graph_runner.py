@@ -7,10 +7,9 @@ from langgraph.graph import END, START, StateGraph
 
 from anabranch import Answer, Task, TaskResult, build_fanout_graph, run_batch
 from anabranch.agents.analysts import local_agents
-from anabranch.agents.outputs import SentimentOutput
 from anabranch.agents.planner import RulePlanner
 from anabranch.inputs import RejectedLine
-from anabranch.types import Subtask
+from anabranch.types import SentimentOutput, Subtask
 
 
 @dataclass

@@ -1,10 +1,17 @@
 import pytest
 
-from anabranch.agents.outputs import KeywordsOutput, SentimentOutput
 from anabranch.agents.planner import RulePlanner, split_into_chunks
 from anabranch.agents.reducer import Reducer, merge_keywords, weighted_sentiment
 from anabranch.tools.tokenizer import count_tokens
-from anabranch.types import Keyword, Subtask, SubtaskError, SubtaskResult, Task
+from anabranch.types import (
+    Keyword,
+    KeywordsOutput,
+    SentimentOutput,
+    Subtask,
+    SubtaskError,
+    SubtaskResult,
+    Task,
+)
 
 LONG = " ".join(f"Sentence {i} talks about topic {i % 7} at length." for i in range(120))
 

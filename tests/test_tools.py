@@ -8,10 +8,10 @@ from anabranch.tools.tokenizer import TiktokenTokenizer, count_tokens, readable_
 
 async def test_tiktoken_pieces_rebuild_the_text():
     text = "Async agents split work; café, naïve, 日本語 all survive."
-    tokens, count = await TiktokenTokenizer().tokenize(text)
-    assert "".join(tokens) == text
-    assert count == count_tokens(text) >= len(tokens)
-    assert "\ufffd" not in "".join(tokens)
+    out = await TiktokenTokenizer().tokenize(text)
+    assert "".join(out.tokens) == text and out.tokenizer == "tiktoken:cl100k_base"
+    assert out.count == count_tokens(text) > len(out.tokens)  # 語 spans two tokens
+    assert "\ufffd" not in "".join(out.tokens)
 
 
 def test_readable_pieces_joins_split_characters():
@@ -31,10 +31,10 @@ async def test_long_text_does_not_block_the_event_loop():
 
     tick_task = asyncio.create_task(ticker())
     start = time.perf_counter()
-    _, count = await TiktokenTokenizer().tokenize(text)
+    out = await TiktokenTokenizer().tokenize(text)
     elapsed = time.perf_counter() - start
     tick_task.cancel()
-    assert count > 100_000
+    assert out.count > 100_000
     # While the tokenizer ran on its thread, the loop kept ticking; a blocked loop ticks ~once.
     assert elapsed < 0.05 or ticks >= 3
 

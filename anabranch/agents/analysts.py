@@ -1,26 +1,37 @@
-"""The three built-in analysts: tokenize, keywords, sentiment.
+"""The three built-in analysts: tokenize, keywords, sentiment, on local tools or on an LLM.
 
 Each agent depends only on a small protocol, so the local tools (tiktoken, YAKE, VADER) and the
-LLM-backed ones are interchangeable per agent.
+LLM-backed ones are interchangeable, per agent.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Annotated, Literal, Protocol
 
-from anabranch.agents.base import Answer
-from anabranch.agents.outputs import KeywordsOutput, SentimentOutput, TokensOutput
+from pydantic import BaseModel, Field, StringConstraints, create_model
+
+from anabranch.agents.base import Agent, Answer
 from anabranch.tools.keywords import YakeKeywords
+from anabranch.tools.llm import Endpoint
 from anabranch.tools.sentiment import VaderSentiment, label_for
 from anabranch.tools.tokenizer import TiktokenTokenizer
-from anabranch.types import Keyword, Subtask
+from anabranch.types import (
+    Keyword,
+    KeywordsOutput,
+    SentimentLabel,
+    SentimentOutput,
+    Subtask,
+    TokensOutput,
+)
+
+Backend = Literal["local", "llm"]
+"""`local`: tiktoken, YAKE, VADER in-process. `llm`: an OpenAI-compatible endpoint."""
 
 
 class Tokenizer(Protocol):
-    name: str
-
-    async def tokenize(self, text: str) -> tuple[list[str], int]: ...
+    async def tokenize(self, text: str) -> TokensOutput: ...
 
 
 class KeywordTool(Protocol):
@@ -37,8 +48,7 @@ class TokenizerAgent:
     name: str = "tokenize"
 
     async def run(self, subtask: Subtask) -> Answer:
-        tokens, count = await self.tokenizer.tokenize(subtask.text)
-        return Answer(TokensOutput(tokens=tokens, count=count, tokenizer=self.tokenizer.name))
+        return Answer(await self.tokenizer.tokenize(subtask.text))
 
 
 @dataclass
@@ -60,6 +70,138 @@ class SentimentAgent:
         return Answer(SentimentOutput(label=label_for(score), score=score))
 
 
-def local_agents() -> list[TokenizerAgent | KeywordAgent | SentimentAgent]:
+# -- LLM-backed ---------------------------------------------------------------------------------
+
+
+@dataclass
+class ServerTokenizer:
+    """The model's own tokenizer through the server's /tokenize (llama.cpp, vLLM); tiktoken when
+    the server has none. The output says which one was used."""
+
+    endpoint: Endpoint
+    fallback: TiktokenTokenizer = field(default_factory=TiktokenTokenizer)
+
+    async def tokenize(self, text: str) -> TokensOutput:
+        if not text:
+            return TokensOutput(tokens=[], count=0, tokenizer="server:/tokenize")
+        tokenized = await self.endpoint.tokenize(text)
+        if tokenized is None:
+            return await self.fallback.tokenize(text)
+        pieces, count = tokenized
+        return TokensOutput(tokens=pieces, count=count, tokenizer="server:/tokenize")
+
+
+class _SentimentJudgement(BaseModel):
+    label: SentimentLabel = Field(description="The overall sentiment of the text.")
+    confidence: Literal["low", "medium", "high"]
+    """Words, not a number: a server's grammar enforces an enum, not a numeric range."""
+
+
+_CONFIDENCE = {"low": 0.34, "medium": 0.67, "high": 1.0}
+
+
+def _messages(system: str, subtask: Subtask) -> list[dict[str, str]]:
+    guidance = f"\nGuidance from the user: {subtask.instruction}" if subtask.instruction else ""
+    return [
+        {"role": "system", "content": system + guidance},
+        {"role": "user", "content": subtask.text},
+    ]
+
+
+@dataclass
+class LLMKeywordAgent:
+    """Asks the model for a ranked list of keywords; ranks become scores in (0, 1]."""
+
+    endpoint: Endpoint
+    top_k: int = 8
+    max_tokens: int = 160
+    name: str = "keywords"
+
+    def __post_init__(self) -> None:
+        # Bounds in the schema become bounds in the server's grammar: a small model cannot ramble
+        # past max_tokens and leave truncated JSON.
+        term = Annotated[str, StringConstraints(min_length=1, max_length=40)]
+        self._schema = create_model(
+            "KeywordList",
+            keywords=(
+                list[term],
+                Field(
+                    max_length=self.top_k,
+                    description="The most important words or short phrases of the text, "
+                    "most important first.",
+                ),
+            ),
+        )
+
+    async def run(self, subtask: Subtask) -> Answer:
+        if not subtask.text.strip():
+            return Answer(KeywordsOutput(keywords=[]))
+        parsed = await self.endpoint.parse(
+            _messages(
+                f"Extract at most {self.top_k} keywords or key phrases from the user's text. "
+                "Use words that appear in the text.",
+                subtask,
+            ),
+            self._schema,
+            max_tokens=self.max_tokens,
+        )
+        terms = list(dict.fromkeys(t.strip() for t in parsed.value.keywords if t.strip()))
+        terms = terms[: self.top_k]
+        keywords = [
+            Keyword(term=t, score=round(1 - i / len(terms), 6)) for i, t in enumerate(terms)
+        ]
+        return Answer(KeywordsOutput(keywords=keywords), parsed.usage, parsed.attempts)
+
+
+@dataclass
+class LLMSentimentAgent:
+    """Asks the model for a label and its confidence; the score is the signed confidence, so
+    label and score always agree."""
+
+    endpoint: Endpoint
+    max_tokens: int = 48
+    name: str = "sentiment"
+
+    async def run(self, subtask: Subtask) -> Answer:
+        if not subtask.text.strip():
+            return Answer(SentimentOutput(label="neutral", score=0.0))
+        parsed = await self.endpoint.parse(
+            _messages(
+                "Classify the sentiment of the user's text as positive, negative or neutral.",
+                subtask,
+            ),
+            _SentimentJudgement,
+            max_tokens=self.max_tokens,
+        )
+        judgement = parsed.value
+        sign = {"positive": 1.0, "negative": -1.0, "neutral": 0.0}[judgement.label]
+        score = sign * _CONFIDENCE[judgement.confidence]
+        output = SentimentOutput(label=judgement.label, score=score)
+        return Answer(output, parsed.usage, parsed.attempts)
+
+
+AGENT_NAMES = ("tokenize", "keywords", "sentiment")
+
+
+def make_agents(
+    backend: Backend | Mapping[str, Backend] = "local", endpoint: Endpoint | None = None
+) -> list[Agent]:
+    """The three analysts, each on the backend asked for (one for all, or per agent name)."""
+    choice = dict.fromkeys(AGENT_NAMES, backend) if isinstance(backend, str) else dict(backend)
+    if unknown := set(choice) - set(AGENT_NAMES):
+        raise ValueError(f"unknown agents {sorted(unknown)}; known: {', '.join(AGENT_NAMES)}")
+    if bad := {b for b in choice.values() if b not in ("local", "llm")}:
+        raise ValueError(f"unknown backends {sorted(bad)}; use local or llm")
+    if "llm" in choice.values() and endpoint is None:
+        raise ValueError("the llm backend needs an endpoint")
+    on_llm = {name: choice.get(name, "local") == "llm" for name in AGENT_NAMES}
+    return [
+        TokenizerAgent(ServerTokenizer(endpoint)) if on_llm["tokenize"] else TokenizerAgent(),
+        LLMKeywordAgent(endpoint) if on_llm["keywords"] else KeywordAgent(),
+        LLMSentimentAgent(endpoint) if on_llm["sentiment"] else SentimentAgent(),
+    ]
+
+
+def local_agents() -> list[Agent]:
     """The three analysts on local tools: no network, no model server."""
-    return [TokenizerAgent(), KeywordAgent(), SentimentAgent()]
+    return make_agents("local")

@@ -1,4 +1,4 @@
-"""The rule planner: every task gets one subtask per agent, per chunk.
+"""Planners: every task becomes subtasks, one per agent per chunk.
 
 Chunks exist because a model has a context window: a text longer than `chunk_tokens` is cut at
 sentence boundaries (or, for a single overlong sentence, at token boundaries) so that each chunk
@@ -8,12 +8,20 @@ fits. Tokens are counted with tiktoken, which is close enough for budgeting any 
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
 
+from pydantic import Field, create_model
+
+from anabranch.errors import AnabranchError
+from anabranch.tools.llm import Endpoint
 from anabranch.tools.tokenizer import DEFAULT_ENCODING, get_encoding
 from anabranch.types import Subtask, Task
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_KINDS = ("tokenize", "keywords", "sentiment")
 
@@ -124,3 +132,51 @@ def subtasks_for(task: Task, kinds: Sequence[str], chunks: Sequence[Chunk]) -> l
         for i, chunk in enumerate(chunks)
         for kind in kinds
     ]
+
+
+@dataclass
+class LLMPlanner:
+    """The LLM picks which registered agents a task needs; chunking stays rule-based.
+
+    The schema admits only registered agent names, so the model cannot invent one; any failure
+    (unreachable, invalid, empty) falls back to the rule plan, so planning never loses a task.
+    """
+
+    endpoint: Endpoint
+    descriptions: Mapping[str, str]
+    """Agent name -> what it does, as the model will read it."""
+    rule: RulePlanner = field(default_factory=RulePlanner)
+    fallbacks: int = field(default=0, init=False)
+    """How many plans fell back to the rule planner, for the curious."""
+
+    def __post_init__(self) -> None:
+        names = tuple(self.descriptions)
+        self._schema = create_model(
+            "Plan",
+            agents=(list[Literal[names]], Field(description="The analyses this task needs.")),
+        )
+
+    async def plan(self, task: Task) -> list[Subtask]:
+        rule_plan = await self.rule.plan(task)
+        menu = "\n".join(f"- {name}: {what}" for name, what in self.descriptions.items())
+        request = task.instruction or "Analyse this text."
+        messages = [
+            {
+                "role": "system",
+                "content": "You route work to analysis agents. Pick the agents this request "
+                f"needs, from:\n{menu}",
+            },
+            {"role": "user", "content": f"Request: {request}\nText: {task.text[:2000]}"},
+        ]
+        try:
+            parsed = await self.endpoint.parse(messages, self._schema)
+        except AnabranchError as exc:
+            self.fallbacks += 1
+            logger.warning("LLM planner fell back to the rule plan for %s: %s", task.id, exc)
+            return rule_plan
+        chosen = list(dict.fromkeys(parsed.value.agents))
+        if not chosen:
+            self.fallbacks += 1
+            return rule_plan
+        chunks = sorted({(s.chunk, s.text, s.chunk_tokens) for s in rule_plan})
+        return subtasks_for(task, chosen, [Chunk(text, tokens) for _, text, tokens in chunks])

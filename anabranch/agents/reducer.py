@@ -13,16 +13,18 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from anabranch.agents.outputs import KeywordsOutput, SentimentOutput, TokensOutput
 from anabranch.tools.sentiment import label_for
 from anabranch.types import (
     Keyword,
+    KeywordsOutput,
+    SentimentOutput,
     Subtask,
     SubtaskError,
     SubtaskResult,
     Task,
     TaskResult,
     TaskStatus,
+    TokensOutput,
     Usage,
 )
 

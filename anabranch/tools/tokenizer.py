@@ -20,6 +20,8 @@ from pathlib import Path
 
 import tiktoken
 
+from anabranch.types import TokensOutput
+
 _BPE_URL = "https://openaipublic.blob.core.windows.net/encodings/{name}.tiktoken"
 BUNDLED_ENCODINGS = ("cl100k_base", "o200k_base")
 DEFAULT_ENCODING = "cl100k_base"
@@ -81,12 +83,12 @@ class TiktokenTokenizer:
     def name(self) -> str:
         return f"tiktoken:{self.encoding}"
 
-    def _tokenize(self, text: str) -> tuple[list[str], int]:
+    def _tokenize(self, text: str) -> TokensOutput:
         ids = self._enc.encode_ordinary(text)
-        return readable_pieces(self._enc.decode_tokens_bytes(ids)), len(ids)
+        pieces = readable_pieces(self._enc.decode_tokens_bytes(ids))
+        return TokensOutput(tokens=pieces, count=len(ids), tokenizer=self.name)
 
-    async def tokenize(self, text: str) -> tuple[list[str], int]:
-        """The text's tokens as readable strings, and the model's token count."""
+    async def tokenize(self, text: str) -> TokensOutput:
         if len(text) < _INLINE_CHARS:
             return self._tokenize(text)
         return await asyncio.to_thread(self._tokenize, text)

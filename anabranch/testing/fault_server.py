@@ -1,0 +1,371 @@
+"""A fault-injecting OpenAI-compatible server, for tests and for users testing their own graphs.
+
+A real LLM will not rate-limit, hang or answer garbage on demand; this server does, on a schedule
+(`script`: what the first requests get) or at random (`rates`). Otherwise it answers like a model:
+with JSON valid for the requested `response_format` schema, or an echo of the last user message.
+It counts requests, the most in flight at once, and when each arrived, at GET /stats.
+
+It runs in a process of its own (`FaultServer`), so that its CPU never competes with the client
+being measured. HTTP/1.1 with keep-alive via h11, which lets it reset a connection for real.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import random
+import subprocess
+import sys
+import time
+import urllib.request
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import h11
+from pydantic import BaseModel, Field
+
+Fault = Literal["ok", "429", "500", "503", "400", "401", "reset", "hang", "malformed", "invalid"]
+"""What one request gets: a normal answer, an HTTP error, a dropped connection, a hang past any
+timeout, a body that is not JSON, or a well-formed answer whose content fails the schema."""
+
+
+class FaultConfig(BaseModel):
+    """What the server does; change it at run time with PUT /config."""
+
+    latency_ms: float = 0.0
+    """Added before every answer, faults included."""
+    rates: dict[Fault, float] = Field(default_factory=dict)
+    """Probability of each fault per request, e.g. {"429": 0.1, "reset": 0.05}."""
+    script: list[Fault] = Field(default_factory=list)
+    """Faults for the first requests, in order, before `rates` applies."""
+    retry_after: float | None = 1.0
+    """Retry-After seconds sent with 429 and 503; None sends none."""
+    hang_seconds: float = 3600.0
+    refuse_json_schema: bool = False
+    """Answer 400 to `response_format: json_schema`, as servers without it do."""
+    seed: int = 0
+
+
+@dataclass
+class _Stats:
+    started: float = field(default_factory=time.monotonic)
+    requests: int = 0
+    in_flight: int = 0
+    max_in_flight: int = 0
+    faults: Counter = field(default_factory=Counter)
+    arrivals: list[float] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "requests": self.requests,
+            "in_flight": self.in_flight,
+            "max_in_flight": self.max_in_flight,
+            "faults": dict(self.faults),
+            "arrivals": self.arrivals,
+        }
+
+
+class FaultApp:
+    def __init__(self, config: FaultConfig) -> None:
+        self.configure(config)
+
+    def configure(self, config: FaultConfig) -> None:
+        self.config = config
+        self.stats = _Stats()
+        self._random = random.Random(config.seed)
+
+    def _pick(self) -> Fault:
+        index = self.stats.requests - 1
+        if index < len(self.config.script):
+            return self.config.script[index]
+        roll = self._random.random()
+        for fault, rate in self.config.rates.items():
+            if roll < rate:
+                return fault
+            roll -= rate
+        return "ok"
+
+    async def handle(self, method: str, path: str, body: bytes) -> tuple[int, dict, bytes] | str:
+        """Answer (status, headers, body), or "reset"/"hang" for the connection to act out."""
+        path = path.split("?", 1)[0]
+        if method == "GET" and path == "/health":
+            return _json(200, {"status": "ok"})
+        if method == "GET" and path == "/stats":
+            return _json(200, self.stats.as_dict())
+        if method == "PUT" and path == "/config":
+            self.configure(FaultConfig.model_validate_json(body))
+            return _json(200, self.config.model_dump())
+        if method == "GET" and path == "/v1/models":
+            return _json(200, {"object": "list", "data": [{"id": "fault", "object": "model"}]})
+        if method == "POST" and path == "/v1/chat/completions":
+            return await self._chat(body)
+        return _json(404, {"error": {"message": f"no route {method} {path}", "type": "not_found"}})
+
+    async def _chat(self, body: bytes) -> tuple[int, dict, bytes] | str:
+        stats = self.stats
+        stats.requests += 1
+        stats.arrivals.append(round(time.monotonic() - stats.started, 6))
+        stats.in_flight += 1
+        stats.max_in_flight = max(stats.max_in_flight, stats.in_flight)
+        try:
+            fault = self._pick()
+            stats.faults[fault] += 1
+            if self.config.latency_ms:
+                await asyncio.sleep(self.config.latency_ms / 1000)
+            if fault == "hang":
+                await asyncio.sleep(self.config.hang_seconds)
+                return "reset"
+            if fault == "reset":
+                return "reset"
+            if fault == "malformed":
+                return 200, {"content-type": "application/json"}, b'{"id": "x", "choices": [{'
+            if fault in ("400", "401", "429", "500", "503"):
+                return _error(int(fault), self.config.retry_after)
+            request = json.loads(body or b"{}")
+            wants = (request.get("response_format") or {}).get("type")
+            if self.config.refuse_json_schema and wants == "json_schema":
+                return _json(
+                    400,
+                    {
+                        "error": {
+                            "message": "response_format json_schema is not supported",
+                            "type": "invalid_request_error",
+                        }
+                    },
+                )
+            content = "I am not JSON at all." if fault == "invalid" else _answer(request)
+            return _json(200, _completion(request, content))
+        finally:
+            stats.in_flight -= 1
+
+
+def _answer(request: dict[str, Any]) -> str:
+    fmt = request.get("response_format") or {}
+    if fmt.get("type") == "json_schema":
+        schema = fmt.get("json_schema", {}).get("schema", {})
+        return json.dumps(schema_instance(schema, schema.get("$defs", {})))
+    if fmt.get("type") == "json_object":
+        schema = _schema_in_prompt(request.get("messages", []))
+        return json.dumps(schema_instance(schema, schema.get("$defs", {})) if schema else {})
+    users = [m for m in request.get("messages", []) if m.get("role") == "user"]
+    return f"echo: {users[-1].get('content', '')}" if users else "echo:"
+
+
+def _schema_in_prompt(messages: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """A JSON schema that a prompt carries at the end of a message, as prompted-JSON clients do."""
+    for message in messages:
+        content = str(message.get("content") or "")
+        start = content.find("{")
+        if start < 0:
+            continue
+        try:
+            found = json.loads(content[start:])
+        except ValueError:
+            continue
+        if isinstance(found, dict) and "properties" in found:
+            return found
+    return None
+
+
+def schema_instance(schema: dict[str, Any], defs: dict[str, Any]) -> Any:
+    """A small value valid for a JSON schema (the subset pydantic emits)."""
+    if "$ref" in schema:
+        return schema_instance(defs[schema["$ref"].rsplit("/", 1)[-1]], defs)
+    if "const" in schema:
+        return schema["const"]
+    if "enum" in schema:
+        return schema["enum"][0]
+    for key in ("anyOf", "oneOf", "allOf"):
+        if key in schema:
+            return schema_instance(schema[key][0], defs)
+    kind = schema.get("type", "object")
+    if isinstance(kind, list):
+        kind = next((k for k in kind if k != "null"), "null")
+    if kind == "object":
+        props = schema.get("properties", {})
+        return {name: schema_instance(sub, defs) for name, sub in props.items()}
+    if kind == "array":
+        return [schema_instance(schema.get("items", {}), defs)] * max(1, schema.get("minItems", 1))
+    if kind == "string":
+        return "ok" + "k" * max(0, schema.get("minLength", 0) - 2)
+    if kind in ("number", "integer"):
+        low = schema.get("minimum", schema.get("exclusiveMinimum", 0))
+        high = schema.get("maximum", schema.get("exclusiveMaximum", 1))
+        value = (low + high) / 2
+        return int(value) if kind == "integer" else value
+    if kind == "boolean":
+        return True
+    return None
+
+
+def _completion(request: dict[str, Any], content: str) -> dict[str, Any]:
+    prompt = sum(len(str(m.get("content", "")).split()) for m in request.get("messages", []))
+    completion = len(content.split())
+    return {
+        "id": "chatcmpl-fault",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": request.get("model", "fault"),
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": content},
+                "finish_reason": "stop",
+            }
+        ],
+        "usage": {
+            "prompt_tokens": prompt,
+            "completion_tokens": completion,
+            "total_tokens": prompt + completion,
+        },
+    }
+
+
+def _json(status: int, payload: Any, headers: dict | None = None) -> tuple[int, dict, bytes]:
+    return (
+        status,
+        {"content-type": "application/json", **(headers or {})},
+        json.dumps(payload).encode(),
+    )
+
+
+def _error(status: int, retry_after: float | None) -> tuple[int, dict, bytes]:
+    headers = {}
+    if status in (429, 503) and retry_after is not None:
+        headers["retry-after"] = f"{retry_after:g}"
+    message = {400: "bad request", 401: "invalid api key", 429: "rate limit exceeded"}.get(
+        status, "server error"
+    )
+    return _json(status, {"error": {"message": message, "type": str(status)}}, headers)
+
+
+async def _serve_connection(
+    app: FaultApp, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+) -> None:
+    conn = h11.Connection(h11.SERVER)
+    try:
+        while True:
+            request, body = None, bytearray()
+            while True:
+                event = conn.next_event()
+                if event is h11.NEED_DATA:
+                    conn.receive_data(await reader.read(65536))
+                elif isinstance(event, h11.Request):
+                    request = event
+                elif isinstance(event, h11.Data):
+                    body += event.data
+                elif isinstance(event, h11.EndOfMessage):
+                    break
+                elif isinstance(event, h11.ConnectionClosed):
+                    return
+            answer = await app.handle(request.method.decode(), request.target.decode(), bytes(body))
+            if isinstance(answer, str):  # "reset": drop the connection without a word
+                writer.transport.abort()
+                return
+            status, headers, payload = answer
+            headers = [*headers.items(), ("content-length", str(len(payload)))]
+            writer.write(conn.send(h11.Response(status_code=status, headers=headers)))
+            writer.write(conn.send(h11.Data(data=payload)))
+            writer.write(conn.send(h11.EndOfMessage()))
+            await writer.drain()
+            if conn.our_state is h11.MUST_CLOSE:
+                return
+            conn.start_next_cycle()
+    except (ConnectionError, h11.RemoteProtocolError, asyncio.IncompleteReadError):
+        return
+    finally:
+        writer.close()
+
+
+async def serve(config: FaultConfig, host: str = "127.0.0.1", port: int = 0) -> None:
+    app = FaultApp(config)
+    server = await asyncio.start_server(
+        lambda r, w: _serve_connection(app, r, w), host, port, backlog=1024
+    )
+    bound = server.sockets[0].getsockname()[1]
+    print(f"fault server listening on http://{host}:{bound}", flush=True)
+    async with server:
+        await server.serve_forever()
+
+
+class FaultServer:
+    """Start the fault server in a child process; use as a context manager.
+
+    >>> with FaultServer(FaultConfig(rates={"429": 0.3})) as server:
+    ...     endpoint = Endpoint(server.url, "fault")
+    """
+
+    def __init__(self, config: FaultConfig | None = None, **kwargs: Any) -> None:
+        self.config = config or FaultConfig(**kwargs)
+        self._process: subprocess.Popen | None = None
+        self.port: int | None = None
+
+    @property
+    def url(self) -> str:
+        """The OpenAI base URL (with /v1)."""
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    @property
+    def root(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> FaultServer:
+        self._process = subprocess.Popen(
+            [sys.executable, "-m", "anabranch.testing.fault_server", "--port", "0",
+             "--config", self.config.model_dump_json()],
+            stdout=subprocess.PIPE,
+            text=True,
+        )  # fmt: skip
+        line = self._process.stdout.readline()
+        if "listening on" not in line:
+            self.stop()
+            raise RuntimeError(f"fault server did not start: {line!r}")
+        self.port = int(line.rsplit(":", 1)[1])
+        return self
+
+    def stop(self) -> None:
+        if self._process is not None:
+            self._process.terminate()
+            try:
+                self._process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.wait()
+            self._process = None
+
+    def configure(self, config: FaultConfig | None = None, **kwargs: Any) -> None:
+        """Replace the behaviour and zero the counters."""
+        self.config = config or FaultConfig(**kwargs)
+        request = urllib.request.Request(
+            f"{self.root}/config", data=self.config.model_dump_json().encode(), method="PUT"
+        )
+        with urllib.request.urlopen(request, timeout=10):
+            pass
+
+    def stats(self) -> dict[str, Any]:
+        with urllib.request.urlopen(f"{self.root}/stats", timeout=10) as response:
+            return json.load(response)
+
+    def __enter__(self) -> FaultServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="anabranch fault-server")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8001)
+    parser.add_argument("--config", default="{}", help="FaultConfig as JSON")
+    args = parser.parse_args(argv)
+    config = FaultConfig.model_validate_json(args.config)
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(serve(config, args.host, args.port))
+
+
+if __name__ == "__main__":
+    main()

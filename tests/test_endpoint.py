@@ -1,0 +1,170 @@
+"""The endpoint against a real fault-injecting server: retries, deadlines, limits, output."""
+
+import asyncio
+import time
+
+import pytest
+
+from anabranch import (
+    LLMOutputError,
+    LLMStatusError,
+    LLMTimeoutError,
+    Task,
+    build_fanout_graph,
+    run_batch,
+)
+from anabranch.agents.analysts import make_agents
+from anabranch.tools.llm import Endpoint, normalize_base_url
+from anabranch.types import SentimentOutput
+
+FAST = {"backoff_initial": 0.01, "backoff_max": 0.05, "timeout": 2.0, "deadline": 20.0}
+HI = [{"role": "user", "content": "hi"}]
+
+
+def endpoint(server, **kwargs) -> Endpoint:
+    return Endpoint(server.url, "fault", **{**FAST, **kwargs})
+
+
+async def test_thirty_percent_transient_faults_and_every_subtask_ends_ok(faults):
+    faults.configure(
+        rates={"429": 0.1, "500": 0.05, "503": 0.05, "reset": 0.05, "malformed": 0.05},
+        retry_after=0.01,
+        seed=7,
+    )
+    async with endpoint(faults, max_attempts=12, concurrency=16) as llm:
+        graph = build_fanout_graph(agents=make_agents("llm", llm))
+        tasks = [Task(id=f"t{i}", text=f"Task {i} is great.") for i in range(60)]
+        batch = run_batch(tasks, graph, concurrency=16)
+        results = [r async for r in batch]
+    stats = faults.stats()
+    assert len(results) == 60 and all(r.status == "ok" for r in results), [
+        r.errors for r in results if r.errors
+    ]
+    assert sum(n for f, n in stats["faults"].items() if f != "ok") >= 20  # faults really happened
+    assert batch.report.usage.requests == stats["requests"]  # every attempt is accounted for
+    # The fault server has no /tokenize: the tokenizer fell back to tiktoken and says so.
+    assert {r.tokenizer for r in results} == {"tiktoken:cl100k_base"}
+
+
+async def test_a_hang_is_cut_at_the_per_attempt_timeout(faults):
+    faults.configure(script=["hang"])
+    async with endpoint(faults, timeout=0.5) as llm:
+        start = time.perf_counter()
+        completion = await llm.chat(HI)
+        elapsed = time.perf_counter() - start
+    assert completion.text == "echo: hi" and completion.attempts == 2
+    assert 0.5 <= elapsed < 3.0
+
+
+async def test_the_deadline_bounds_a_call_whatever_the_retries(faults):
+    faults.configure(rates={"hang": 1.0})
+    async with endpoint(faults, timeout=0.3, deadline=1.0, max_attempts=100) as llm:
+        start = time.perf_counter()
+        with pytest.raises(LLMTimeoutError, match="deadline"):
+            await llm.chat(HI)
+    assert time.perf_counter() - start < 1.5
+
+
+@pytest.mark.parametrize("status", ["400", "401"])
+async def test_client_errors_are_sent_exactly_once(faults, status):
+    faults.configure(rates={status: 1.0})
+    async with endpoint(faults) as llm:
+        with pytest.raises(LLMStatusError) as caught:
+            await llm.parse(HI, SentimentOutput)
+    assert caught.value.status == int(status) and caught.value.attempts == 1
+    assert faults.stats()["requests"] == 1
+
+
+async def test_retry_after_is_waited_and_capped(faults):
+    faults.configure(script=["429"], retry_after=1.0)
+    async with endpoint(faults) as llm:
+        await llm.chat(HI)
+    first, second = faults.stats()["arrivals"]
+    assert second - first >= 0.95
+
+    faults.configure(script=["429"], retry_after=60)
+    async with endpoint(faults, max_retry_after=0.2) as llm:
+        await llm.chat(HI)
+    first, second = faults.stats()["arrivals"]
+    assert 0.15 <= second - first < 3
+
+
+async def test_permanent_failure_gives_error_records_and_still_delivers(faults):
+    faults.configure(rates={"500": 1.0})
+    async with endpoint(faults, max_attempts=3) as llm:
+        graph = build_fanout_graph(agents=make_agents("llm", llm))
+        tasks = [Task(id=f"t{i}", text="Fine words.") for i in range(5)]
+        batch = run_batch(tasks, graph, concurrency=5)
+        results = [r async for r in batch]
+    assert len(results) == 5
+    for result in results:
+        assert result.status == "partial" and result.tokens  # tiktoken needs no LLM
+        assert {(e.kind, e.type, e.attempts) for e in result.errors} == {
+            ("keywords", "LLMStatusError", 3),
+            ("sentiment", "LLMStatusError", 3),
+        }
+    assert faults.stats()["requests"] == 5 * 2 * 3
+    assert batch.report.subtask_errors == {"LLMStatusError": 10}
+
+
+async def test_in_flight_requests_never_exceed_the_cap(faults):
+    faults.configure(latency_ms=50)
+    async with endpoint(faults, concurrency=4) as llm:
+        await asyncio.gather(*(llm.chat(HI) for _ in range(40)))
+    assert faults.stats()["max_in_flight"] == 4
+
+
+async def test_the_requests_per_minute_limit_holds(faults):
+    async with endpoint(faults, rpm=600, concurrency=64) as llm:  # 10 per second
+        start = time.perf_counter()
+        await asyncio.gather(*(llm.chat(HI) for _ in range(40)))
+        elapsed = time.perf_counter() - start
+    arrivals = faults.stats()["arrivals"]
+    assert elapsed >= 2.8  # a one-second burst of 10, then 10 per second
+    busiest = max(sum(1 for b in arrivals if a <= b < a + 1.0) for a in arrivals)
+    assert busiest <= 20
+
+
+async def test_the_tokens_per_minute_limit_holds(faults):
+    long_prompt = [{"role": "user", "content": "word " * 100}]  # the server counts 100 tokens
+    async with endpoint(faults, tpm=30_000, max_tokens=10, concurrency=64) as llm:  # 500/s
+        start = time.perf_counter()
+        calls = await asyncio.gather(*(llm.chat(long_prompt) for _ in range(20)))
+        elapsed = time.perf_counter() - start
+    used = sum(c.usage.total_tokens for c in calls)
+    assert used >= 2000
+    assert elapsed >= (used - 500) / 500 * 0.9  # a one-second burst, then 500 tokens per second
+
+
+async def test_schema_invalid_content_gets_one_repair_re_ask(faults):
+    faults.configure(script=["invalid"])
+    async with endpoint(faults) as llm:
+        parsed = await llm.parse(HI, SentimentOutput)
+        assert parsed.attempts == 2 and parsed.usage.requests == 2
+        faults.configure(rates={"invalid": 1.0})
+        with pytest.raises(LLMOutputError, match="still invalid after a repair"):
+            await llm.parse(HI, SentimentOutput)
+    assert faults.stats()["requests"] == 2
+
+
+async def test_a_server_without_json_schema_gets_json_object(faults):
+    faults.configure(refuse_json_schema=True)
+    async with endpoint(faults) as llm:
+        parsed = await llm.parse(HI, SentimentOutput)
+        assert llm.output_mode == "json_object"
+        await llm.parse(HI, SentimentOutput)  # the mode is remembered: no second refusal
+    assert parsed.value.label in ("positive", "negative", "neutral")
+    assert faults.stats()["requests"] == 3
+
+
+async def test_a_base_url_without_v1_works(faults):
+    assert normalize_base_url("http://localhost:11434") == "http://localhost:11434/v1"
+    assert normalize_base_url("http://h/v1/") == "http://h/v1"
+    assert normalize_base_url("https://gw.example/openai/v2") == "https://gw.example/openai/v2"
+    async with Endpoint(faults.root, "fault") as llm:
+        assert (await llm.chat(HI)).text == "echo: hi"
+
+
+def test_the_api_key_never_shows_in_a_repr():
+    llm = Endpoint("http://127.0.0.1:9/v1", "m", api_key="sk-very-secret")
+    assert "sk-very-secret" not in repr(llm) and "sk-very-secret" not in str(vars(llm))

@@ -1,0 +1,91 @@
+"""Against the real embedded llama.cpp server with its bundled SmolLM2 model."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from anabranch import Task, build_fanout_graph, run_batch
+from anabranch.agents.analysts import make_agents
+from anabranch.agents.planner import LLMPlanner, RulePlanner
+from anabranch.tools.llm import Endpoint
+from anabranch.tools.local_server import LocalLLMServer
+from anabranch.types import Subtask
+
+TEXTS = [
+    "I love this phone, the battery is amazing.",
+    "Terrible service: the food was cold and the waiter was rude.",
+]
+
+
+@pytest.fixture(scope="module")
+def server():
+    with LocalLLMServer(parallel=4) as running:
+        yield running
+
+
+async def test_the_three_agents_return_schema_valid_output(server):
+    async with Endpoint(server.url, server.model, concurrency=4) as llm:
+        tokenizer, keywords, sentiment = make_agents("llm", llm)
+        for text in TEXTS:
+            subtask = Subtask(task_id="t", kind="x", text=text)
+            tokens = (await tokenizer.run(subtask)).output
+            assert tokens.tokenizer == "server:/tokenize"  # the model's own tokenizer
+            assert "".join(tokens.tokens) == text and tokens.count >= len(tokens.tokens)
+            answer = await keywords.run(subtask)
+            assert 0 < len(answer.output.keywords) <= keywords.top_k
+            assert answer.usage.prompt_tokens > 0 and answer.usage.completion_tokens > 0
+            mood = (await sentiment.run(subtask)).output
+            assert mood.label in ("positive", "negative", "neutral") and -1 <= mood.score <= 1
+
+
+async def test_the_llm_planner_picks_registered_agents(server):
+    async with Endpoint(server.url, server.model, concurrency=4) as llm:
+        agents = make_agents({"tokenize": "local", "keywords": "local", "sentiment": "llm"}, llm)
+        descriptions = {
+            "tokenize": "split text into tokens",
+            "keywords": "extract keywords",
+            "sentiment": "judge the sentiment",
+        }
+        planner = LLMPlanner(llm, descriptions, rule=RulePlanner())
+        task = Task(id="p", text=TEXTS[1], instruction="Is this customer happy?")
+        plan = await planner.plan(task)
+        assert plan and {s.kind for s in plan} <= set(descriptions)
+        graph = build_fanout_graph(planner, agents)
+        batch = run_batch([task], graph)
+        (result,) = [r async for r in batch]
+        assert result.status == "ok" and result.subtasks == len(plan)
+
+
+def test_the_server_stops_on_exit_and_dies_with_its_parent():
+    with LocalLLMServer(parallel=1) as running:
+        pid = running._process.pid
+    assert not _alive(pid)
+
+    parent = subprocess.Popen(
+        [sys.executable, "-c", "from anabranch.tools.local_server import LocalLLMServer\n"
+         "s = LocalLLMServer(parallel=1).start()\nprint(s._process.pid, flush=True)\n"
+         "import time; time.sleep(600)"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    child = int(parent.stdout.readline())
+    assert _alive(child)
+    parent.send_signal(signal.SIGKILL)  # no chance to clean up: the kernel must end the child
+    parent.wait()
+    deadline = time.monotonic() + 10
+    while _alive(child) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _alive(child)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with open(f"/proc/{pid}/stat") as stat:  # a zombie is dead, merely unreaped
+        return stat.read().split(") ", 1)[1][0] != "Z"
