@@ -111,3 +111,15 @@ def test_keyword_and_sentiment_helpers():
     )
     assert [(k.term, k.score) for k in merged] == [("A", 1.0)]  # a chunk counts a term once
     assert weighted_sentiment([(SentimentOutput(label="neutral", score=0.2), 0)] * 2) == 0.2
+
+
+def test_an_output_the_merge_cannot_read_is_an_error_not_a_crash():
+    task = Task(id="t", text="x")
+    subtasks = [Subtask(task_id="t", kind=k, text="x") for k in ("tokenize", "sentiment")]
+    results = [
+        _ok("tokenize", 0, {"label": "neutral"}),  # not a TokensOutput
+        _ok("sentiment", 0, {"label": "positive", "score": 0.5}),
+    ]
+    result = Reducer().reduce(task, subtasks, results)
+    assert result.status == "partial" and result.sentiment == "positive"
+    assert [(e.kind, e.type) for e in result.errors] == [("tokenize", "InvalidOutput")]

@@ -13,6 +13,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from pydantic import ValidationError
+
 from anabranch.tools.sentiment import label_for
 from anabranch.types import (
     Keyword,
@@ -56,28 +58,39 @@ class Reducer:
 
         result = TaskResult(
             task_id=task.id,
-            status=_status(len(subtasks), len(errors)),
+            status="ok",
             chunks=chunks,
             subtasks=len(subtasks),
             results=len(results),
-            errors=errors,
             usage=usage,
             metadata=task.metadata,
         )
         keyword_chunks: list[KeywordsOutput] = []
         sentiments: list[tuple[SentimentOutput, int]] = []
         for r in ok:
-            if r.kind == "tokenize":
-                out = TokensOutput.model_validate(r.output)
-                result.tokens.extend(out.tokens)
-                result.token_count += out.count
-                result.tokenizer = out.tokenizer
-            elif r.kind == "keywords":
-                keyword_chunks.append(KeywordsOutput.model_validate(r.output))
-            elif r.kind == "sentiment":
-                sentiments.append((SentimentOutput.model_validate(r.output), r.chunk_tokens))
-            else:
-                result.outputs.setdefault(r.kind, []).append(r.output or {})
+            try:
+                if r.kind == "tokenize":
+                    out = TokensOutput.model_validate(r.output)
+                    result.tokens.extend(out.tokens)
+                    result.token_count += out.count
+                    result.tokenizer = out.tokenizer
+                elif r.kind == "keywords":
+                    keyword_chunks.append(KeywordsOutput.model_validate(r.output))
+                elif r.kind == "sentiment":
+                    sentiments.append((SentimentOutput.model_validate(r.output), r.chunk_tokens))
+                else:
+                    result.outputs.setdefault(r.kind, []).append(r.output or {})
+            except ValidationError as exc:  # an agent's output that the merge cannot read
+                errors.append(
+                    SubtaskError(
+                        kind=r.kind,
+                        chunk=r.chunk,
+                        type="InvalidOutput",
+                        message=f"output does not fit the {r.kind} merge rule: {exc}",
+                    )
+                )
+        result.errors = errors
+        result.status = _status(len(subtasks), len(errors))
         result.keywords = merge_keywords(keyword_chunks, chunks, self.top_keywords)
         if sentiments:
             result.sentiment_score = weighted_sentiment(sentiments)
