@@ -4,10 +4,28 @@ A planner splits each task into subtasks, agents run them at the same time, and 
 their outputs into one result per task.
 """
 
-from anabranch.agents.analysts import KeywordAgent, SentimentAgent, TokenizerAgent, local_agents
+from anabranch.agents.analysts import (
+    KeywordAgent,
+    LLMKeywordAgent,
+    LLMSentimentAgent,
+    SentimentAgent,
+    ServerTokenizer,
+    TokenizerAgent,
+    local_agents,
+    make_agents,
+)
 from anabranch.agents.base import Agent, Answer
-from anabranch.agents.planner import RulePlanner
+from anabranch.agents.planner import LLMPlanner, RulePlanner
 from anabranch.agents.reducer import Reducer
+from anabranch.agents.specialists import (
+    BUILTIN as BUILTIN_SPECIALISTS,
+)
+from anabranch.agents.specialists import (
+    DEFAULT_CHAIN,
+    Specialist,
+    load_specialists,
+)
+from anabranch.chain_report import render_chain_report
 from anabranch.errors import (
     AnabranchError,
     InputError,
@@ -19,11 +37,17 @@ from anabranch.errors import (
     LLMTimeoutError,
     SetupError,
 )
+from anabranch.graphs.chain import build_chain_graph, chain_result
 from anabranch.graphs.fanout import build_fanout_graph
 from anabranch.graphs.runner import BatchRun, run_batch
 from anabranch.inputs import read_tasks
 from anabranch.report import render_trace
+from anabranch.testing.fault_server import FaultConfig, FaultServer
+from anabranch.tools.llm import Endpoint
+from anabranch.tools.local_server import LocalLLMServer
 from anabranch.types import (
+    ChainResult,
+    ChainStep,
     Keyword,
     RunReport,
     StageReport,
@@ -36,24 +60,37 @@ from anabranch.types import (
 )
 
 __all__ = [
+    "BUILTIN_SPECIALISTS",
+    "DEFAULT_CHAIN",
     "Agent",
     "AnabranchError",
     "Answer",
     "BatchRun",
+    "ChainResult",
+    "ChainStep",
+    "Endpoint",
+    "FaultConfig",
+    "FaultServer",
     "InputError",
     "Keyword",
     "KeywordAgent",
     "LLMConnectionError",
     "LLMError",
+    "LLMKeywordAgent",
     "LLMOutputError",
+    "LLMPlanner",
     "LLMRateLimitError",
+    "LLMSentimentAgent",
     "LLMStatusError",
     "LLMTimeoutError",
+    "LocalLLMServer",
     "Reducer",
     "RulePlanner",
     "RunReport",
     "SentimentAgent",
+    "ServerTokenizer",
     "SetupError",
+    "Specialist",
     "StageReport",
     "Subtask",
     "SubtaskError",
@@ -62,9 +99,14 @@ __all__ = [
     "TaskResult",
     "TokenizerAgent",
     "Usage",
+    "build_chain_graph",
     "build_fanout_graph",
+    "chain_result",
+    "load_specialists",
     "local_agents",
+    "make_agents",
     "read_tasks",
+    "render_chain_report",
     "render_trace",
     "run_batch",
 ]

@@ -135,6 +135,82 @@ def setup() -> None:
     typer.echo("local LLM ready")
 
 
+@app.command()
+def chain(
+    prompt: Annotated[str, typer.Argument(help="The initial prompt.")],
+    specialists: Annotated[
+        str,
+        typer.Option(help="Comma-separated specialist names, in order (built-in or from --file)."),
+    ] = "system_specialist,agent_enforcer,decision_simplifier",
+    file: Annotated[
+        Path | None, typer.Option("--file", "-f", help="Specialists defined in TOML or YAML.")
+    ] = None,
+    context: Annotated[
+        Literal["previous", "all"],
+        typer.Option(help="What each step sees besides the prompt: the previous output, or all."),
+    ] = "previous",
+    llm: Llm = "local",
+    model: Model = None,
+    timeout: Timeout = 120.0,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Where to write the report.")] = Path(
+        "report.md"
+    ),
+) -> None:
+    """Run a chain of specialists, streaming each step; write a Chain Execution Results report."""
+    from anabranch.agents.specialists import load_specialists, resolve_specialists
+    from anabranch.errors import InputError
+
+    try:
+        defined = load_specialists(file) if file else []
+        chosen = resolve_specialists(
+            [n.strip() for n in specialists.split(",") if n.strip()], defined
+        )
+    except (InputError, OSError) as exc:
+        _fail(str(exc))
+    # One request at a time: a chain is sequential, and the local server then gives it the whole
+    # context window for the growing prompt.
+    options = _LlmOptions(llm, model, 1, timeout, None, None)
+    try:
+        result = asyncio.run(_run_chain(prompt, chosen, context, options))
+    except (SetupError, ValueError) as exc:
+        _fail(str(exc))
+    from anabranch.chain_report import render_chain_report
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(render_chain_report(result), encoding="utf-8")
+    typer.echo(f"\nreport: {out}")
+    raise typer.Exit(EXIT_OK if result.complete else EXIT_ERRORS)
+
+
+async def _run_chain(prompt, specialists, context, options):
+    from anabranch.graphs.chain import build_chain_graph, chain_result
+
+    async with contextlib.AsyncExitStack() as stack:
+        endpoint = await stack.enter_async_context(_endpoint(options))
+        own = {
+            s.name: await stack.enter_async_context(
+                Endpoint(s.base_url, s.model or endpoint.model, timeout=options.timeout)
+            )
+            for s in specialists
+            if s.base_url
+        }
+        graph = build_chain_graph(specialists, endpoint, context=context, endpoints=own)
+        state = None
+        async for mode, chunk in graph.astream(
+            {"prompt": prompt}, stream_mode=["custom", "values"]
+        ):
+            if mode == "values":
+                state = chunk
+            elif chunk["event"] == "step_start":
+                typer.secho(f"\n## Step {chunk['step']}: {chunk['specialist']}\n", bold=True)
+            elif chunk["event"] == "text":
+                typer.echo(chunk["text"], nl=False)
+            elif chunk["event"] == "step_end":
+                status = "" if chunk["status"] == "ok" else " - FAILED"
+                typer.secho(f"\n[{chunk['seconds']:.1f} s{status}]", dim=True)
+        return chain_result(state, specialists)
+
+
 @app.command("fault-server")
 def fault_server(
     port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 8001,

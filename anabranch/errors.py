@@ -7,6 +7,8 @@ loudly is the right thing.
 
 from __future__ import annotations
 
+from pydantic import ValidationError
+
 
 class AnabranchError(Exception):
     """Base of every error this package raises on purpose."""
@@ -48,3 +50,8 @@ class LLMStatusError(LLMError):
 class LLMOutputError(LLMError):
     """The endpoint answered, but the content is not valid for the requested schema,
     even after one repair re-ask."""
+
+
+def describe(exc: ValidationError) -> str:
+    """A pydantic validation error on one line: `field: problem; other.field: problem`."""
+    return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'value'}: {e['msg']}" for e in exc.errors())

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from anabranch.errors import InputError
+from anabranch.errors import InputError, describe
 from anabranch.types import Task
 
 
@@ -49,7 +49,4 @@ def parse_task_line(line: str, *, source: str, default_id: str) -> Task | Reject
     try:
         return Task.model_validate({**data, "id": task_id})
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(map(str, e['loc'])) or 'task'}: {e['msg']}" for e in exc.errors()
-        )
-        return RejectedLine(f"{source}: {problems}", task_id=task_id)
+        return RejectedLine(f"{source}: {describe(exc)}", task_id=task_id)

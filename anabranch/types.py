@@ -181,3 +181,35 @@ class RunReport(BaseModel):
     subtask_errors: dict[str, int] = Field(default_factory=dict)
     """Error type -> count, so a run that hit 429s says so at a glance."""
     usage: Usage = Field(default_factory=Usage)
+
+
+class ChainStep(BaseModel):
+    """One specialist's turn in a chain: what it said, what it cost, or why it failed."""
+
+    index: int
+    """1-based, as in the report; step 0 is the prompt."""
+    specialist: str
+    model: str
+    temperature: float
+    """The temperature actually sent."""
+    status: SubtaskStatus
+    output: str = ""
+    """Empty when the step failed: an error is never passed on as content."""
+    truncated: bool = False
+    """The model stopped at max_tokens."""
+    seconds: float = 0.0
+    usage: Usage = Field(default_factory=Usage)
+    error: SubtaskError | None = None
+
+
+class ChainResult(BaseModel):
+    """A chain run: complete, or stopped at the first step that failed."""
+
+    prompt: str
+    steps: list[ChainStep]
+    planned: list[str]
+    """Every specialist the chain was to run, in order, so a partial run shows what is missing."""
+
+    @property
+    def complete(self) -> bool:
+        return len(self.steps) == len(self.planned) and all(s.status == "ok" for s in self.steps)

@@ -137,7 +137,10 @@ class FaultApp:
                     },
                 )
             content = "I am not JSON at all." if fault == "invalid" else _answer(request)
-            return _json(200, _completion(request, content))
+            completion = _completion(request, content)
+            if request.get("stream"):
+                return 200, {"content-type": "text/event-stream"}, _sse(completion)
+            return _json(200, completion)
         finally:
             stats.in_flight -= 1
 
@@ -222,6 +225,22 @@ def _completion(request: dict[str, Any], content: str) -> dict[str, Any]:
             "total_tokens": prompt + completion,
         },
     }
+
+
+def _sse(completion: dict[str, Any]) -> bytes:
+    """The completion as OpenAI's stream: a chunk per word, a usage chunk, then [DONE]."""
+    base = {k: completion[k] for k in ("id", "created", "model")} | {
+        "object": "chat.completion.chunk"
+    }
+    words = completion["choices"][0]["message"]["content"].split(" ")
+    pieces = [w if i == 0 else " " + w for i, w in enumerate(words)]
+    events = [
+        base | {"choices": [{"index": 0, "delta": {"content": p}, "finish_reason": None}]}
+        for p in pieces
+    ]
+    events.append(base | {"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+    events.append(base | {"choices": [], "usage": completion["usage"]})
+    return b"".join(f"data: {json.dumps(e)}\n\n".encode() for e in events) + b"data: [DONE]\n\n"
 
 
 def _json(status: int, payload: Any, headers: dict | None = None) -> tuple[int, dict, bytes]:

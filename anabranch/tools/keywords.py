@@ -20,7 +20,7 @@ class YakeKeywords:
 
     name = "yake"
 
-    def _extract(self, text: str) -> list[Keyword]:
+    def extract_sync(self, text: str) -> list[Keyword]:
         if not text.strip():
             return []
         extractor = yake.KeywordExtractor(lan=self.language, n=self.max_ngram, top=self.top_k)
@@ -32,4 +32,4 @@ class YakeKeywords:
 
     async def extract(self, text: str) -> list[Keyword]:
         # YAKE is pure Python and slow on long texts: keep it off the event loop.
-        return await asyncio.to_thread(self._extract, text)
+        return await asyncio.to_thread(self.extract_sync, text)

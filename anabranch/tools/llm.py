@@ -12,6 +12,7 @@ import asyncio
 import json
 import re
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 from typing import Any, Generic, Literal, TypeVar
@@ -61,6 +62,15 @@ class Completion:
     attempts: int
     latency_s: float
     finish_reason: str | None = None
+
+
+@dataclass(slots=True)
+class _Answer:
+    """What one successful attempt brought back, before accounting."""
+
+    text: str
+    usage: Any
+    finish_reason: str | None
 
 
 @dataclass(slots=True)
@@ -148,21 +158,91 @@ class Endpoint:
         response_format: dict[str, Any] | None = None,
         temperature: float | None = None,
         max_tokens: int | None = None,
+        model: str | None = None,
     ) -> Completion:
         """One chat completion, retried on transient failures within the deadline."""
-        params: dict[str, Any] = {
-            "model": self.model,
+        params = self._params(messages, temperature, max_tokens, model)
+        if response_format is not None:
+            params["response_format"] = response_format
+
+        async def send() -> _Answer:
+            async with asyncio.timeout(self.timeout):
+                response = await self._client.chat.completions.create(**params)
+            choice = response.choices[0] if response.choices else None
+            return _Answer(
+                text=(choice.message.content or "") if choice else "",
+                usage=response.usage,
+                finish_reason=choice.finish_reason if choice else None,
+            )
+
+        return await self._call(params, send)
+
+    async def stream_chat(
+        self,
+        messages: list[dict[str, Any]],
+        on_text: Callable[[str], None],
+        *,
+        temperature: float | None = None,
+        max_tokens: int | None = None,
+        model: str | None = None,
+    ) -> Completion:
+        """A streamed chat completion: `on_text` hears each piece of text as it arrives.
+
+        The per-attempt timeout is an idle timeout here (no new piece for that long), so a long
+        answer that keeps coming is never cut. A failure before the first piece is retried like
+        any call; after it, retrying would repeat text the caller has already shown, so the call
+        fails instead.
+        """
+        params = self._params(messages, temperature, max_tokens, model)
+        params |= {"stream": True, "stream_options": {"include_usage": True}}
+
+        async def send() -> _Answer:
+            parts: list[str] = []
+            usage = finish = None
+            try:
+                async with asyncio.timeout(self.timeout) as idle:
+                    stream = await self._client.chat.completions.create(**params)
+                    async for chunk in stream:
+                        idle.reschedule(asyncio.get_running_loop().time() + self.timeout)
+                        usage = chunk.usage or usage
+                        for choice in chunk.choices:
+                            finish = choice.finish_reason or finish
+                            if choice.delta and choice.delta.content:
+                                parts.append(choice.delta.content)
+                                on_text(choice.delta.content)
+            except Exception as exc:
+                if parts:
+                    raise LLMConnectionError(
+                        f"stream broke after {len(parts)} piece(s): {_short(exc) or repr(exc)}"
+                    ) from exc
+                raise
+            return _Answer("".join(parts), usage, finish)
+
+        return await self._call(params, send)
+
+    def _params(
+        self,
+        messages: list[dict[str, Any]],
+        temperature: float | None,
+        max_tokens: int | None,
+        model: str | None,
+    ) -> dict[str, Any]:
+        return {
+            "model": model or self.model,
             "messages": messages,
             "temperature": self.temperature if temperature is None else temperature,
             "max_tokens": max_tokens or self.max_tokens,
         }
-        if response_format is not None:
-            params["response_format"] = response_format
-        estimate = _estimate_tokens(messages) + params["max_tokens"] if self._tpm else 0
+
+    async def _call(
+        self, params: dict[str, Any], send: Callable[[], Awaitable[_Answer]]
+    ) -> Completion:
+        """Run `send` under the limits, retries and deadline; account for what it cost."""
+        estimate = _estimate_tokens(params["messages"]) + params["max_tokens"] if self._tpm else 0
         attempts = 0
         start = time.perf_counter()
 
-        async def attempt() -> Any:
+        async def attempt() -> _Answer:
             nonlocal attempts
             if self._rpm:
                 await self._rpm.acquire()
@@ -170,13 +250,12 @@ class Endpoint:
                 await self._tpm.acquire(estimate)
             async with self._slots:
                 attempts += 1
-                async with asyncio.timeout(self.timeout):
-                    return await self._client.chat.completions.create(**params)
+                return await send()
 
         deadline = asyncio.timeout(self.deadline)
         try:
             async with deadline:
-                response = await self._retrying()(attempt)
+                answer = await self._retrying()(attempt)
         except Exception as exc:
             if deadline.expired() or isinstance(exc, TimeoutError | openai.APITimeoutError):
                 raise LLMTimeoutError(
@@ -185,18 +264,16 @@ class Endpoint:
                     attempts=attempts,
                 ) from exc
             raise _as_llm_error(exc, attempts) from exc
-        usage = response.usage
-        prompt = usage.prompt_tokens if usage else 0
-        completion = usage.completion_tokens if usage else 0
-        if self._tpm and usage:
+        prompt = answer.usage.prompt_tokens if answer.usage else 0
+        completion = answer.usage.completion_tokens if answer.usage else 0
+        if self._tpm and answer.usage:
             self._tpm.settle(prompt + completion - estimate)
-        choice = response.choices[0] if response.choices else None
         return Completion(
-            text=(choice.message.content or "") if choice else "",
+            text=answer.text,
             usage=Usage(requests=attempts, prompt_tokens=prompt, completion_tokens=completion),
             attempts=attempts,
             latency_s=time.perf_counter() - start,
-            finish_reason=choice.finish_reason if choice else None,
+            finish_reason=answer.finish_reason,
         )
 
     def _retrying(self) -> AsyncRetrying:

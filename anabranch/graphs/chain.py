@@ -1,0 +1,137 @@
+"""The chain graph: START -> specialist 1 -> specialist 2 -> ... -> END.
+
+Each step sees the initial prompt and the previous output (or every earlier output). A step whose
+LLM call fails after the endpoint's retries is recorded as failed and the chain stops there: its
+error never becomes the next step's input. Text streams out as LangGraph custom events
+(`stream_mode="custom"`), so a terminal or a chat backend can show it as it is written.
+"""
+
+from __future__ import annotations
+
+import itertools
+import operator
+from collections.abc import Mapping, Sequence
+from typing import Annotated, Literal, TypedDict
+
+from langgraph.graph import END, START, StateGraph
+from langgraph.graph.state import CompiledStateGraph
+from langgraph.runtime import Runtime
+
+from anabranch.agents.specialists import Specialist
+from anabranch.graphs.state import now
+from anabranch.tools.llm import Endpoint
+from anabranch.types import ChainResult, ChainStep, SubtaskError
+
+ChainContext = Literal["previous", "all"]
+"""What a step sees besides the prompt: the previous output, or all earlier outputs."""
+
+
+class ChainState(TypedDict, total=False):
+    prompt: str
+    steps: Annotated[list[ChainStep], operator.add]
+
+
+def build_chain_graph(
+    specialists: Sequence[Specialist],
+    endpoint: Endpoint,
+    *,
+    context: ChainContext = "previous",
+    endpoints: Mapping[str, Endpoint] | None = None,
+    checkpointer=None,
+) -> CompiledStateGraph:
+    """Compile a sequential chain; `endpoints` gives specialists an endpoint of their own."""
+    if not specialists:
+        raise ValueError("a chain needs at least one specialist")
+    names = [s.name for s in specialists]
+    if len(set(names)) != len(names):
+        raise ValueError(f"specialist names must be unique in a chain, got {names}")
+    endpoints = endpoints or {}
+
+    builder = StateGraph(ChainState)
+    for i, specialist in enumerate(specialists, start=1):
+        own = endpoints.get(specialist.name, endpoint)
+        builder.add_node(specialist.name, _step_node(i, specialist, own, context))
+    builder.add_edge(START, names[0])
+    for current, following in itertools.pairwise(names):
+        builder.add_conditional_edges(current, _continue_to(following), [following, END])
+    builder.add_edge(names[-1], END)
+    return builder.compile(checkpointer=checkpointer)
+
+
+def chain_result(state: ChainState, specialists: Sequence[Specialist]) -> ChainResult:
+    return ChainResult(
+        prompt=state["prompt"], steps=state.get("steps", []), planned=[s.name for s in specialists]
+    )
+
+
+def _continue_to(following: str):
+    def route(state: ChainState) -> str:
+        return following if state["steps"][-1].status == "ok" else END
+
+    return route
+
+
+def _messages(
+    specialist: Specialist, prompt: str, earlier: Sequence[ChainStep], context: ChainContext
+) -> list[dict[str, str]]:
+    if not earlier:
+        user = prompt
+    else:
+        shown = earlier if context == "all" else earlier[-1:]
+        answers = "\n\n".join(f"Previous answer ({s.specialist}):\n{s.output}" for s in shown)
+        user = f"Question:\n{prompt}\n\n{answers}\n\nBuild on it as your role requires."
+    return [{"role": "system", "content": specialist.persona}, {"role": "user", "content": user}]
+
+
+def _step_node(index: int, specialist: Specialist, endpoint: Endpoint, context: ChainContext):
+    async def step(state: ChainState, runtime: Runtime) -> dict:
+        write = runtime.stream_writer
+        messages = _messages(specialist, state["prompt"], state.get("steps", []), context)
+        model = specialist.model or endpoint.model
+        write({"event": "step_start", "step": index, "specialist": specialist.name})
+        start = now()
+        try:
+            completion = await endpoint.stream_chat(
+                messages,
+                lambda text: write(
+                    {"event": "text", "step": index, "specialist": specialist.name, "text": text}
+                ),
+                temperature=specialist.temperature,
+                max_tokens=specialist.max_tokens,
+                model=model,
+            )
+            if not completion.text.strip():
+                raise ValueError("the model returned no text")
+        except Exception as exc:  # noqa: BLE001 - a failed step is recorded; the chain stops
+            record = ChainStep(
+                index=index,
+                specialist=specialist.name,
+                model=model,
+                temperature=specialist.temperature,
+                status="error",
+                seconds=now() - start,
+                error=SubtaskError(
+                    kind=specialist.name,
+                    type=type(exc).__name__,
+                    message=str(exc) or repr(exc),
+                    attempts=getattr(exc, "attempts", 1),
+                ),
+            )
+        else:
+            record = ChainStep(
+                index=index,
+                specialist=specialist.name,
+                model=model,
+                temperature=specialist.temperature,
+                status="ok",
+                output=completion.text.strip(),
+                truncated=completion.finish_reason == "length",
+                seconds=now() - start,
+                usage=completion.usage,
+            )
+        write({"event": "step_end", "step": index, "specialist": specialist.name,
+               "status": record.status, "seconds": record.seconds})  # fmt: skip
+        return {"steps": [record]}
+
+    step.__name__ = f"step_{index}_{specialist.name}"
+    return step
