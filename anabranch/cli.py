@@ -211,6 +211,85 @@ async def _run_chain(prompt, specialists, context, options):
         return chain_result(state, specialists)
 
 
+@app.command()
+def serve(
+    graph: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Graphs to serve: analyze, chain, or module:attr (repeatable). "
+            "Default: analyze and chain."
+        ),
+    ] = None,
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    llm: Llm = "local",
+    model: Model = None,
+    backend: Backend = None,
+    llm_concurrency: LlmConcurrency = 8,
+    timeout: Timeout = 120.0,
+    api_token: Annotated[
+        str | None,
+        typer.Option(
+            help="Bearer token clients must send (or set ANABRANCH_API_TOKEN).", show_default=False
+        ),
+    ] = None,
+    threads_db: Annotated[
+        Path, typer.Option(help="SQLite file that keeps conversations by thread id.")
+    ] = Path("anabranch-threads.sqlite"),
+    max_runs: Annotated[int, typer.Option(min=1, help="Graph runs at once; more get 429.")] = 8,
+) -> None:
+    """Serve graphs as OpenAI-compatible chat models (POST /v1/chat/completions)."""
+    token = api_token or os.environ.get("ANABRANCH_API_TOKEN")
+    if token is None and host not in ("127.0.0.1", "localhost", "::1"):
+        _fail(f"serving on {host} needs --api-token or ANABRANCH_API_TOKEN: it is not loopback")
+    options = _LlmOptions(llm, model, llm_concurrency, timeout, None, None)
+    try:
+        asyncio.run(
+            _serve(graph or ["analyze", "chain"], host, port, backend, options, token,
+                   str(threads_db), max_runs)
+        )  # fmt: skip
+    except (SetupError, ValueError) as exc:
+        _fail(str(exc))
+
+
+async def _serve(names, host, port, backend, options, token, threads_db, max_runs) -> None:
+    import uvicorn
+
+    from anabranch.chat import create_app
+
+    async with _endpoint(options) as endpoint:
+        chats = [_chat_graph(name, backend, endpoint) for name in names]
+        app = create_app(chats, api_token=token, threads_db=threads_db,
+                         max_concurrent_runs=max_runs)  # fmt: skip
+        typer.echo(f"serving {', '.join(c.name for c in chats)} at http://{host}:{port}/v1")
+        server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))
+        await server.serve()
+
+
+def _chat_graph(name: str, backend: str | None, endpoint: Endpoint | None):
+    """A served graph by name: a built-in, or `module:attr` naming a ChatGraph or a graph."""
+    import importlib
+
+    from anabranch.agents.analysts import make_agents
+    from anabranch.agents.specialists import DEFAULT_CHAIN
+    from anabranch.chat import AnalyzeChat, ChainChat, MessagesChat
+    from anabranch.graphs.chain import build_chain_graph
+
+    if name == "analyze":
+        agents = make_agents(_parse_backend(backend, endpoint is not None), endpoint)
+        return AnalyzeChat(build_fanout_graph(agents=agents, checkpointer=False))
+    if name == "chain":
+        if endpoint is None:
+            raise ValueError("the chain graph needs --llm (local or a URL)")
+        graph = build_chain_graph(DEFAULT_CHAIN, endpoint, checkpointer=False)
+        return ChainChat(graph, DEFAULT_CHAIN)
+    module, _, attr = name.partition(":")
+    if not attr:
+        raise ValueError(f"unknown graph {name!r}: use analyze, chain or module:attr")
+    target = getattr(importlib.import_module(module), attr)
+    return target if hasattr(target, "start") else MessagesChat(target, name=attr)
+
+
 @app.command("fault-server")
 def fault_server(
     port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 8001,

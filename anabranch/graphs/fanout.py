@@ -138,6 +138,7 @@ def error_result(subtask: Subtask, exc: Exception, start: float) -> SubtaskResul
 
 
 def _record(runtime: Runtime[RunContext], stage: str, start: float) -> None:
-    context = runtime.context
-    if context is not None and context.clock is not None:
-        context.clock.record(stage, start, now())
+    # Embedded in a user's graph, the runtime context is theirs and may have no clock.
+    clock = getattr(runtime.context, "clock", None)
+    if clock is not None:
+        clock.record(stage, start, now())

@@ -55,6 +55,8 @@ class _Stats:
     requests: int = 0
     in_flight: int = 0
     max_in_flight: int = 0
+    cancelled: int = 0
+    """Requests whose client hung up before the answer."""
     faults: Counter = field(default_factory=Counter)
     arrivals: list[float] = field(default_factory=list)
 
@@ -63,6 +65,7 @@ class _Stats:
             "requests": self.requests,
             "in_flight": self.in_flight,
             "max_in_flight": self.max_in_flight,
+            "cancelled": self.cancelled,
             "faults": dict(self.faults),
             "arrivals": self.arrivals,
         }
@@ -280,7 +283,10 @@ async def _serve_connection(
                     break
                 elif isinstance(event, h11.ConnectionClosed):
                     return
-            answer = await app.handle(request.method.decode(), request.target.decode(), bytes(body))
+            work = app.handle(request.method.decode(), request.target.decode(), bytes(body))
+            answer = await _unless_client_leaves(app, conn, reader, work)
+            if answer is None:  # the client hung up first: its request was cancelled
+                return
             if isinstance(answer, str):  # "reset": drop the connection without a word
                 writer.transport.abort()
                 return
@@ -297,6 +303,27 @@ async def _serve_connection(
         return
     finally:
         writer.close()
+
+
+async def _unless_client_leaves(app: FaultApp, conn: h11.Connection, reader, work):
+    """Run the handler, but cancel it if the client closes the connection meanwhile (as a
+    cancelled LLM call does), so that in-flight counts show cancellation for real."""
+    handler = asyncio.ensure_future(work)
+    while True:
+        watcher = asyncio.ensure_future(reader.read(65536))
+        done, _ = await asyncio.wait({handler, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        if handler in done:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher  # the stream allows one reader at a time: let this one finish
+            return handler.result()
+        data = watcher.result()
+        if data:  # the client's next request, early: keep it for the next cycle
+            conn.receive_data(data)
+            continue
+        handler.cancel()
+        app.stats.cancelled += 1
+        return None
 
 
 async def serve(config: FaultConfig, host: str = "127.0.0.1", port: int = 0) -> None:
@@ -333,8 +360,8 @@ class FaultServer:
 
     def start(self) -> FaultServer:
         self._process = subprocess.Popen(
-            [sys.executable, "-m", "anabranch.testing.fault_server", "--port", "0",
-             "--config", self.config.model_dump_json()],
+            [sys.executable, "-c", "from anabranch.testing.fault_server import main; main()",
+             "--port", "0", "--config", self.config.model_dump_json()],
             stdout=subprocess.PIPE,
             text=True,
         )  # fmt: skip

@@ -1,0 +1,368 @@
+"""Any graph served as an OpenAI-compatible chat model, so any OpenAI client or chat UI can use it.
+
+`POST /v1/chat/completions` with `model` set to a graph's name runs the graph, plain or streamed as
+server-sent events in OpenAI's chunk format. While a graph runs, progress (an agent finished, a step
+started, token usage) goes out as SSE comment lines (`: anabranch {...}`), which every standard SSE
+client skips; non-streamed answers carry it in an extra `anabranch` field, which clients ignore.
+
+A thread id (the `X-Thread-Id` header, or the request's `user` field) keeps the conversation in a
+LangGraph checkpointer, a SQLite file by default, so the server remembers earlier turns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Annotated, Any, TypedDict
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
+from langgraph.graph import END, START, StateGraph
+from langgraph.runtime import Runtime
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+
+from anabranch.chat.adapters import STREAM_MODES, ChatGraph, ChatGraphError, Message
+from anabranch.errors import describe
+
+THREAD_HEADER = "x-thread-id"
+
+
+class ChatRequest(BaseModel):
+    """The part of OpenAI's request that a graph can honour; other fields are accepted and
+    ignored, as OpenAI-compatible servers do."""
+
+    model_config = ConfigDict(extra="allow")
+
+    model: str
+    messages: list[dict[str, Any]] = Field(min_length=1)
+    stream: bool = False
+    stream_options: dict[str, Any] | None = None
+    user: str | None = None
+
+
+@dataclass(slots=True)
+class RunHandle:
+    """The tasks running one request's graph, so that a client who leaves can stop them.
+
+    Cancelling the consumer of `astream` does not reliably reach the nodes under a server
+    (seen here under uvicorn: the node kept waiting on its LLM), so the node registers its own
+    task and the request cancels it directly.
+    """
+
+    tasks: set[asyncio.Task] = field(default_factory=set)
+
+    def cancel(self) -> None:
+        for task in self.tasks:
+            task.cancel()
+
+
+class ConversationState(TypedDict):
+    messages: Annotated[list[Message], lambda old, new: [*old, *new]]
+
+
+def conversation_graph(chat: ChatGraph, checkpointer=None):
+    """Wrap a chat graph so that a checkpointer keeps the conversation, turn after turn.
+
+    The node runs the graph on the whole conversation and re-emits what it streams as custom
+    events: `delta` (answer text), `progress`, and finally `answer` with the text and usage.
+    """
+
+    async def respond(state: ConversationState, runtime: Runtime[RunHandle]) -> dict:
+        if runtime.context is not None:
+            runtime.context.tasks.add(asyncio.current_task())
+        write = runtime.stream_writer
+        turn = chat.start(state["messages"])
+        async for mode, chunk in chat.graph.astream(turn.input, stream_mode=STREAM_MODES):
+            delta, event = turn.feed(mode, chunk)
+            if delta:
+                write({"type": "delta", "text": delta})
+            if event:
+                write({"type": "progress", **event})
+        text = turn.answer()
+        write({"type": "answer", "text": text, "usage": turn.usage.model_dump()})
+        return {"messages": [{"role": "assistant", "content": text}]}
+
+    builder = StateGraph(ConversationState, context_schema=RunHandle)
+    builder.add_node("respond", respond)
+    builder.add_edge(START, "respond")
+    builder.add_edge("respond", END)
+    return builder.compile(checkpointer=checkpointer)
+
+
+def create_app(
+    graphs: Sequence[ChatGraph] | Mapping[str, ChatGraph],
+    *,
+    api_token: SecretStr | str | None = None,
+    threads_db: str = "anabranch-threads.sqlite",
+    max_body_bytes: int = 1 << 20,
+    max_concurrent_runs: int = 8,
+) -> FastAPI:
+    """An ASGI app serving `graphs` by name; mount it in an existing backend or run it with
+    uvicorn. `threads_db` is the SQLite file behind conversations (":memory:" keeps none)."""
+    chats = dict(graphs) if isinstance(graphs, Mapping) else {g.name: g for g in graphs}
+    token = SecretStr(api_token) if isinstance(api_token, str) else api_token
+    runs = asyncio.Semaphore(max_concurrent_runs)
+    stateless = {name: conversation_graph(chat) for name, chat in chats.items()}
+    stateful: dict[str, Any] = {}
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with AsyncSqliteSaver.from_conn_string(threads_db) as saver:
+            stateful.update({n: conversation_graph(c, saver) for n, c in chats.items()})
+            yield
+
+    app = FastAPI(title="anabranch", lifespan=lifespan)
+
+    app.add_middleware(_Guard, token=token, max_body_bytes=max_body_bytes)
+
+    @app.get("/v1/models")
+    async def models() -> dict:
+        return {
+            "object": "list",
+            "data": [
+                {"id": n, "object": "model", "owned_by": "anabranch", "description": c.description}
+                for n, c in chats.items()
+            ],
+        }
+
+    @app.post("/v1/chat/completions")
+    async def completions(request: Request):
+        body = await request.body()
+        if len(body) > max_body_bytes:  # a chunked body has no content-length to check first
+            return _error(413, f"request body over {max_body_bytes} bytes", "request_too_large")
+        try:
+            chat_request = ChatRequest.model_validate_json(body)
+        except ValidationError as exc:
+            return _error(400, f"invalid request: {describe(exc)}", "invalid_request_error")
+        if chat_request.model not in chats:
+            known = ", ".join(chats)
+            return _error(404, f"no graph named {chat_request.model!r}; serving: {known}",
+                          "model_not_found")  # fmt: skip
+        if runs.locked():
+            return _error(429, f"all {max_concurrent_runs} runs are busy; retry shortly",
+                          "rate_limit_exceeded", headers={"Retry-After": "1"})  # fmt: skip
+        thread = request.headers.get(THREAD_HEADER) or chat_request.user
+        if thread:
+            graph = stateful[chat_request.model]
+            state = {"messages": [_last_user(chat_request.messages)]}
+            config = {"configurable": {"thread_id": thread}}
+        else:
+            graph = stateless[chat_request.model]
+            state, config = {"messages": chat_request.messages}, {}
+        run, handle = _Run(chat_request, thread), RunHandle()
+        events = graph.astream(state, config, stream_mode="custom", context=handle)
+        if chat_request.stream:
+            return StreamingResponse(
+                _limited(runs, _watched(request, run.sse(events), handle)),
+                media_type="text/event-stream",
+                headers={"Cache-Control": "no-cache"},
+            )
+        async with runs:
+            return await _until_disconnect(request, run.complete(events), handle)
+
+    return app
+
+
+class _Guard:
+    """Bearer-token auth and the request size limit, before any route runs.
+
+    A pure ASGI middleware: Starlette's BaseHTTPMiddleware would wrap `receive` and hide the
+    client's disconnect from the routes, which must see it to cancel their runs.
+    """
+
+    def __init__(self, app, *, token: SecretStr | None, max_body_bytes: int) -> None:
+        self.app, self.token, self.max_body_bytes = app, token, max_body_bytes
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "http":
+            headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+            length = headers.get("content-length", "")
+            refusal = None
+            if self.token is not None and not _authorized(headers, self.token):
+                refusal = _error(401, "missing or wrong bearer token", "authentication_error",
+                                 headers={"WWW-Authenticate": "Bearer"})  # fmt: skip
+            elif length.isdigit() and int(length) > self.max_body_bytes:
+                refusal = _error(
+                    413, f"request body over {self.max_body_bytes} bytes", "request_too_large"
+                )
+            if refusal is not None:
+                await refusal(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+class _Run:
+    """One request's run: turns the graph's custom events into OpenAI's response shapes."""
+
+    def __init__(self, request: ChatRequest, thread: str | None) -> None:
+        self.request = request
+        self.thread = thread
+        self.id = f"chatcmpl-{uuid.uuid4().hex}"
+        self.created = int(time.time())
+
+    def _chunk(self, delta: dict, finish: str | None = None) -> dict:
+        return {
+            "id": self.id,
+            "object": "chat.completion.chunk",
+            "created": self.created,
+            "model": self.request.model,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+        }
+
+    async def sse(self, events: AsyncIterator[dict]) -> AsyncIterator[str]:
+        yield _data(self._chunk({"role": "assistant", "content": ""}))
+        streamed = False
+        try:
+            async for event in events:
+                kind = event["type"]
+                if kind == "delta":
+                    streamed = True
+                    yield _data(self._chunk({"content": event["text"]}))
+                elif kind == "progress":
+                    yield f": anabranch {json.dumps(event)}\n\n"
+                elif kind == "answer":
+                    if not streamed:  # a graph that only knows its answer at the end
+                        yield _data(self._chunk({"content": event["text"]}))
+                    yield f": anabranch {json.dumps({'event': 'usage', **event['usage']})}\n\n"
+                    usage = _usage(event["usage"])
+        except Exception as exc:  # noqa: BLE001 - the client must hear why its stream ended
+            yield _data({"error": _error_body(exc)})
+            yield "data: [DONE]\n\n"
+            return
+        yield _data(self._chunk({}, "stop"))
+        if (self.request.stream_options or {}).get("include_usage"):
+            yield _data({**self._chunk({}), "choices": [], "usage": usage})
+        yield "data: [DONE]\n\n"
+
+    async def complete(self, events: AsyncIterator[dict]) -> JSONResponse:
+        progress: list[dict] = []
+        answer = None
+        try:
+            async for event in events:
+                if event["type"] == "progress":
+                    progress.append(event)
+                elif event["type"] == "answer":
+                    answer = event
+        except Exception as exc:  # noqa: BLE001 - an error response, never a dropped connection
+            body = _error_body(exc)
+            return _error(502 if isinstance(exc, ChatGraphError) else 500, body["message"],
+                          body["type"])  # fmt: skip
+        return JSONResponse(
+            {
+                "id": self.id,
+                "object": "chat.completion",
+                "created": self.created,
+                "model": self.request.model,
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": answer["text"]},
+                        "finish_reason": "stop",
+                    }
+                ],
+                "usage": _usage(answer["usage"]),
+                "anabranch": {"thread_id": self.thread, "events": progress},
+            }
+        )
+
+
+async def _limited(runs: asyncio.Semaphore, stream: AsyncIterator[str]) -> AsyncIterator[str]:
+    """Hold a run slot for as long as the stream lasts (a disconnect cancels it, freeing it)."""
+    async with runs:
+        async for item in stream:
+            yield item
+
+
+async def _watched(
+    request: Request, stream: AsyncIterator[str], handle: RunHandle
+) -> AsyncIterator[str]:
+    """Relay `stream`, cancelling it (and the LLM calls under it) when the client goes away.
+
+    A server only learns of a disconnect when it reads or writes; while a graph waits on an LLM
+    nothing is written, so the client is polled meanwhile.
+    """
+    queue: asyncio.Queue[str | None] = asyncio.Queue()
+
+    async def pump() -> None:
+        try:
+            async for item in stream:
+                queue.put_nowait(item)
+        finally:
+            queue.put_nowait(None)
+
+    task = asyncio.create_task(pump())
+    try:
+        while True:
+            try:
+                item = await asyncio.wait_for(queue.get(), timeout=0.25)
+            except TimeoutError:
+                if await request.is_disconnected():
+                    return
+                continue
+            if item is None:
+                break
+            yield item
+        await task  # re-raise what the stream raised, if anything
+    finally:
+        handle.cancel()
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def _until_disconnect(request: Request, work, handle: RunHandle) -> Any:
+    """Run `work`, cancelling it (and the LLM calls under it) if the client goes away."""
+    task = asyncio.ensure_future(work)
+    while not task.done():
+        await asyncio.wait({task}, timeout=0.25)
+        if not task.done() and await request.is_disconnected():
+            handle.cancel()
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            return _error(499, "client closed the request", "client_closed")
+    return task.result()
+
+
+def _authorized(headers: Mapping[str, str], token: SecretStr) -> bool:
+    scheme, _, given = headers.get("authorization", "").partition(" ")
+    expected = token.get_secret_value().encode()
+    return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), expected)
+
+
+def _last_user(messages: list[Message]) -> Message:
+    users = [m for m in messages if m.get("role") == "user"]
+    return users[-1] if users else messages[-1]
+
+
+def _error_body(exc: Exception) -> dict:
+    if isinstance(exc, ChatGraphError):
+        return {"message": str(exc), "type": "graph_error"}
+    return {"message": f"the graph failed: {type(exc).__name__}: {exc}", "type": "server_error"}
+
+
+def _usage(usage: dict) -> dict:
+    return {
+        "prompt_tokens": usage.get("prompt_tokens", 0),
+        "completion_tokens": usage.get("completion_tokens", 0),
+        "total_tokens": usage.get("prompt_tokens", 0) + usage.get("completion_tokens", 0),
+    }
+
+
+def _data(payload: dict) -> str:
+    return f"data: {json.dumps(payload)}\n\n"
+
+
+def _error(
+    status: int, message: str, kind: str, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    return JSONResponse(
+        {"error": {"message": message, "type": kind, "code": status}}, status, headers=headers
+    )

@@ -1,0 +1,192 @@
+"""The chat backend: a real uvicorn server, spoken to by the official openai client."""
+
+import asyncio
+import json
+import socket
+import subprocess
+import sys
+import time
+
+import httpx
+import openai
+import pytest
+from conftest import ROOT, run_cli
+
+TOKEN = "test-token-123"
+HI = [{"role": "user", "content": "I love this great phone."}]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(*args: str, token: str | None = TOKEN, timeout: float = 60):
+    port = _free_port()
+    command = [sys.executable, "-m", "anabranch", "serve", "--port", str(port), *args]
+    if token:
+        command += ["--api-token", token]
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    url = f"http://127.0.0.1:{port}/v1"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(process.stderr.read().decode())
+        try:
+            httpx.get(f"{url}/models", timeout=1)
+            return process, url
+        except httpx.TransportError:
+            time.sleep(0.2)
+    process.kill()
+    raise AssertionError("the chat server did not start")
+
+
+@pytest.fixture(scope="module")
+def backend(fault_server, tmp_path_factory):
+    db = tmp_path_factory.mktemp("threads") / "threads.sqlite"
+    process, url = start_server("--llm", fault_server.url, "--model", "m", "--max-runs", "2",
+                                "--threads-db", str(db))  # fmt: skip
+    yield url, db
+    process.terminate()
+    process.wait(timeout=10)
+
+
+@pytest.fixture
+def client(backend, faults):
+    return openai.OpenAI(base_url=backend[0], api_key=TOKEN, max_retries=0)
+
+
+@pytest.fixture
+def aclient(backend, faults):
+    return openai.AsyncOpenAI(base_url=backend[0], api_key=TOKEN, max_retries=0)
+
+
+def test_models_lists_the_graphs(client):
+    assert [m.id for m in client.models.list()] == ["analyze", "chain"]
+
+
+def test_sync_non_streaming_answer(client):
+    response = client.chat.completions.create(model="analyze", messages=HI)
+    content = response.choices[0].message.content
+    assert content.startswith("Sentiment: ") and "Keywords: ok" in content  # the LLM's keyword
+    assert response.usage.prompt_tokens > 0 and response.choices[0].finish_reason == "stop"
+
+
+async def test_async_streaming_answer_with_usage(aclient):
+    stream = await aclient.chat.completions.create(
+        model="analyze", messages=HI, stream=True, stream_options={"include_usage": True}
+    )
+    chunks = [chunk async for chunk in stream]
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text.startswith("Sentiment: ")
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
+    assert chunks[-1].usage.prompt_tokens > 0
+
+
+async def test_async_non_streaming_and_sync_streaming_chain(client, aclient):
+    response = await aclient.chat.completions.create(model="chain", messages=HI)
+    assert "Previous answer (agent_enforcer)" in response.choices[0].message.content
+    chunks = list(client.chat.completions.create(model="chain", messages=HI, stream=True))
+    streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert streamed == response.choices[0].message.content
+
+
+def test_progress_events_travel_as_sse_comments(backend, faults):
+    body = {"model": "analyze", "messages": HI, "stream": True}
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    with httpx.stream("POST", f"{backend[0]}/chat/completions", json=body, headers=headers) as r:
+        lines = list(r.iter_lines())
+    events = [json.loads(line.split(" ", 2)[2]) for line in lines if line.startswith(": anabranch")]
+    done = sorted(e["agent"] for e in events if e.get("event") == "agent_done")
+    assert done == ["keywords", "sentiment", "tokenize"]
+    assert any(e.get("event") == "usage" and e["prompt_tokens"] > 0 for e in events)
+    assert lines[-2:] == ["data: [DONE]", ""] or lines[-1] == "data: [DONE]"
+
+
+def test_a_token_is_required(backend):
+    wrong = openai.OpenAI(base_url=backend[0], api_key="wrong", max_retries=0)
+    with pytest.raises(openai.AuthenticationError):
+        wrong.models.list()
+    assert httpx.get(f"{backend[0]}/models").status_code == 401
+
+
+def test_an_oversized_request_gets_413(client):
+    huge = [{"role": "user", "content": "x" * (1 << 20)}]
+    with pytest.raises(openai.APIStatusError) as caught:
+        client.chat.completions.create(model="analyze", messages=huge)
+    assert caught.value.status_code == 413
+
+
+async def test_runs_over_the_cap_get_429_with_retry_after(backend, faults):
+    faults.configure(latency_ms=3000)
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    body = {"model": "analyze", "messages": HI}
+    async with httpx.AsyncClient(base_url=backend[0], headers=headers, timeout=30) as http:
+        slow = [asyncio.create_task(http.post("/chat/completions", json=body)) for _ in range(2)]
+        await asyncio.sleep(1.0)  # both runs are now waiting on the slow LLM
+        rejected = await http.post("/chat/completions", json=body)
+        finished = await asyncio.gather(*slow)
+    assert rejected.status_code == 429 and rejected.headers["retry-after"] == "1"
+    assert [r.status_code for r in finished] == [200, 200]
+
+
+async def test_a_client_that_disconnects_cancels_its_llm_calls(backend, faults):
+    faults.configure(latency_ms=20_000)
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    body = {"model": "analyze", "messages": HI, "stream": True}
+    async with (
+        httpx.AsyncClient(base_url=backend[0], headers=headers, timeout=30) as http,
+        http.stream("POST", "/chat/completions", json=body) as response,
+    ):
+        lines = response.aiter_lines()  # kept referenced: a dropped iterator closes the stream
+        await anext(lines)  # the run has started
+        deadline = time.monotonic() + 10
+        while faults.stats()["in_flight"] < 2 and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        assert faults.stats()["in_flight"] == 2  # both LLM agents wait on the slow LLM: hang up
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        stats = faults.stats()
+        if stats["requests"] >= 2 and stats["in_flight"] == 0:
+            break
+        await asyncio.sleep(0.1)
+    assert stats["requests"] >= 2 and stats["in_flight"] == 0 and stats["cancelled"] >= 2
+
+
+def test_a_thread_keeps_the_conversation(client, backend):
+    first = [{"role": "user", "content": "My name is Ada."}]
+    client.chat.completions.create(model="chain", messages=first, user="thread-ada")
+    second = [{"role": "user", "content": "What is my name?"}]
+    answer = client.chat.completions.create(
+        model="chain", messages=second, extra_headers={"X-Thread-Id": "thread-ada"}
+    )
+    # The fault LLM echoes its prompt: the server supplied the earlier turn from its checkpoint.
+    assert "user: My name is Ada." in answer.choices[0].message.content
+    assert backend[1].stat().st_size > 0
+
+
+def test_a_failed_chain_is_an_error_not_content(client, faults):
+    faults.configure(rates={"500": 1.0})
+    with pytest.raises(openai.APIStatusError) as caught:
+        client.chat.completions.create(model="chain", messages=HI)
+    assert caught.value.status_code == 502 and "LLMStatusError" in caught.value.message
+    with pytest.raises(openai.APIError, match="chain stopped"):
+        list(client.chat.completions.create(model="chain", messages=HI, stream=True))
+
+
+def test_a_public_host_needs_a_token():
+    proc = run_cli("serve", "--host", "0.0.0.0", "--llm", "http://127.0.0.1:9/v1", "--model", "m")
+    assert proc.returncode == 2 and "needs --api-token" in proc.stderr
+
+
+def test_streaming_from_the_embedded_model(tmp_path):
+    process, url = start_server("--graph", "analyze", "--threads-db", str(tmp_path / "t.db"))
+    try:
+        client = openai.OpenAI(base_url=url, api_key=TOKEN)
+        chunks = list(client.chat.completions.create(model="analyze", messages=HI, stream=True))
+        text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        assert text.startswith("Sentiment: ") and "server:/tokenize" in text
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
