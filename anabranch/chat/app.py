@@ -21,6 +21,7 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Annotated, Any, TypedDict
 
+import aiosqlite
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
@@ -111,12 +112,24 @@ def create_app(
     runs = asyncio.Semaphore(max_concurrent_runs)
     stateless = {name: conversation_graph(chat) for name, chat in chats.items()}
     stateful: dict[str, Any] = {}
+    opening = asyncio.Lock()
+    connection: list[aiosqlite.Connection] = []
+
+    async def threaded(name: str):
+        """The checkpointed graph, opening the SQLite file on first use: a mounted sub-app gets
+        no lifespan events, so this cannot wait for start-up."""
+        async with opening:
+            if not stateful:
+                connection.append(await aiosqlite.connect(threads_db))
+                saver = AsyncSqliteSaver(connection[0])
+                stateful.update({n: conversation_graph(c, saver) for n, c in chats.items()})
+        return stateful[name]
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        async with AsyncSqliteSaver.from_conn_string(threads_db) as saver:
-            stateful.update({n: conversation_graph(c, saver) for n, c in chats.items()})
-            yield
+        yield
+        for conn in connection:
+            await conn.close()
 
     app = FastAPI(title="anabranch", lifespan=lifespan)
 
@@ -150,7 +163,7 @@ def create_app(
                           "rate_limit_exceeded", headers={"Retry-After": "1"})  # fmt: skip
         thread = request.headers.get(THREAD_HEADER) or chat_request.user
         if thread:
-            graph = stateful[chat_request.model]
+            graph = await threaded(chat_request.model)
             state = {"messages": [_last_user(chat_request.messages)]}
             config = {"configurable": {"thread_id": thread}}
         else:
