@@ -49,9 +49,10 @@ def render_chain_report(result: ChainResult) -> str:
             f"## Step {step.index}: {step.specialist} (execution time: {mmss(step.seconds)})",
             "",
         ]
+        attempts = step.error.attempts if step.error else step.usage.requests or 1
         lines.append(
             f"*Model {step.model}; tokens: {step.usage.prompt_tokens} in, "
-            f"{step.usage.completion_tokens} out; attempts: {step.usage.requests or 1}.*"
+            f"{step.usage.completion_tokens} out; attempts: {attempts}.*"
         )
         lines.append("")
         if step.status == "error" and step.error:

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import os
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -306,10 +307,16 @@ def fault_server(
 # -- running a file -----------------------------------------------------------------------------
 
 
+@dataclass(frozen=True, slots=True)
 class _LlmOptions:
-    def __init__(self, llm, model, concurrency, timeout, rpm, tpm) -> None:
-        self.llm, self.model = llm, model
-        self.concurrency, self.timeout, self.rpm, self.tpm = concurrency, timeout, rpm, tpm
+    """The LLM options every command shares, gathered at the edge."""
+
+    llm: str | None
+    model: str | None
+    concurrency: int
+    timeout: float
+    rpm: float | None
+    tpm: float | None
 
 
 def _fail(message: str) -> None:

@@ -23,6 +23,9 @@ import sys
 import time
 from dataclasses import dataclass
 
+from anabranch import Answer
+from anabranch.types import SentimentOutput
+
 MESSAGES = [{"role": "user", "content": "Analyse this short text."}]
 
 
@@ -34,9 +37,6 @@ class ChatAgent:
     name: str
 
     async def run(self, subtask):
-        from anabranch import Answer
-        from anabranch.types import SentimentOutput
-
         completion = await self.endpoint.chat(MESSAGES, max_tokens=16)
         return Answer(SentimentOutput(label="neutral", score=0.0), completion.usage)
 

@@ -103,32 +103,30 @@ def _step_node(index: int, specialist: Specialist, endpoint: Endpoint, context: 
             if not completion.text.strip():
                 raise ValueError("the model returned no text")
         except Exception as exc:  # noqa: BLE001 - a failed step is recorded; the chain stops
-            record = ChainStep(
-                index=index,
-                specialist=specialist.name,
-                model=model,
-                temperature=specialist.temperature,
-                status="error",
-                seconds=now() - start,
-                error=SubtaskError(
+            outcome = {
+                "status": "error",
+                "error": SubtaskError(
                     kind=specialist.name,
                     type=type(exc).__name__,
                     message=str(exc) or repr(exc),
                     attempts=getattr(exc, "attempts", 1),
                 ),
-            )
+            }
         else:
-            record = ChainStep(
-                index=index,
-                specialist=specialist.name,
-                model=model,
-                temperature=specialist.temperature,
-                status="ok",
-                output=completion.text.strip(),
-                truncated=completion.finish_reason == "length",
-                seconds=now() - start,
-                usage=completion.usage,
-            )
+            outcome = {
+                "status": "ok",
+                "output": completion.text.strip(),
+                "truncated": completion.finish_reason == "length",
+                "usage": completion.usage,
+            }
+        record = ChainStep(
+            index=index,
+            specialist=specialist.name,
+            model=model,
+            temperature=specialist.temperature,
+            seconds=now() - start,
+            **outcome,
+        )
         write({"event": "step_end", "step": index, "specialist": specialist.name,
                "status": record.status, "seconds": record.seconds})  # fmt: skip
         return {"steps": [record]}
