@@ -18,8 +18,9 @@ install: $(STAMP)
 llm: install
 	$(BIN)/anabranch setup
 
+# Exit 1 means every task was delivered but some carry an error record: a result, not a failure.
 demo: llm
-	$(BIN)/anabranch demo --out results.jsonl
+	$(BIN)/anabranch demo --out results.jsonl || [ $$? -eq 1 ]
 
 test: llm lint
 	$(BIN)/python -m pytest -q

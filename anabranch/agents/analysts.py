@@ -113,8 +113,9 @@ class LLMKeywordAgent:
     """Asks the model for a ranked list of keywords; ranks become scores in (0, 1]."""
 
     endpoint: Endpoint
-    top_k: int = 8
-    max_tokens: int = 160
+    top_k: int = 6
+    max_tokens: int = 200
+    """Room for top_k terms of up to 40 characters plus the JSON around them."""
     name: str = "keywords"
 
     def __post_init__(self) -> None:
