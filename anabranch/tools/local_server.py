@@ -165,10 +165,6 @@ class LocalLLMServer:
             Path(self._log.name).unlink(missing_ok=True)
             self._log = None
 
-    @property
-    def running(self) -> bool:
-        return self._process is not None and self._process.poll() is None
-
     def __enter__(self) -> LocalLLMServer:
         return self.start()
 
