@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -99,8 +99,6 @@ def demo(
 ) -> None:
     """Run the 100 example tasks (examples/tasks.jsonl) on the embedded local LLM."""
     options = _LlmOptions(llm, model, llm_concurrency, timeout, None, None)
-    if backend == "local":
-        options = _LlmOptions(None, None, llm_concurrency, timeout, None, None)
     raise typer.Exit(
         _run_file(DEMO_TASKS, out, concurrency, chunk_tokens, backend, planner, options)
     )
@@ -307,7 +305,7 @@ def fault_server(
 # -- running a file -----------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@dataclasses.dataclass(frozen=True, slots=True)
 class _LlmOptions:
     """The LLM options every command shares, gathered at the edge."""
 
@@ -386,28 +384,25 @@ def _run_file(
 
 
 async def _run_async(input, out, concurrency, chunk_tokens, backend, planner, options):
-    from anabranch.agents.analysts import make_agents
+    from anabranch.agents.analysts import DESCRIPTIONS, make_agents
     from anabranch.agents.planner import LLMPlanner, RulePlanner
 
     choice = _parse_backend(backend, options.llm is not None)
-    wants_llm = "llm" in ([choice] if isinstance(choice, str) else choice.values())
-    if (wants_llm or planner == "llm") and options.llm is None:
+    wants_llm = planner == "llm" or "llm" in (
+        [choice] if isinstance(choice, str) else choice.values()
+    )
+    if wants_llm and options.llm is None:
         raise ValueError("the llm backend and the llm planner need --llm (local or a URL)")
+    if not wants_llm:  # nothing will call an LLM: do not start or reach one
+        options = dataclasses.replace(options, llm=None)
     async with _endpoint(options) as endpoint:
         agents = make_agents(choice, endpoint)
         names = [a.name for a in agents]
         rule = RulePlanner(kinds=names, chunk_tokens=chunk_tokens)
-        plan = rule if planner == "rule" else LLMPlanner(endpoint, AGENT_DESCRIPTIONS, rule=rule)
+        plan = rule if planner == "rule" else LLMPlanner(endpoint, DESCRIPTIONS, rule=rule)
         graph = build_fanout_graph(plan, agents)
         tasks = list(read_tasks(input))
         return await _write_results(run_batch(tasks, graph, concurrency=concurrency), out)
-
-
-AGENT_DESCRIPTIONS = {
-    "tokenize": "split the text into the model's tokens and count them",
-    "keywords": "extract the most important words and phrases",
-    "sentiment": "judge whether the text is positive, negative or neutral",
-}
 
 
 async def _write_results(batch: BatchRun, out: Path) -> tuple[RunReport, list[str]]:

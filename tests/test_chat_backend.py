@@ -2,7 +2,6 @@
 
 import asyncio
 import json
-import socket
 import subprocess
 import sys
 import time
@@ -12,18 +11,14 @@ import openai
 import pytest
 from conftest import ROOT, run_cli
 
+from anabranch.tools.local_server import free_port
+
 TOKEN = "test-token-123"
 HI = [{"role": "user", "content": "I love this great phone."}]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def start_server(*args: str, token: str | None = TOKEN, timeout: float = 60):
-    port = _free_port()
+    port = free_port()
     command = [sys.executable, "-m", "anabranch", "serve", "--port", str(port), *args]
     if token:
         command += ["--api-token", token]

@@ -36,6 +36,7 @@ def test_demo_runs_the_hundred_example_tasks(tmp_path):
     out = tmp_path / "results.jsonl"
     proc = run_cli("demo", "--backend", "local", "--out", str(out))
     assert proc.returncode == 0, proc.stderr
+    assert "LLM:" not in proc.stdout  # nothing calls an LLM, so none is started
     results = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(results) == 100 and all(r["status"] == "ok" for r in results)
     chunked = [r for r in results if r["chunks"] > 1]

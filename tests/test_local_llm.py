@@ -9,7 +9,7 @@ import time
 import pytest
 
 from anabranch import Task, build_fanout_graph, run_batch
-from anabranch.agents.analysts import make_agents
+from anabranch.agents.analysts import DESCRIPTIONS, make_agents
 from anabranch.agents.planner import LLMPlanner, RulePlanner
 from anabranch.tools.llm import Endpoint
 from anabranch.tools.local_server import LocalLLMServer
@@ -45,15 +45,10 @@ async def test_the_three_agents_return_schema_valid_output(server):
 async def test_the_llm_planner_picks_registered_agents(server):
     async with Endpoint(server.url, server.model, concurrency=4) as llm:
         agents = make_agents({"tokenize": "local", "keywords": "local", "sentiment": "llm"}, llm)
-        descriptions = {
-            "tokenize": "split text into tokens",
-            "keywords": "extract keywords",
-            "sentiment": "judge the sentiment",
-        }
-        planner = LLMPlanner(llm, descriptions, rule=RulePlanner())
+        planner = LLMPlanner(llm, DESCRIPTIONS, rule=RulePlanner())
         task = Task(id="p", text=TEXTS[1], instruction="Is this customer happy?")
         plan = await planner.plan(task)
-        assert plan and {s.kind for s in plan} <= set(descriptions)
+        assert plan and {s.kind for s in plan} <= set(DESCRIPTIONS)
         graph = build_fanout_graph(planner, agents)
         batch = run_batch([task], graph)
         (result,) = [r async for r in batch]

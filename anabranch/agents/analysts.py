@@ -181,7 +181,13 @@ class LLMSentimentAgent:
         return Answer(output, parsed.usage, parsed.attempts)
 
 
-AGENT_NAMES = ("tokenize", "keywords", "sentiment")
+DESCRIPTIONS = {
+    "tokenize": "split the text into the model's tokens and count them",
+    "keywords": "extract the most important words and phrases",
+    "sentiment": "judge whether the text is positive, negative or neutral",
+}
+"""What each built-in analyst does, as the LLM planner shows it to the model."""
+AGENT_NAMES = tuple(DESCRIPTIONS)
 
 
 def make_agents(

@@ -146,8 +146,6 @@ class LLMPlanner:
     descriptions: Mapping[str, str]
     """Agent name -> what it does, as the model will read it."""
     rule: RulePlanner = field(default_factory=RulePlanner)
-    fallbacks: int = field(default=0, init=False)
-    """How many plans fell back to the rule planner, for the curious."""
 
     def __post_init__(self) -> None:
         names = tuple(self.descriptions)
@@ -171,12 +169,10 @@ class LLMPlanner:
         try:
             parsed = await self.endpoint.parse(messages, self._schema)
         except AnabranchError as exc:
-            self.fallbacks += 1
             logger.warning("LLM planner fell back to the rule plan for %s: %s", task.id, exc)
             return rule_plan
         chosen = list(dict.fromkeys(parsed.value.agents))
         if not chosen:
-            self.fallbacks += 1
             return rule_plan
         chunks = sorted({(s.chunk, s.text, s.chunk_tokens) for s in rule_plan})
         return subtasks_for(task, chosen, [Chunk(text, tokens) for _, text, tokens in chunks])

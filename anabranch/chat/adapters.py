@@ -34,8 +34,8 @@ class Turn(Protocol):
     input: dict[str, Any]
     usage: Usage
 
-    def feed(self, mode: str, chunk: Any) -> tuple[str, dict[str, Any] | None]:
-        """Read one stream item: (answer text it adds, progress event or None)."""
+    def feed(self, mode: str, chunk: Any) -> tuple[str, list[dict[str, Any]]]:
+        """Read one stream item: (answer text it adds, progress events it makes)."""
 
     def answer(self) -> str:
         """The whole answer; raises ChatGraphError if the run produced none."""
@@ -72,26 +72,23 @@ class AnalyzeTurn:
     usage: Usage = field(default_factory=Usage)
     result: TaskResult | None = None
 
-    def feed(self, mode: str, chunk: Any) -> tuple[str, dict[str, Any] | None]:
+    def feed(self, mode: str, chunk: Any) -> tuple[str, list[dict[str, Any]]]:
+        events: list[dict[str, Any]] = []
         if mode != "updates":
-            return "", None
+            return "", events
         for node, update in chunk.items():
-            if update and "result" in update:
+            update = update or {}
+            if "result" in update:
                 self.result = update["result"]
-                return "", None
-            for r in (update or {}).get("results", []):
+            if node == "planner" and "subtasks" in update:
+                events.append(
+                    {"event": "planned", "subtasks": [s.kind for s in update["subtasks"]]}
+                )
+            for r in update.get("results", []):  # the planner's own error records come here too
                 self.usage += r.usage
-                return "", {
-                    "event": "agent_done",
-                    "agent": r.kind,
-                    "chunk": r.chunk,
-                    "status": r.status,
-                    "usage": r.usage.model_dump(),
-                }
-            if node == "planner" and update:
-                kinds = [s.kind for s in update.get("subtasks", [])]
-                return "", {"event": "planned", "subtasks": kinds}
-        return "", None
+                events.append({"event": "agent_done", "agent": r.kind, "chunk": r.chunk,
+                               "status": r.status, "usage": r.usage.model_dump()})  # fmt: skip
+        return "", events
 
     def answer(self) -> str:
         if self.result is None:
@@ -129,19 +126,18 @@ class ChainTurn:
     usage: Usage = field(default_factory=Usage)
     steps: list = field(default_factory=list)
 
-    def feed(self, mode: str, chunk: Any) -> tuple[str, dict[str, Any] | None]:
+    def feed(self, mode: str, chunk: Any) -> tuple[str, list[dict[str, Any]]]:
         if mode == "updates":
             for update in chunk.values():
                 for step in (update or {}).get("steps", []):
                     self.steps.append(step)
                     self.usage += step.usage
-            return "", None
-        last = chunk.get("step") == len(self.specialists)
-        if chunk["event"] == "text" and last:
-            return chunk["text"], None  # the final specialist's words are the answer
-        if chunk["event"] == "text":
-            return "", None  # earlier steps' words would flood a progress channel
-        return "", chunk
+            return "", []
+        if chunk["event"] != "text":
+            return "", [chunk]
+        if chunk.get("step") == len(self.specialists):
+            return chunk["text"], []  # the final specialist's words are the answer
+        return "", []  # earlier steps' words would flood a progress channel
 
     def answer(self) -> str:
         result = chain_result({**self.input, "steps": self.steps}, self.specialists)
@@ -183,15 +179,16 @@ class MessagesTurn:
     usage: Usage = field(default_factory=Usage)
     last: str = ""
 
-    def feed(self, mode: str, chunk: Any) -> tuple[str, dict[str, Any] | None]:
+    def feed(self, mode: str, chunk: Any) -> tuple[str, list[dict[str, Any]]]:
         if mode != "updates":
-            return "", chunk if isinstance(chunk, dict) else {"event": "custom", "data": chunk}
+            return "", [chunk if isinstance(chunk, dict) else {"event": "custom", "data": chunk}]
+        events = []
         for node, update in chunk.items():
-            messages = (update or {}).get("messages") if isinstance(update, dict) else None
+            messages = update.get("messages") if isinstance(update, dict) else None
             if messages:
                 self.last = content_text(_message_content(messages[-1]))
-                return "", {"event": "node_done", "node": node}
-        return "", None
+                events.append({"event": "node_done", "node": node})
+        return "", events
 
     def answer(self) -> str:
         if not self.last:

@@ -81,10 +81,10 @@ def conversation_graph(chat: ChatGraph, checkpointer=None):
         write = runtime.stream_writer
         turn = chat.start(state["messages"])
         async for mode, chunk in chat.graph.astream(turn.input, stream_mode=STREAM_MODES):
-            delta, event = turn.feed(mode, chunk)
+            delta, events = turn.feed(mode, chunk)
             if delta:
                 write({"type": "delta", "text": delta})
-            if event:
+            for event in events:
                 write({"type": "progress", **event})
         text = turn.answer()
         write({"type": "answer", "text": text, "usage": turn.usage.model_dump()})

@@ -27,6 +27,8 @@ from typing import Any, Literal
 import h11
 from pydantic import BaseModel, Field
 
+from anabranch.tools.local_server import stop_process
+
 Fault = Literal["ok", "429", "500", "503", "400", "401", "reset", "hang", "malformed", "invalid"]
 """What one request gets: a normal answer, an HTTP error, a dropped connection, a hang past any
 timeout, a body that is not JSON, or a well-formed answer whose content fails the schema."""
@@ -374,12 +376,7 @@ class FaultServer:
 
     def stop(self) -> None:
         if self._process is not None:
-            self._process.terminate()
-            try:
-                self._process.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self._process.kill()
-                self._process.wait()
+            stop_process(self._process, grace=5)
             self._process = None
 
     def configure(self, config: FaultConfig | None = None, **kwargs: Any) -> None:

