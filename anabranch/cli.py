@@ -17,6 +17,7 @@ from anabranch.errors import SetupError
 from anabranch.graphs.fanout import build_fanout_graph
 from anabranch.graphs.runner import BatchRun, run_batch
 from anabranch.inputs import read_tasks
+from anabranch.redact import redact
 from anabranch.report import render_trace
 from anabranch.tools.llm import Endpoint
 from anabranch.types import RunReport
@@ -238,9 +239,18 @@ def serve(
     max_runs: Annotated[int, typer.Option(min=1, help="Graph runs at once; more get 429.")] = 8,
 ) -> None:
     """Serve graphs as OpenAI-compatible chat models (POST /v1/chat/completions)."""
-    token = api_token or os.environ.get("ANABRANCH_API_TOKEN")
-    if token is None and host not in ("127.0.0.1", "localhost", "::1"):
-        _fail(f"serving on {host} needs --api-token or ANABRANCH_API_TOKEN: it is not loopback")
+    from anabranch.chat.app import is_loopback
+
+    given = api_token if api_token is not None else os.environ.get("ANABRANCH_API_TOKEN")
+    token = given.strip() if given and given.strip() else None  # an empty token is no token
+    if token is None and not is_loopback(host):
+        why = "the token given is empty" if given is not None else "neither is set"
+        _fail(
+            f"serving on {host} needs --api-token or ANABRANCH_API_TOKEN ({why}): the host is "
+            "not loopback, so anyone who reaches it could use the server"
+        )
+    if token is None and given is not None:
+        typer.echo("warning: the API token is empty, so none is required (loopback only)", err=True)
     options = _LlmOptions(llm, model, llm_concurrency, timeout, None, None)
     try:
         asyncio.run(
@@ -318,7 +328,7 @@ class _LlmOptions:
 
 
 def _fail(message: str) -> None:
-    typer.echo(f"error: {message}", err=True)
+    typer.echo(f"error: {redact(message)}", err=True)
     raise typer.Exit(EXIT_USAGE)
 
 
@@ -355,7 +365,7 @@ async def _endpoint(options: _LlmOptions) -> AsyncIterator[Endpoint | None]:
         _fail("--model is required with --llm URL (the name the server knows the model by)")
     key = next((os.environ[v] for v in API_KEY_VARIABLES if os.environ.get(v)), "not-needed")
     async with Endpoint(options.llm, options.model, api_key=SecretStr(key), **limits) as endpoint:
-        typer.echo(f"LLM: {options.model} at {endpoint.base_url}")
+        typer.echo(f"LLM: {options.model} at {endpoint.public_url}")
         yield endpoint
 
 

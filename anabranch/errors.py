@@ -9,9 +9,21 @@ from __future__ import annotations
 
 from pydantic import ValidationError
 
+from anabranch.redact import redact
+
 
 class AnabranchError(Exception):
-    """Base of every error this package raises on purpose."""
+    """Base of every error this package raises on purpose.
+
+    Its message is redacted on the way in: these errors quote servers, and servers echo keys.
+    """
+
+    def __init__(self, message: str = "", *args: object) -> None:
+        super().__init__(redact(str(message)), *args)
+
+
+class ConfigError(AnabranchError, ValueError):
+    """A configuration mistake: an option, a setting or an argument that cannot work."""
 
 
 class InputError(AnabranchError):

@@ -6,9 +6,11 @@ checkpoints, and returned to users; inside the framework the same objects are pa
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+from anabranch.redact import redact
 
 SentimentLabel = Literal["positive", "negative", "neutral"]
 """The three sentiment classes every sentiment tool must map to."""
@@ -79,7 +81,8 @@ class SubtaskError(BaseModel):
     chunk: int = 0
     type: str
     """The exception's class name, e.g. `LLMTimeoutError`, `InputError`."""
-    message: str
+    message: Annotated[str, AfterValidator(redact)]
+    """What went wrong, with every secret the process knows removed (servers echo keys)."""
     attempts: int = 1
 
 

@@ -1,40 +1,20 @@
 """The chat backend: a real uvicorn server, spoken to by the official openai client."""
 
 import asyncio
+import http.client
 import json
-import subprocess
-import sys
+import re
 import time
 
 import httpx
 import openai
 import pytest
-from conftest import ROOT, run_cli
+from conftest import TOKEN, run_cli, start_server
 
-from anabranch.tools.local_server import free_port
+from anabranch.chat import create_app
+from anabranch.errors import ConfigError
 
-TOKEN = "test-token-123"
 HI = [{"role": "user", "content": "I love this great phone."}]
-
-
-def start_server(*args: str, token: str | None = TOKEN, timeout: float = 60):
-    port = free_port()
-    command = [sys.executable, "-m", "anabranch", "serve", "--port", str(port), *args]
-    if token:
-        command += ["--api-token", token]
-    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    url = f"http://127.0.0.1:{port}/v1"
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(process.stderr.read().decode())
-        try:
-            httpx.get(f"{url}/models", timeout=1)
-            return process, url
-        except httpx.TransportError:
-            time.sleep(0.2)
-    process.kill()
-    raise AssertionError("the chat server did not start")
 
 
 @pytest.fixture(scope="module")
@@ -173,6 +153,45 @@ def test_a_failed_chain_is_an_error_not_content(client, faults):
 def test_a_public_host_needs_a_token():
     proc = run_cli("serve", "--host", "0.0.0.0", "--llm", "http://127.0.0.1:9/v1", "--model", "m")
     assert proc.returncode == 2 and "needs --api-token" in proc.stderr
+
+
+@pytest.mark.parametrize("empty", ["", "   "])
+def test_an_empty_token_is_no_token(empty):
+    """`ANABRANCH_API_TOKEN= anabranch serve --host 0.0.0.0` once served anyone."""
+    serve = ["serve", "--host", "0.0.0.0", "--llm", "http://127.0.0.1:9/v1", "--model", "m"]
+    from_env = run_cli(*serve, env={"ANABRANCH_API_TOKEN": empty}, timeout=30)
+    from_flag = run_cli(*serve, "--api-token", empty, timeout=30)
+    for proc in (from_env, from_flag):
+        assert proc.returncode == 2 and "the token given is empty" in proc.stderr
+    with pytest.raises(ConfigError, match="api_token is empty"):
+        create_app([], api_token=empty)
+
+
+@pytest.mark.parametrize("authorization", ["Bearer ", "Bearer    ", "Bearer", "", TOKEN])
+def test_an_empty_bearer_gets_401(backend, authorization):
+    # http.client, since httpx refuses to send a header value with trailing blanks at all.
+    url = httpx.URL(backend[0])
+    connection = http.client.HTTPConnection(url.host, url.port, timeout=10)
+    connection.request("GET", "/v1/models", headers={"Authorization": authorization})
+    assert connection.getresponse().status == 401
+    connection.close()
+    right = httpx.get(f"{backend[0]}/models", headers={"Authorization": f"Bearer {TOKEN}"})
+    assert right.status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("messages", "why"),
+    [
+        ([{}], "messages.0.role: Field required"),
+        ([{"role": "wizard", "content": "hi"}], "unknown role 'wizard'"),
+        ([{"role": "system", "content": "Be terse."}], "no user message"),
+        ([{"role": "user", "content": 42}], "messages.0.content"),
+    ],
+)
+def test_a_malformed_conversation_is_the_clients_400(client, messages, why):
+    """A 502 would tell the client to retry the same broken request."""
+    with pytest.raises(openai.BadRequestError, match=re.escape(why)):
+        client.chat.completions.create(model="analyze", messages=messages)
 
 
 def test_streaming_from_the_embedded_model(tmp_path):

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
+import ipaddress
 import json
 import time
 import uuid
@@ -27,12 +28,42 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
 from langgraph.graph import END, START, StateGraph
 from langgraph.runtime import Runtime
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from anabranch.chat.adapters import STREAM_MODES, ChatGraph, ChatGraphError, Message
-from anabranch.errors import describe
+from anabranch.errors import ConfigError, describe
+from anabranch.redact import redact, register_secret
 
 THREAD_HEADER = "x-thread-id"
+
+
+ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
+"""The message roles of OpenAI's chat API."""
+
+
+class ChatMessage(BaseModel):
+    """One message of the conversation: checked here, so that a malformed one is the client's
+    400, not a graph failure the client would retry."""
+
+    model_config = ConfigDict(extra="allow")
+
+    role: str
+    content: str | list[dict[str, Any]] | None = None
+
+    @field_validator("role")
+    @classmethod
+    def _known_role(cls, role: str) -> str:
+        if role not in ROLES:
+            raise ValueError(f"unknown role {role!r}; use one of {', '.join(sorted(ROLES))}")
+        return role
 
 
 class ChatRequest(BaseModel):
@@ -42,10 +73,20 @@ class ChatRequest(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     model: str
-    messages: list[dict[str, Any]] = Field(min_length=1)
+    messages: list[ChatMessage] = Field(min_length=1)
     stream: bool = False
     stream_options: dict[str, Any] | None = None
     user: str | None = None
+
+    @model_validator(mode="after")
+    def _has_user_message(self) -> ChatRequest:
+        if not any(m.role == "user" for m in self.messages):
+            raise ValueError("the conversation has no user message")
+        return self
+
+    def conversation(self) -> list[Message]:
+        """The messages as the graphs take them: plain dicts, as the client sent them."""
+        return [m.model_dump(exclude_unset=True) for m in self.messages]
 
 
 @dataclass(slots=True)
@@ -109,6 +150,10 @@ def create_app(
     uvicorn. `threads_db` is the SQLite file behind conversations (":memory:" keeps none)."""
     chats = dict(graphs) if isinstance(graphs, Mapping) else {g.name: g for g in graphs}
     token = SecretStr(api_token) if isinstance(api_token, str) else api_token
+    if token is not None:
+        if not token.get_secret_value().strip():
+            raise ConfigError("api_token is empty: pass None to serve without a token")
+        register_secret(token.get_secret_value())
     runs = asyncio.Semaphore(max_concurrent_runs)
     stateless = {name: conversation_graph(chat) for name, chat in chats.items()}
     stateful: dict[str, Any] = {}
@@ -162,13 +207,14 @@ def create_app(
             return _error(429, f"all {max_concurrent_runs} runs are busy; retry shortly",
                           "rate_limit_exceeded", headers={"Retry-After": "1"})  # fmt: skip
         thread = request.headers.get(THREAD_HEADER) or chat_request.user
+        conversation = chat_request.conversation()
         if thread:
             graph = await threaded(chat_request.model)
-            state = {"messages": [_last_user(chat_request.messages)]}
+            state = {"messages": [_last_user(conversation)]}
             config = {"configurable": {"thread_id": thread}}
         else:
             graph = stateless[chat_request.model]
-            state, config = {"messages": chat_request.messages}, {}
+            state, config = {"messages": conversation}, {}
         run, handle = _Run(chat_request, thread), RunHandle()
         events = graph.astream(state, config, stream_mode="custom", context=handle)
         if chat_request.stream:
@@ -344,10 +390,25 @@ async def _until_disconnect(request: Request, work, handle: RunHandle) -> Any:
     return task.result()
 
 
+def is_loopback(host: str) -> bool:
+    """Only this machine can reach `host` (127.0.0.0/8, ::1, localhost)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
 def _authorized(headers: Mapping[str, str], token: SecretStr) -> bool:
+    """The request's bearer token is the server's; compared in constant time. An empty bearer is
+    never a token, whatever the server holds."""
     scheme, _, given = headers.get("authorization", "").partition(" ")
+    given = given.strip()
     expected = token.get_secret_value().encode()
-    return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), expected)
+    return (
+        scheme.lower() == "bearer" and bool(given) and hmac.compare_digest(given.encode(), expected)
+    )
 
 
 def _last_user(messages: list[Message]) -> Message:
@@ -356,9 +417,11 @@ def _last_user(messages: list[Message]) -> Message:
 
 
 def _error_body(exc: Exception) -> dict:
+    """What the client hears of a failure: redacted, since the graph's errors quote servers."""
     if isinstance(exc, ChatGraphError):
-        return {"message": str(exc), "type": "graph_error"}
-    return {"message": f"the graph failed: {type(exc).__name__}: {exc}", "type": "server_error"}
+        return {"message": redact(str(exc)), "type": "graph_error"}
+    message = redact(f"the graph failed: {type(exc).__name__}: {exc}")
+    return {"message": message, "type": "server_error"}
 
 
 def _usage(usage: dict) -> dict:

@@ -29,7 +29,9 @@ from pydantic import BaseModel, Field
 
 from anabranch.tools.local_server import stop_process
 
-Fault = Literal["ok", "429", "500", "503", "400", "401", "reset", "hang", "malformed", "invalid"]
+Fault = Literal[
+    "ok", "429", "500", "503", "400", "401", "403", "reset", "hang", "malformed", "invalid"
+]
 """What one request gets: a normal answer, an HTTP error, a dropped connection, a hang past any
 timeout, a body that is not JSON, or a well-formed answer whose content fails the schema."""
 
@@ -48,6 +50,9 @@ class FaultConfig(BaseModel):
     hang_seconds: float = 3600.0
     refuse_json_schema: bool = False
     """Answer 400 to `response_format: json_schema`, as servers without it do."""
+    echo_credentials: bool = False
+    """Quote the request's bearer token in every error body and in a response header, as
+    OpenAI's 401 ("Incorrect API key provided: sk-...") and careless gateways do."""
     seed: int = 0
 
 
@@ -93,8 +98,13 @@ class FaultApp:
             roll -= rate
         return "ok"
 
-    async def handle(self, method: str, path: str, body: bytes) -> tuple[int, dict, bytes] | str:
-        """Answer (status, headers, body), or "reset"/"hang" for the connection to act out."""
+    async def handle(
+        self, method: str, path: str, body: bytes, key: str = ""
+    ) -> tuple[int, dict, bytes] | str:
+        """Answer (status, headers, body), or "reset"/"hang" for the connection to act out.
+
+        `key` is the request's bearer token, which the server quotes when `echo_credentials`.
+        """
         path = path.split("?", 1)[0]
         if method == "GET" and path == "/health":
             return _json(200, {"status": "ok"})
@@ -106,10 +116,10 @@ class FaultApp:
         if method == "GET" and path == "/v1/models":
             return _json(200, {"object": "list", "data": [{"id": "fault", "object": "model"}]})
         if method == "POST" and path == "/v1/chat/completions":
-            return await self._chat(body)
+            return await self._chat(body, key)
         return _json(404, {"error": {"message": f"no route {method} {path}", "type": "not_found"}})
 
-    async def _chat(self, body: bytes) -> tuple[int, dict, bytes] | str:
+    async def _chat(self, body: bytes, key: str) -> tuple[int, dict, bytes] | str:
         stats = self.stats
         stats.requests += 1
         stats.arrivals.append(round(time.monotonic() - stats.started, 6))
@@ -127,8 +137,9 @@ class FaultApp:
                 return "reset"
             if fault == "malformed":
                 return 200, {"content-type": "application/json"}, b'{"id": "x", "choices": [{'
-            if fault in ("400", "401", "429", "500", "503"):
-                return _error(int(fault), self.config.retry_after)
+            if fault in ("400", "401", "403", "429", "500", "503"):
+                echoed = key if self.config.echo_credentials else None
+                return _error(int(fault), self.config.retry_after, echoed)
             request = json.loads(body or b"{}")
             wants = (request.get("response_format") or {}).get("type")
             if self.config.refuse_json_schema and wants == "json_schema":
@@ -256,13 +267,19 @@ def _json(status: int, payload: Any, headers: dict | None = None) -> tuple[int, 
     )
 
 
-def _error(status: int, retry_after: float | None) -> tuple[int, dict, bytes]:
+def _error(status: int, retry_after: float | None, echoed: str | None) -> tuple[int, dict, bytes]:
     headers = {}
     if status in (429, 503) and retry_after is not None:
         headers["retry-after"] = f"{retry_after:g}"
-    message = {400: "bad request", 401: "invalid api key", 429: "rate limit exceeded"}.get(
-        status, "server error"
-    )
+    message = {
+        400: "bad request",
+        401: "invalid api key",
+        403: "forbidden",
+        429: "rate limit exceeded",
+    }.get(status, "server error")
+    if echoed is not None:
+        message += f": Incorrect API key provided: {echoed} (Authorization: Bearer {echoed})"
+        headers["x-echoed-authorization"] = f"Bearer {echoed}"
     return _json(status, {"error": {"message": message, "type": str(status)}}, headers)
 
 
@@ -285,7 +302,9 @@ async def _serve_connection(
                     break
                 elif isinstance(event, h11.ConnectionClosed):
                     return
-            work = app.handle(request.method.decode(), request.target.decode(), bytes(body))
+            auth = dict(request.headers).get(b"authorization", b"").decode("latin-1")
+            key = auth.partition(" ")[2]
+            work = app.handle(request.method.decode(), request.target.decode(), bytes(body), key)
             answer = await _unless_client_leaves(app, conn, reader, work)
             if answer is None:  # the client hung up first: its request was cancelled
                 return

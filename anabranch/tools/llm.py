@@ -37,6 +37,7 @@ from anabranch.errors import (
     LLMStatusError,
     LLMTimeoutError,
 )
+from anabranch.redact import public_url, register_secret
 from anabranch.tools.limits import RateLimiter
 from anabranch.tools.tokenizer import count_tokens, readable_pieces
 from anabranch.types import Usage
@@ -123,6 +124,7 @@ class Endpoint:
     def __post_init__(self) -> None:
         if isinstance(self.api_key, str):
             self.api_key = SecretStr(self.api_key)
+        register_secret(self.api_key.get_secret_value())
         self.base_url = normalize_base_url(self.base_url)
         self._client = openai.AsyncOpenAI(
             base_url=self.base_url,
@@ -134,6 +136,11 @@ class Endpoint:
         self._rpm = RateLimiter(self.rpm) if self.rpm else None
         self._tpm = RateLimiter(self.tpm) if self.tpm else None
         self._has_tokenize: bool | None = None
+
+    @property
+    def public_url(self) -> str:
+        """The base URL without credentials, safe to print."""
+        return public_url(self.base_url)
 
     @property
     def server_root(self) -> str:
