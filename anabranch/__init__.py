@@ -28,6 +28,8 @@ from anabranch.agents.specialists import (
 from anabranch.chain_report import render_chain_report
 from anabranch.errors import (
     AnabranchError,
+    ChatGraphError,
+    ConfigError,
     InputError,
     LLMConnectionError,
     LLMError,
@@ -41,10 +43,11 @@ from anabranch.graphs.chain import build_chain_graph, chain_result
 from anabranch.graphs.fanout import build_fanout_graph
 from anabranch.graphs.runner import BatchRun, run_batch
 from anabranch.inputs import read_tasks
+from anabranch.llm.endpoint import Endpoint
+from anabranch.llm.local_server import LocalLLMServer
+from anabranch.llm.settings import Limits, RetryPolicy, Sampling, Timeouts
 from anabranch.report import render_trace
 from anabranch.testing.fault_server import FaultConfig, FaultServer
-from anabranch.tools.llm import Endpoint
-from anabranch.tools.local_server import LocalLLMServer
 from anabranch.types import (
     ChainResult,
     ChainStep,
@@ -68,6 +71,8 @@ __all__ = [
     "BatchRun",
     "ChainResult",
     "ChainStep",
+    "ChatGraphError",
+    "ConfigError",
     "Endpoint",
     "FaultConfig",
     "FaultServer",
@@ -83,10 +88,13 @@ __all__ = [
     "LLMSentimentAgent",
     "LLMStatusError",
     "LLMTimeoutError",
+    "Limits",
     "LocalLLMServer",
     "Reducer",
+    "RetryPolicy",
     "RulePlanner",
     "RunReport",
+    "Sampling",
     "SentimentAgent",
     "ServerTokenizer",
     "SetupError",
@@ -97,6 +105,7 @@ __all__ = [
     "SubtaskResult",
     "Task",
     "TaskResult",
+    "Timeouts",
     "TokenizerAgent",
     "Usage",
     "build_chain_graph",

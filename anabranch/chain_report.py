@@ -1,8 +1,8 @@
-"""The "Chain Execution Results" report, in the structure of the seed report.
+"""The "Chain Execution Results" report, in the structure docs/architecture.md draws.
 
-Beyond the seed: tokens in and out per step, a note where a step was cut at its token limit or
-failed, and a Key Contribution taken from what the step actually added: its new key phrases, the
-ones that appear in neither the prompt nor any earlier step.
+Beyond the original format: tokens in and out per step, a note where a step was cut at its token
+limit or failed, and a Key Contribution taken from what the step actually added: its new key
+phrases, the ones that appear in neither the prompt nor any earlier step.
 """
 
 from __future__ import annotations

@@ -17,9 +17,10 @@ from anabranch.errors import SetupError
 from anabranch.graphs.fanout import build_fanout_graph
 from anabranch.graphs.runner import BatchRun, run_batch
 from anabranch.inputs import read_tasks
+from anabranch.llm.endpoint import Endpoint
+from anabranch.llm.settings import Limits, Timeouts
 from anabranch.redact import redact
 from anabranch.report import render_trace
-from anabranch.tools.llm import Endpoint
 from anabranch.types import RunReport
 
 app = typer.Typer(
@@ -110,7 +111,7 @@ def setup() -> None:
     """Build and install the embedded local LLM (llama.cpp server + SmolLM2), once per machine."""
     from rich.progress import BarColumn, Progress, TimeElapsedColumn
 
-    from anabranch.tools import local_setup
+    from anabranch.llm import local_setup
 
     if local_setup.status().ready:
         typer.echo("local LLM ready (llama.cpp server and SmolLM2 model installed)")
@@ -189,7 +190,7 @@ async def _run_chain(prompt, specialists, context, options):
         endpoint = await stack.enter_async_context(_endpoint(options))
         own = {
             s.name: await stack.enter_async_context(
-                Endpoint(s.base_url, s.model or endpoint.model, timeout=options.timeout)
+                Endpoint(s.base_url, s.model or endpoint.model, timeouts=endpoint.timeouts)
             )
             for s in specialists
             if s.base_url
@@ -348,13 +349,11 @@ async def _endpoint(options: _LlmOptions) -> AsyncIterator[Endpoint | None]:
         yield None
         return
     limits = {
-        "concurrency": options.concurrency,
-        "timeout": options.timeout,
-        "rpm": options.rpm,
-        "tpm": options.tpm,
+        "limits": Limits(options.concurrency, options.rpm, options.tpm),
+        "timeouts": Timeouts(attempt=options.timeout),
     }
     if options.llm == "local":
-        from anabranch.tools.local_server import LocalLLMServer
+        from anabranch.llm.local_server import LocalLLMServer
 
         async with LocalLLMServer(parallel=options.concurrency) as server:
             typer.echo(f"LLM: embedded llama.cpp server, {server.model} at {server.url}")

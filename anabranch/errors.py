@@ -1,8 +1,21 @@
 """One exception hierarchy, so callers can catch `AnabranchError` and know it came from here.
 
+    AnabranchError                 every error this package raises on purpose
+    ├── ConfigError (ValueError)   an option, setting or argument that cannot work
+    ├── InputError                 a task file line that cannot become a Task
+    ├── SetupError                 a component could not be installed or started
+    ├── ChatGraphError             a served graph ran but has no answer to give
+    └── LLMError                   an LLM call failed after the retries it was allowed
+        ├── LLMTimeoutError        an attempt's timeout or the call's deadline passed
+        ├── LLMRateLimitError      429 until the retries or the deadline ran out
+        ├── LLMConnectionError     unreachable, or the connection dropped
+        ├── LLMStatusError         an HTTP error that retries did not cure or must not retry
+        └── LLMOutputError         an answer that is not valid for the schema, even repaired
+
 Inside a graph these never escape an agent node: they become `SubtaskError` records (errors are
 data). They do escape set-up code (bad configuration, a server that will not start), where failing
-loudly is the right thing.
+loudly is the right thing: the CLI exits 2 for them, and 3 with a traceback for anything else.
+Every message is redacted on the way in (servers echo keys).
 """
 
 from __future__ import annotations
@@ -10,6 +23,7 @@ from __future__ import annotations
 from pydantic import ValidationError
 
 from anabranch.redact import redact
+from anabranch.types import Usage
 
 
 class AnabranchError(Exception):
@@ -27,20 +41,41 @@ class ConfigError(AnabranchError, ValueError):
 
 
 class InputError(AnabranchError):
-    """A task file line that cannot become a Task. The message names the file and line."""
+    """A task file line that cannot become a Task. The message names the file and line;
+    `task_id` is the line's own id if it had one, else `line-N`."""
+
+    def __init__(self, message: str, *, task_id: str = "input") -> None:
+        super().__init__(message)
+        self.task_id = task_id
+        """The id the rejected result carries, so the output has one record per line."""
 
 
 class SetupError(AnabranchError):
     """A component could not be installed or started (llama.cpp build, model file, server)."""
 
 
+class ChatGraphError(AnabranchError):
+    """A served graph ran but has no answer to give (a chain that stopped, say)."""
+
+
 class LLMError(AnabranchError):
     """A call to an LLM endpoint failed after the retries it was allowed."""
 
-    def __init__(self, message: str, *, attempts: int = 1, status: int | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        attempts: int = 1,
+        status: int | None = None,
+        usage: Usage | None = None,
+    ) -> None:
         super().__init__(message)
         self.attempts = attempts
+        """Requests sent before giving up."""
         self.status = status
+        """The last HTTP status, when there was one."""
+        self.usage = usage if usage is not None else Usage(requests=attempts)
+        """What the failed call cost: its requests count even though it has no result."""
 
 
 class LLMTimeoutError(LLMError):

@@ -16,16 +16,8 @@ from anabranch.errors import InputError, describe
 from anabranch.types import Task
 
 
-class RejectedLine(InputError):
-    """An unusable input line; `task_id` is the line's own id if it had one, else `line-N`."""
-
-    def __init__(self, message: str, *, task_id: str) -> None:
-        super().__init__(message)
-        self.task_id = task_id
-
-
-def read_tasks(path: str | Path) -> Iterator[Task | RejectedLine]:
-    """Yield one Task or RejectedLine per non-blank line; ids default to `line-N`."""
+def read_tasks(path: str | Path) -> Iterator[Task | InputError]:
+    """Yield one Task or InputError per non-blank line; ids default to `line-N`."""
     path = Path(path)
     with path.open(encoding="utf-8", errors="replace") as lines:
         for number, line in enumerate(lines, start=1):
@@ -33,20 +25,20 @@ def read_tasks(path: str | Path) -> Iterator[Task | RejectedLine]:
                 yield parse_task_line(line, source=f"{path}:{number}", default_id=f"line-{number}")
 
 
-def parse_task_line(line: str, *, source: str, default_id: str) -> Task | RejectedLine:
+def parse_task_line(line: str, *, source: str, default_id: str) -> Task | InputError:
     try:
         data = json.loads(line)
     except json.JSONDecodeError as exc:
-        return RejectedLine(f"{source}: not valid JSON ({exc.msg})", task_id=default_id)
+        return InputError(f"{source}: not valid JSON ({exc.msg})", task_id=default_id)
     if not isinstance(data, dict):
-        return RejectedLine(
+        return InputError(
             f"{source}: expected a JSON object, got {type(data).__name__}", task_id=default_id
         )
     task_id = str(data.get("id") or default_id)
     if not isinstance(data.get("text"), str):
         found = "missing" if "text" not in data else f"a {type(data['text']).__name__}"
-        return RejectedLine(f"{source}: task needs a string 'text' ({found})", task_id=task_id)
+        return InputError(f"{source}: task needs a string 'text' ({found})", task_id=task_id)
     try:
         return Task.model_validate({**data, "id": task_id})
     except ValidationError as exc:
-        return RejectedLine(f"{source}: {describe(exc)}", task_id=task_id)
+        return InputError(f"{source}: {describe(exc)}", task_id=task_id)

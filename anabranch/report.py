@@ -1,4 +1,4 @@
-"""The pipeline trace printed after a run, in the five stages of the seed trace."""
+"""The pipeline trace printed after a run, in its five stages (docs/architecture.md)."""
 
 from __future__ import annotations
 

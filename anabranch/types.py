@@ -173,7 +173,7 @@ class StageReport(BaseModel):
 
 
 class RunReport(BaseModel):
-    """The pipeline trace of one batch, in the five stages of the seed trace."""
+    """The pipeline trace of one batch, in its five stages (docs/architecture.md)."""
 
     stages: list[StageReport]
     wall_seconds: float

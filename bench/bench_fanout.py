@@ -57,9 +57,10 @@ async def floor(url: str, n: int, c: int) -> None:
 
 async def anabranch_run(url: str, n: int, c: int) -> None:
     from anabranch import Task, build_fanout_graph, run_batch
-    from anabranch.tools.llm import Endpoint
+    from anabranch.llm.endpoint import Endpoint
+    from anabranch.llm.settings import Limits
 
-    async with Endpoint(url, "m", concurrency=c) as endpoint:
+    async with Endpoint(url, "m", limits=Limits(concurrency=c)) as endpoint:
         agents = [ChatAgent(endpoint, name) for name in ("first", "second", "third")]
         graph = build_fanout_graph(agents=agents)
         tasks = (Task(id=str(i), text="Analyse this short text.") for i in range(n))

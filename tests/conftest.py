@@ -11,8 +11,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from anabranch.llm.local_server import free_port
 from anabranch.testing.fault_server import FaultServer
-from anabranch.tools.local_server import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"

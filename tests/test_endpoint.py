@@ -6,6 +6,7 @@ import time
 import pytest
 
 from anabranch import (
+    ConfigError,
     LLMOutputError,
     LLMStatusError,
     LLMTimeoutError,
@@ -14,15 +15,32 @@ from anabranch import (
     run_batch,
 )
 from anabranch.agents.analysts import make_agents
-from anabranch.tools.llm import Endpoint, normalize_base_url
+from anabranch.llm.endpoint import Endpoint, normalize_base_url
+from anabranch.llm.settings import Limits, RetryPolicy, Timeouts
 from anabranch.types import SentimentOutput
 
-FAST = {"backoff_initial": 0.01, "backoff_max": 0.05, "timeout": 2.0, "deadline": 20.0}
 HI = [{"role": "user", "content": "hi"}]
 
 
-def endpoint(server, **kwargs) -> Endpoint:
-    return Endpoint(server.url, "fault", **{**FAST, **kwargs})
+def endpoint(
+    server,
+    *,
+    attempt: float = 2.0,
+    call: float = 20.0,
+    max_attempts: int = 4,
+    max_retry_after: float = 30.0,
+    **limits,
+) -> Endpoint:
+    """An endpoint on `server` with quick backoff, so that retries cost the tests little."""
+    return Endpoint(
+        server.url,
+        "fault",
+        timeouts=Timeouts(attempt=attempt, call=call),
+        retry=RetryPolicy(
+            max_attempts, backoff_initial=0.01, backoff_max=0.05, max_retry_after=max_retry_after
+        ),
+        limits=Limits(**limits),
+    )
 
 
 async def test_thirty_percent_transient_faults_and_every_subtask_ends_ok(faults):
@@ -48,7 +66,7 @@ async def test_thirty_percent_transient_faults_and_every_subtask_ends_ok(faults)
 
 async def test_a_hang_is_cut_at_the_per_attempt_timeout(faults):
     faults.configure(script=["hang"])
-    async with endpoint(faults, timeout=0.5) as llm:
+    async with endpoint(faults, attempt=0.5) as llm:
         start = time.perf_counter()
         completion = await llm.chat(HI)
         elapsed = time.perf_counter() - start
@@ -58,7 +76,7 @@ async def test_a_hang_is_cut_at_the_per_attempt_timeout(faults):
 
 async def test_the_deadline_bounds_a_call_whatever_the_retries(faults):
     faults.configure(rates={"hang": 1.0})
-    async with endpoint(faults, timeout=0.3, deadline=1.0, max_attempts=100) as llm:
+    async with endpoint(faults, attempt=0.3, call=1.0, max_attempts=100) as llm:
         start = time.perf_counter()
         with pytest.raises(LLMTimeoutError, match="deadline"):
             await llm.chat(HI)
@@ -127,9 +145,9 @@ async def test_the_requests_per_minute_limit_holds(faults):
 
 async def test_the_tokens_per_minute_limit_holds(faults):
     long_prompt = [{"role": "user", "content": "word " * 100}]  # the server counts 100 tokens
-    async with endpoint(faults, tpm=30_000, max_tokens=10, concurrency=64) as llm:  # 500/s
+    async with endpoint(faults, tpm=30_000, concurrency=64) as llm:  # 500/s
         start = time.perf_counter()
-        calls = await asyncio.gather(*(llm.chat(long_prompt) for _ in range(20)))
+        calls = await asyncio.gather(*(llm.chat(long_prompt, max_tokens=10) for _ in range(20)))
         elapsed = time.perf_counter() - start
     used = sum(c.usage.total_tokens for c in calls)
     assert used >= 2000
@@ -168,3 +186,46 @@ async def test_a_base_url_without_v1_works(faults):
 def test_the_api_key_never_shows_in_a_repr():
     llm = Endpoint("http://127.0.0.1:9/v1", "m", api_key="sk-very-secret")
     assert "sk-very-secret" not in repr(llm) and "sk-very-secret" not in str(vars(llm))
+
+
+async def test_waiting_for_a_slot_does_not_count_against_the_deadline(faults):
+    """Under load a call queues for a slot; only its own work runs against its deadline."""
+    faults.configure(latency_ms=400)
+    async with endpoint(faults, call=1.0, concurrency=1) as llm:
+        calls = await asyncio.gather(*(llm.chat(HI) for _ in range(5)))  # 2 s in the queue
+    assert [c.attempts for c in calls] == [1] * 5
+
+
+async def test_a_400_that_is_not_about_the_format_keeps_the_mode(faults):
+    """The fault server's 400 mentions "schema" (of a message), not the response format."""
+    faults.configure(script=["400"])
+    async with endpoint(faults) as llm:
+        with pytest.raises(LLMStatusError, match="message schema"):
+            await llm.parse(HI, SentimentOutput)
+        assert llm.output_mode == "json_schema"
+        await llm.parse(HI, SentimentOutput)
+    assert faults.stats()["requests"] == 2
+
+
+async def test_a_transient_failure_of_tokenize_is_retried(faults):
+    faults.configure(tokenize=True, script=["500", "503"], retry_after=0)
+    async with endpoint(faults) as llm:
+        pieces, count = await llm.tokenize("three little words")
+    assert pieces == ["three", "little", "words"] and count == 3
+    assert faults.stats()["requests"] == 3
+
+
+async def test_failed_calls_still_count_in_the_usage(faults):
+    faults.configure(rates={"500": 1.0})
+    async with endpoint(faults, max_attempts=2) as llm:
+        graph = build_fanout_graph(agents=make_agents("llm", llm))
+        batch = run_batch([Task(id="t", text="Words.")], graph)
+        [result] = [r async for r in batch]
+    assert result.status == "partial"
+    assert batch.report.usage.requests == faults.stats()["requests"] == 4
+
+
+@pytest.mark.parametrize("url", ["notaurl", "ftp://host/v1", "http://", "localhost:8080"])
+def test_a_url_that_is_not_http_is_refused_up_front(url):
+    with pytest.raises(ConfigError, match="not an http"):
+        Endpoint(url, "m")

@@ -8,7 +8,7 @@ from langgraph.graph import END, START, StateGraph
 from anabranch import Answer, Task, TaskResult, build_fanout_graph, run_batch
 from anabranch.agents.analysts import local_agents
 from anabranch.agents.planner import RulePlanner
-from anabranch.inputs import RejectedLine
+from anabranch.errors import InputError
 from anabranch.types import SentimentOutput, Subtask
 
 
@@ -108,7 +108,7 @@ async def test_runner_turns_rejected_lines_and_crashing_graphs_into_results():
         async def ainvoke(self, state, context=None):
             raise RuntimeError("graph fell over")
 
-    items = [Task(id="a", text="x"), RejectedLine("f:2: not valid JSON", task_id="line-2")]
+    items = [Task(id="a", text="x"), InputError("f:2: not valid JSON", task_id="line-2")]
     batch = run_batch(items, Crashing(), concurrency=2)
     results = {r.task_id: r async for r in batch}
     assert results["a"].status == "error" and results["a"].errors[0].message == "graph fell over"

@@ -11,8 +11,9 @@ import pytest
 from anabranch import Task, build_fanout_graph, run_batch
 from anabranch.agents.analysts import DESCRIPTIONS, make_agents
 from anabranch.agents.planner import LLMPlanner, RulePlanner
-from anabranch.tools.llm import Endpoint
-from anabranch.tools.local_server import LocalLLMServer
+from anabranch.llm.endpoint import Endpoint
+from anabranch.llm.local_server import LocalLLMServer
+from anabranch.llm.settings import Limits
 from anabranch.types import Subtask
 
 TEXTS = [
@@ -28,7 +29,7 @@ def server():
 
 
 async def test_the_three_agents_return_schema_valid_output(server):
-    async with Endpoint(server.url, server.model, concurrency=4) as llm:
+    async with Endpoint(server.url, server.model, limits=Limits(concurrency=4)) as llm:
         tokenizer, keywords, sentiment = make_agents("llm", llm)
         for text in TEXTS:
             subtask = Subtask(task_id="t", kind="x", text=text)
@@ -43,7 +44,7 @@ async def test_the_three_agents_return_schema_valid_output(server):
 
 
 async def test_the_llm_planner_picks_registered_agents(server):
-    async with Endpoint(server.url, server.model, concurrency=4) as llm:
+    async with Endpoint(server.url, server.model, limits=Limits(concurrency=4)) as llm:
         agents = make_agents({"tokenize": "local", "keywords": "local", "sentiment": "llm"}, llm)
         planner = LLMPlanner(llm, DESCRIPTIONS, rule=RulePlanner())
         task = Task(id="p", text=TEXTS[1], instruction="Is this customer happy?")
@@ -61,7 +62,7 @@ def test_the_server_stops_on_exit_and_dies_with_its_parent():
     assert not _alive(pid)
 
     parent = subprocess.Popen(
-        [sys.executable, "-c", "from anabranch.tools.local_server import LocalLLMServer\n"
+        [sys.executable, "-c", "from anabranch.llm.local_server import LocalLLMServer\n"
          "s = LocalLLMServer(parallel=1).start()\nprint(s._process.pid, flush=True)\n"
          "import time; time.sleep(600)"],
         stdout=subprocess.PIPE,

@@ -1,7 +1,8 @@
 import pytest
 
-from anabranch.agents.planner import RulePlanner, split_into_chunks
+from anabranch.agents.planner import RulePlanner
 from anabranch.agents.reducer import Reducer, merge_keywords, weighted_sentiment
+from anabranch.tools.chunking import split_into_chunks
 from anabranch.tools.tokenizer import count_tokens
 from anabranch.types import (
     Keyword,

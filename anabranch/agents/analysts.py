@@ -13,8 +13,8 @@ from typing import Annotated, Literal, Protocol
 from pydantic import BaseModel, Field, StringConstraints, create_model
 
 from anabranch.agents.base import Agent, Answer
+from anabranch.llm.endpoint import Endpoint
 from anabranch.tools.keywords import YakeKeywords
-from anabranch.tools.llm import Endpoint
 from anabranch.tools.sentiment import VaderSentiment, label_for
 from anabranch.tools.tokenizer import TiktokenTokenizer
 from anabranch.types import (

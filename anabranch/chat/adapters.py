@@ -16,16 +16,12 @@ from typing import Any, Protocol
 from langgraph.graph.state import CompiledStateGraph
 
 from anabranch.agents.specialists import Specialist
-from anabranch.errors import AnabranchError
+from anabranch.errors import ChatGraphError
 from anabranch.graphs.chain import chain_result
 from anabranch.types import Task, TaskResult, Usage
 
 Message = dict[str, Any]
 STREAM_MODES = ["custom", "updates"]
-
-
-class ChatGraphError(AnabranchError):
-    """The graph ran but has no answer to give (a chain that stopped, say)."""
 
 
 class Turn(Protocol):

@@ -38,8 +38,8 @@ from pydantic import (
     model_validator,
 )
 
-from anabranch.chat.adapters import STREAM_MODES, ChatGraph, ChatGraphError, Message
-from anabranch.errors import ConfigError, describe
+from anabranch.chat.adapters import STREAM_MODES, ChatGraph, Message
+from anabranch.errors import ChatGraphError, ConfigError, describe
 from anabranch.redact import redact, register_secret
 
 THREAD_HEADER = "x-thread-id"

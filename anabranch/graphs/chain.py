@@ -19,7 +19,7 @@ from langgraph.runtime import Runtime
 
 from anabranch.agents.specialists import Specialist
 from anabranch.graphs.state import now
-from anabranch.tools.llm import Endpoint
+from anabranch.llm.endpoint import Endpoint
 from anabranch.types import ChainResult, ChainStep, SubtaskError
 
 ChainContext = Literal["previous", "all"]

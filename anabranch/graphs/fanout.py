@@ -1,8 +1,8 @@
 """The fan-out graph: START -> planner -> Send(agent, subtask) x k -> reducer -> END.
 
-One compiled graph runs one task (DESIGN rule 7); the batch runner runs many at once. The graph's
-input is `{"task": Task}` and its output `{"result": TaskResult}`, so it also drops into a user's
-own graph as a node or subgraph over those two keys.
+One compiled graph runs one task (docs/architecture.md, rule 7); the batch runner runs many at
+once. The graph's input is `{"task": Task}` and its output `{"result": TaskResult}`, so it also
+drops into a user's own graph as a node or subgraph over those two keys.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from anabranch.agents.base import Agent
 from anabranch.agents.planner import RulePlanner
 from anabranch.agents.reducer import Reducer
 from anabranch.graphs.state import FanoutInput, FanoutOutput, FanoutState, RunContext, now
-from anabranch.types import Subtask, SubtaskError, SubtaskResult, Task
+from anabranch.types import Subtask, SubtaskError, SubtaskResult, Task, Usage
 
 PLANNER = "planner"
 REDUCER = "reducer"
@@ -53,7 +53,7 @@ def build_fanout_graph(
         task = state["task"]
         try:
             subtasks = await planner.plan(task)
-        except Exception as exc:  # noqa: BLE001 - errors are data (DESIGN rule 1)
+        except Exception as exc:  # noqa: BLE001 - errors are data (architecture.md, rule 1)
             failed = Subtask(task_id=task.id, kind=PLANNER, text="")
             return {"subtasks": [failed], "results": [error_result(failed, exc, start)]}
         finally:
@@ -96,7 +96,7 @@ def agent_node(agent: Agent):
         start = now()
         try:
             answer = await agent.run(subtask)
-        except Exception as exc:  # noqa: BLE001 - errors are data (DESIGN rule 1)
+        except Exception as exc:  # noqa: BLE001 - errors are data (architecture.md, rule 1)
             result = error_result(subtask, exc, start)
         else:
             result = SubtaskResult(
@@ -134,6 +134,7 @@ def error_result(subtask: Subtask, exc: Exception, start: float) -> SubtaskResul
         ),
         attempts=attempts,
         latency_s=now() - start,
+        usage=getattr(exc, "usage", None) or Usage(),
     )
 
 

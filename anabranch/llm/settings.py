@@ -1,0 +1,88 @@
+"""What an endpoint is told: small frozen settings, one per concern, each field documented.
+
+They are plain values (hashable, picklable, printable), so the same settings can be shared by
+several endpoints, shown in a report or sent to another process; the `Endpoint` holds the live
+resources (the HTTP client, the semaphore, the buckets) built from them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from anabranch.errors import ConfigError
+
+TRANSIENT_STATUS = frozenset({408, 409, 429}) | frozenset(range(500, 600))
+"""Statuses worth another attempt. 400/401/403/404/422 never are: the same request fails again."""
+
+
+@dataclass(frozen=True, slots=True)
+class Timeouts:
+    """How long a call may take. Waiting for a concurrency slot is not counted: under load a call
+    queues for a slot, and only its own work once it holds one runs against the clock."""
+
+    attempt: float = 60.0
+    """Seconds one attempt may take; for a stream, seconds with no new piece of text."""
+    call: float = 180.0
+    """Seconds the whole call may take once it holds a slot: its attempts and the waits
+    between them (backoff, Retry-After, rate limits)."""
+
+    def __post_init__(self) -> None:
+        if self.attempt <= 0 or self.call <= 0:
+            raise ConfigError(f"timeouts must be positive, got {self}")
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """What is retried, how often and after how long (one retry layer: the openai client's own
+    retries are off)."""
+
+    max_attempts: int = 4
+    """Attempts per call, the first included."""
+    backoff_initial: float = 0.5
+    """Seconds before the second attempt; doubled for each later one, with jitter."""
+    backoff_max: float = 8.0
+    """The longest backoff between two attempts."""
+    max_retry_after: float = 30.0
+    """The longest Retry-After honoured; a longer one is waited only this long."""
+    transient_statuses: frozenset[int] = field(default=TRANSIENT_STATUS)
+    """HTTP statuses retried; timeouts, dropped connections and unreadable bodies always are."""
+
+    def __post_init__(self) -> None:
+        if self.max_attempts < 1:
+            raise ConfigError(f"max_attempts must be at least 1, got {self.max_attempts}")
+        if min(self.backoff_initial, self.backoff_max, self.max_retry_after) < 0:
+            raise ConfigError(f"backoff and Retry-After caps cannot be negative, got {self}")
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """What the server allows; held by the endpoint, so every agent that shares it shares them."""
+
+    concurrency: int = 8
+    """Calls in flight at once (llama.cpp's server runs 8 slots by default here)."""
+    rpm: float | None = None
+    """Requests per minute, retries included, if the server has a quota."""
+    tpm: float | None = None
+    """Tokens (prompt + completion) per minute, if the server has a quota."""
+
+    def __post_init__(self) -> None:
+        if self.concurrency < 1:
+            raise ConfigError(f"concurrency must be at least 1, got {self.concurrency}")
+        for name in ("rpm", "tpm"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ConfigError(f"{name} must be positive, got {value}")
+
+
+@dataclass(frozen=True, slots=True)
+class Sampling:
+    """Defaults for what the model is asked; a call may override each."""
+
+    temperature: float = 0.0
+    """0 makes answers as repeatable as the server allows."""
+    max_tokens: int = 256
+    """The longest answer, in tokens."""
+
+    def __post_init__(self) -> None:
+        if self.max_tokens < 1 or self.temperature < 0:
+            raise ConfigError(f"max_tokens must be >= 1 and temperature >= 0, got {self}")
