@@ -18,9 +18,10 @@ install: $(STAMP)
 llm: install
 	$(BIN)/anabranch setup
 
-# Exit 1 means every task was delivered but some carry an error record: a result, not a failure.
+# Exit 4 means every task was delivered but some carry an error record: a result, not a failure.
+# Any other non-zero code (2 usage, 3 a crash) fails.
 demo: llm
-	$(BIN)/anabranch demo --out results.jsonl || [ $$? -eq 1 ]
+	$(BIN)/anabranch demo --out results.jsonl || [ $$? -eq 4 ]
 
 test: llm lint
 	$(BIN)/python -m pytest -q

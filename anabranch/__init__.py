@@ -4,6 +4,8 @@ A planner splits each task into subtasks, agents run them at the same time, and 
 their outputs into one result per task.
 """
 
+from importlib.metadata import PackageNotFoundError, version
+
 from anabranch.agents.analysts import (
     KeywordAgent,
     LLMKeywordAgent,
@@ -39,10 +41,11 @@ from anabranch.errors import (
     LLMTimeoutError,
     SetupError,
 )
-from anabranch.graphs.chain import build_chain_graph, chain_result
-from anabranch.graphs.fanout import build_fanout_graph
+from anabranch.graphs.chain import build_chain_graph, chain_result, run_chain, run_specialists
+from anabranch.graphs.fanout import build_analysis_graph, build_fanout_graph
 from anabranch.graphs.runner import BatchRun, run_batch
-from anabranch.inputs import read_tasks
+from anabranch.inputs import example_tasks, read_tasks
+from anabranch.llm.connect import LLMOptions, open_endpoint
 from anabranch.llm.endpoint import Endpoint
 from anabranch.llm.local_server import LocalLLMServer
 from anabranch.llm.settings import Limits, RetryPolicy, Sampling, Timeouts
@@ -61,6 +64,11 @@ from anabranch.types import (
     TaskResult,
     Usage,
 )
+
+try:
+    __version__ = version("anabranch")
+except PackageNotFoundError:  # running from a source tree that was never installed
+    __version__ = "0+unknown"
 
 __all__ = [
     "BUILTIN_SPECIALISTS",
@@ -82,6 +90,7 @@ __all__ = [
     "LLMConnectionError",
     "LLMError",
     "LLMKeywordAgent",
+    "LLMOptions",
     "LLMOutputError",
     "LLMPlanner",
     "LLMRateLimitError",
@@ -108,14 +117,20 @@ __all__ = [
     "Timeouts",
     "TokenizerAgent",
     "Usage",
+    "__version__",
+    "build_analysis_graph",
     "build_chain_graph",
     "build_fanout_graph",
     "chain_result",
+    "example_tasks",
     "load_specialists",
     "local_agents",
     "make_agents",
+    "open_endpoint",
     "read_tasks",
     "render_chain_report",
     "render_trace",
     "run_batch",
+    "run_chain",
+    "run_specialists",
 ]

@@ -1,3 +1,3 @@
-from anabranch.cli import app
+from anabranch.cli import main
 
-app(prog_name="anabranch")
+main()

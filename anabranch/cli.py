@@ -1,23 +1,31 @@
-"""The `anabranch` command. Environment settings are read here, at the edge, and nowhere else."""
+"""The `anabranch` command: it parses options, calls the library and prints. Environment settings
+are read here, at the edge, and nowhere else.
+
+Exit codes keep results and crashes apart (docs/architecture.md, rule 9):
+0 every task complete; 4 every task delivered, some with error records; 2 bad usage, a setup
+problem or rejected input lines; 3 an unexpected failure, with its traceback.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import dataclasses
+import inspect
 import os
-from collections.abc import AsyncIterator
+import sys
+import traceback
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import IO, Annotated, Any, Literal, get_type_hints
 
 import typer
 from pydantic import SecretStr
 
-from anabranch.errors import SetupError
-from anabranch.graphs.fanout import build_fanout_graph
+from anabranch.agents.analysts import needs_llm, parse_backend
+from anabranch.errors import AnabranchError, ConfigError
+from anabranch.graphs.fanout import PlannerKind, build_analysis_graph
 from anabranch.graphs.runner import BatchRun, run_batch
-from anabranch.inputs import read_tasks
-from anabranch.llm.endpoint import Endpoint
+from anabranch.inputs import count_task_lines, example_tasks, read_tasks
+from anabranch.llm.connect import LLMOptions, maybe_endpoint, open_endpoint, without_llm
 from anabranch.llm.settings import Limits, Timeouts
 from anabranch.redact import redact
 from anabranch.report import render_trace
@@ -27,11 +35,35 @@ app = typer.Typer(
     help="anabranch: multi-agent graphs whose agents call LLMs concurrently and lose nothing.",
     no_args_is_help=True,
     add_completion=False,
+    pretty_exceptions_enable=False,  # main() decides what an exception means
 )
 
-EXIT_OK, EXIT_ERRORS, EXIT_USAGE = 0, 1, 2
-DEMO_TASKS = Path(__file__).resolve().parent.parent / "examples" / "tasks.jsonl"
+EXIT_OK = 0
+"""Every task delivered and complete."""
+EXIT_USAGE = 2
+"""Bad usage, a setup problem, or input lines rejected (the rest still ran)."""
+EXIT_CRASH = 3
+"""Something unexpected: a bug. The traceback is printed."""
+EXIT_PARTIAL = 4
+"""Every task delivered, some with error records: a result, not a failure."""
+
 API_KEY_VARIABLES = ("ANABRANCH_LLM_API_KEY", "OPENAI_API_KEY")
+
+
+def main() -> None:
+    """The console entry point: runs the command and maps what escapes it to an exit code."""
+    try:
+        app(prog_name="anabranch")
+    except AnabranchError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        sys.exit(EXIT_USAGE)
+    except Exception:  # noqa: BLE001 - a bug: say so, with the traceback, and never exit 0/4
+        trace = redact("".join(traceback.format_exc()))
+        typer.echo(f"{trace}\nanabranch crashed: this is a bug, please report it", err=True)
+        sys.exit(EXIT_CRASH)
+
+
+# -- options shared by the commands ---------------------------------------------------------------
 
 Out = Annotated[Path, typer.Option("--out", "-o", help="Where to write results (JSONL).")]
 Concurrency = Annotated[
@@ -47,7 +79,10 @@ Llm = Annotated[
         "OpenAI-compatible server (Ollama's http://localhost:11434 works as is)."
     ),
 ]
-Model = Annotated[str | None, typer.Option(help="Model name to ask the server for.")]
+Model = Annotated[
+    str | None,
+    typer.Option(help="Model name to ask the server for; default: the one model it serves."),
+]
 Backend = Annotated[
     str | None,
     typer.Option(
@@ -61,8 +96,55 @@ Planner = Annotated[
 ]
 LlmConcurrency = Annotated[int, typer.Option(min=1, help="LLM requests in flight at once.")]
 Timeout = Annotated[float, typer.Option(min=0.1, help="Seconds one LLM attempt may take.")]
+Deadline = Annotated[
+    float,
+    typer.Option(
+        min=0.1, help="Seconds one LLM call may take, retries included (not its wait for a slot)."
+    ),
+]
 Rpm = Annotated[float | None, typer.Option(min=0.001, help="LLM requests per minute, at most.")]
 Tpm = Annotated[float | None, typer.Option(min=1, help="LLM tokens per minute, at most.")]
+
+
+def _llm_options(
+    llm: str | None,
+    model: str | None,
+    *,
+    concurrency: int = 8,
+    timeout: float = 60.0,
+    deadline: float = 180.0,
+    rpm: float | None = None,
+    tpm: float | None = None,
+) -> LLMOptions:
+    key = next((os.environ[v] for v in API_KEY_VARIABLES if os.environ.get(v)), None)
+    return LLMOptions(
+        llm=llm,
+        model=model,
+        api_key=SecretStr(key) if key else None,
+        timeouts=Timeouts(attempt=timeout, call=max(deadline, timeout)),
+        limits=Limits(concurrency, rpm, tpm),
+    )
+
+
+# -- run and demo --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class BatchOptions:
+    """Everything `run` and `demo` are told, gathered once."""
+
+    out: Path
+    """Where the results go, one JSON line per task."""
+    concurrency: int
+    """Graph runs in flight at once."""
+    chunk_tokens: int
+    """Token budget of one chunk."""
+    backend: str | None
+    """Where the analysts run (see `--backend`)."""
+    planner: PlannerKind
+    """`rule` or `llm`."""
+    llm: LLMOptions
+    """The LLM, if any."""
 
 
 @app.command()
@@ -77,33 +159,114 @@ def run(
     planner: Planner = "rule",
     llm_concurrency: LlmConcurrency = 8,
     timeout: Timeout = 60.0,
+    deadline: Deadline = 180.0,
     rpm: Rpm = None,
     tpm: Tpm = None,
 ) -> None:
     """Run the fan-out analysis (tokens, keywords, sentiment) over a JSONL file of tasks."""
     if not input.is_file():
-        _fail(f"no such input file: {input}")
-    options = _LlmOptions(llm, model, llm_concurrency, timeout, rpm, tpm)
-    raise typer.Exit(_run_file(input, out, concurrency, chunk_tokens, backend, planner, options))
-
-
-@app.command()
-def demo(
-    out: Out = Path("results.jsonl"),
-    concurrency: Concurrency = 16,
-    chunk_tokens: ChunkTokens = 256,
-    llm: Llm = "local",
-    model: Model = None,
-    backend: Backend = None,
-    planner: Planner = "rule",
-    llm_concurrency: LlmConcurrency = 8,
-    timeout: Timeout = 60.0,
-) -> None:
-    """Run the 100 example tasks (examples/tasks.jsonl) on the embedded local LLM."""
-    options = _LlmOptions(llm, model, llm_concurrency, timeout, None, None)
-    raise typer.Exit(
-        _run_file(DEMO_TASKS, out, concurrency, chunk_tokens, backend, planner, options)
+        raise ConfigError(f"no such input file: {input}")
+    options = BatchOptions(
+        out=out,
+        concurrency=concurrency,
+        chunk_tokens=chunk_tokens,
+        backend=backend,
+        planner=planner,
+        llm=_llm_options(
+            llm,
+            model,
+            concurrency=llm_concurrency,
+            timeout=timeout,
+            deadline=deadline,
+            rpm=rpm,
+            tpm=tpm,
+        ),
     )
+    raise typer.Exit(asyncio.run(_run_file(input, options)))
+
+
+def demo(**options: Any) -> None:
+    """Run the 100 example tasks on the embedded local LLM (or `--backend local`)."""
+    run(example_tasks(), **options)
+
+
+def _demo_signature() -> None:
+    """`demo` takes run's options, all but the input file, with the embedded LLM by default."""
+    hints = get_type_hints(run, include_extras=True)
+    parameters = [
+        p.replace(annotation=hints[p.name], default="local" if p.name == "llm" else p.default)
+        for p in inspect.signature(run).parameters.values()
+        if p.name != "input"
+    ]
+    demo.__signature__ = inspect.Signature(parameters)  # type: ignore[attr-defined]
+    demo.__annotations__ = {p.name: p.annotation for p in parameters}
+
+
+_demo_signature()
+app.command("demo")(demo)
+
+
+async def _run_file(input: Path, options: BatchOptions) -> int:
+    if options.out.resolve() == input.resolve():
+        raise ConfigError(f"--out {options.out} is the input file: it would be overwritten")
+    llm = options.llm
+    choice = parse_backend(options.backend, llm.llm is not None)
+    wants_llm = options.planner == "llm" or needs_llm(choice)
+    if wants_llm and llm.llm is None:
+        raise ConfigError("the llm backend and the llm planner need --llm (local or a URL)")
+    if not wants_llm:  # nothing will call an LLM: do not start or reach one
+        llm = without_llm(llm)
+    sink = _open_out(options.out)
+    with sink:
+        async with maybe_endpoint(llm, typer.echo) as endpoint:
+            graph = build_analysis_graph(endpoint, backend=options.backend,
+                                         planner=options.planner,
+                                         chunk_tokens=options.chunk_tokens)  # fmt: skip
+            total = await asyncio.to_thread(count_task_lines, input)
+            batch = run_batch(read_tasks(input), graph, concurrency=options.concurrency,
+                              total=total)  # fmt: skip
+            report, rejections = await _write_results(batch, sink, options.out)
+    for message in rejections:
+        typer.echo(f"rejected: {message}", err=True)
+    typer.echo(render_trace(report))
+    typer.echo(f"results: {options.out}")
+    if report.tasks_rejected:
+        return EXIT_USAGE
+    return EXIT_PARTIAL if report.tasks_partial or report.tasks_failed else EXIT_OK
+
+
+def _open_out(out: Path) -> IO[str]:
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        return out.open("w", encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot write results to {out}: {exc.strerror or exc}") from exc
+
+
+async def _write_results(batch: BatchRun, sink: IO[str], out: Path) -> tuple[RunReport, list[str]]:
+    """Stream results to disk as they complete (on a thread: the event loop never waits on the
+    disk), so an interrupted run keeps what it finished.
+
+    Returns the run report and the messages of rejected input lines, to show the user.
+    """
+    rejections: list[str] = []
+
+    def write(line: str) -> None:
+        sink.write(line)
+        sink.flush()
+
+    async for result in batch:
+        try:
+            await asyncio.to_thread(write, result.model_dump_json() + "\n")
+        except OSError as exc:
+            raise ConfigError(f"cannot write results to {out}: {exc.strerror or exc}") from exc
+        if result.status == "rejected":
+            rejections.extend(e.message for e in result.errors)
+    assert batch.report is not None  # set once the iteration ends
+    return batch.report, rejections
+
+
+# -- setup ---------------------------------------------------------------------------------------
 
 
 @app.command()
@@ -120,7 +283,7 @@ def setup() -> None:
     with Progress(
         "{task.description}", BarColumn(), "{task.percentage:>3.0f}%", TimeElapsedColumn()
     ) as bar:
-        stages: dict[str, int] = {}
+        stages: dict[str, Any] = {}
 
         def progress(stage: str, percent: int | None) -> None:
             if stage not in stages:
@@ -128,21 +291,23 @@ def setup() -> None:
             if percent is not None:
                 bar.update(stages[stage], completed=percent)
 
-        try:
-            local_setup.install(progress)
-        except SetupError as exc:
-            bar.stop()
-            _fail(str(exc))
+        local_setup.install(progress)  # a SetupError says why, and exits 2
     typer.echo("local LLM ready")
+
+
+# -- chain ---------------------------------------------------------------------------------------
 
 
 @app.command()
 def chain(
     prompt: Annotated[str, typer.Argument(help="The initial prompt.")],
     specialists: Annotated[
-        str,
-        typer.Option(help="Comma-separated specialist names, in order (built-in or from --file)."),
-    ] = "system_specialist,agent_enforcer,decision_simplifier",
+        str | None,
+        typer.Option(
+            help="Comma-separated specialist names, in order (built-in or from --file). "
+            "Default: the file's specialists, or the built-in three."
+        ),
+    ] = None,
     file: Annotated[
         Path | None, typer.Option("--file", "-f", help="Specialists defined in TOML or YAML.")
     ] = None,
@@ -153,63 +318,52 @@ def chain(
     llm: Llm = "local",
     model: Model = None,
     timeout: Timeout = 120.0,
+    deadline: Deadline = 600.0,
     out: Annotated[Path, typer.Option("--out", "-o", help="Where to write the report.")] = Path(
         "report.md"
     ),
 ) -> None:
     """Run a chain of specialists, streaming each step; write a Chain Execution Results report."""
-    from anabranch.agents.specialists import load_specialists, resolve_specialists
-    from anabranch.errors import InputError
-
-    try:
-        defined = load_specialists(file) if file else []
-        chosen = resolve_specialists(
-            [n.strip() for n in specialists.split(",") if n.strip()], defined
-        )
-    except (InputError, OSError) as exc:
-        _fail(str(exc))
-    # One request at a time: a chain is sequential, and the local server then gives it the whole
-    # context window for the growing prompt.
-    options = _LlmOptions(llm, model, 1, timeout, None, None)
-    try:
-        result = asyncio.run(_run_chain(prompt, chosen, context, options))
-    except (SetupError, ValueError) as exc:
-        _fail(str(exc))
+    from anabranch.agents.specialists import DEFAULT_CHAIN, load_specialists, resolve_specialists
     from anabranch.chain_report import render_chain_report
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(render_chain_report(result), encoding="utf-8")
+    defined = load_specialists(file) if file else []
+    if specialists is not None:
+        names = [n.strip() for n in specialists.split(",") if n.strip()]
+    else:  # a file given alone is the chain to run
+        names = [s.name for s in defined or DEFAULT_CHAIN]
+    chosen = resolve_specialists(names, defined)
+    # One request at a time: a chain is sequential, and the local server then gives it the whole
+    # context window for the growing prompt.
+    options = _llm_options(llm, model, concurrency=1, timeout=timeout, deadline=deadline)
+    result = asyncio.run(_run_chain(prompt, chosen, context, options))
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(render_chain_report(result), encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot write the report to {out}: {exc.strerror or exc}") from exc
     typer.echo(f"\nreport: {out}")
-    raise typer.Exit(EXIT_OK if result.complete else EXIT_ERRORS)
+    raise typer.Exit(EXIT_OK if result.complete else EXIT_PARTIAL)
 
 
-async def _run_chain(prompt, specialists, context, options):
-    from anabranch.graphs.chain import build_chain_graph, chain_result
+async def _run_chain(prompt, specialists, context, options: LLMOptions):  # type: ignore[no-untyped-def]
+    from anabranch.events import Event, StepEnded, StepStarted, TextDelta
+    from anabranch.graphs.chain import run_specialists
 
-    async with contextlib.AsyncExitStack() as stack:
-        endpoint = await stack.enter_async_context(_endpoint(options))
-        own = {
-            s.name: await stack.enter_async_context(
-                Endpoint(s.base_url, s.model or endpoint.model, timeouts=endpoint.timeouts)
-            )
-            for s in specialists
-            if s.base_url
-        }
-        graph = build_chain_graph(specialists, endpoint, context=context, endpoints=own)
-        state = None
-        async for mode, chunk in graph.astream(
-            {"prompt": prompt}, stream_mode=["custom", "values"]
-        ):
-            if mode == "values":
-                state = chunk
-            elif chunk["event"] == "step_start":
-                typer.secho(f"\n## Step {chunk['step']}: {chunk['specialist']}\n", bold=True)
-            elif chunk["event"] == "text":
-                typer.echo(chunk["text"], nl=False)
-            elif chunk["event"] == "step_end":
-                status = "" if chunk["status"] == "ok" else " - FAILED"
-                typer.secho(f"\n[{chunk['seconds']:.1f} s{status}]", dim=True)
-        return chain_result(state, specialists)
+    def show(event: Event) -> None:
+        if isinstance(event, StepStarted):
+            typer.secho(f"\n## Step {event.step}: {event.specialist}\n", bold=True)
+        elif isinstance(event, TextDelta):
+            typer.echo(event.text, nl=False)
+        elif isinstance(event, StepEnded):
+            status = "" if event.status == "ok" else " - FAILED"
+            typer.secho(f"\n[{event.seconds:.1f} s{status}]", dim=True)
+
+    async with open_endpoint(options, typer.echo) as endpoint:
+        return await run_specialists(prompt, specialists, endpoint, context=context, on_event=show)
+
+
+# -- serve ---------------------------------------------------------------------------------------
 
 
 @app.command()
@@ -228,6 +382,7 @@ def serve(
     backend: Backend = None,
     llm_concurrency: LlmConcurrency = 8,
     timeout: Timeout = 120.0,
+    deadline: Deadline = 600.0,
     api_token: Annotated[
         str | None,
         typer.Option(
@@ -246,58 +401,39 @@ def serve(
     token = given.strip() if given and given.strip() else None  # an empty token is no token
     if token is None and not is_loopback(host):
         why = "the token given is empty" if given is not None else "neither is set"
-        _fail(
+        raise ConfigError(
             f"serving on {host} needs --api-token or ANABRANCH_API_TOKEN ({why}): the host is "
             "not loopback, so anyone who reaches it could use the server"
         )
     if token is None and given is not None:
         typer.echo("warning: the API token is empty, so none is required (loopback only)", err=True)
-    options = _LlmOptions(llm, model, llm_concurrency, timeout, None, None)
-    try:
-        asyncio.run(
-            _serve(graph or ["analyze", "chain"], host, port, backend, options, token,
-                   str(threads_db), max_runs)
-        )  # fmt: skip
-    except (SetupError, ValueError) as exc:
-        _fail(str(exc))
+    options = _llm_options(llm, model, concurrency=llm_concurrency, timeout=timeout,
+                           deadline=deadline)  # fmt: skip
+    names = graph or ["analyze", "chain"]
+    asyncio.run(_serve(names, host, port, backend, options, token, str(threads_db), max_runs))
 
 
-async def _serve(names, host, port, backend, options, token, threads_db, max_runs) -> None:
+async def _serve(  # type: ignore[no-untyped-def]
+    names, host, port, backend, options: LLMOptions, token, threads_db, max_runs
+) -> None:
     import uvicorn
 
     from anabranch.chat import create_app
+    from anabranch.chat.adapters import chat_graph
 
-    async with _endpoint(options) as endpoint:
-        chats = [_chat_graph(name, backend, endpoint) for name in names]
+    async with maybe_endpoint(options, typer.echo) as endpoint:
+        chats = [chat_graph(name, endpoint, backend=backend) for name in names]
         app = create_app(chats, api_token=token, threads_db=threads_db,
                          max_concurrent_runs=max_runs)  # fmt: skip
         typer.echo(f"serving {', '.join(c.name for c in chats)} at http://{host}:{port}/v1")
         server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))
-        await server.serve()
+        try:
+            await server.serve()
+        finally:
+            await app.aclose()
 
 
-def _chat_graph(name: str, backend: str | None, endpoint: Endpoint | None):
-    """A served graph by name: a built-in, or `module:attr` naming a ChatGraph or a graph."""
-    import importlib
-
-    from anabranch.agents.analysts import make_agents
-    from anabranch.agents.specialists import DEFAULT_CHAIN
-    from anabranch.chat import AnalyzeChat, ChainChat, MessagesChat
-    from anabranch.graphs.chain import build_chain_graph
-
-    if name == "analyze":
-        agents = make_agents(_parse_backend(backend, endpoint is not None), endpoint)
-        return AnalyzeChat(build_fanout_graph(agents=agents, checkpointer=False))
-    if name == "chain":
-        if endpoint is None:
-            raise ValueError("the chain graph needs --llm (local or a URL)")
-        graph = build_chain_graph(DEFAULT_CHAIN, endpoint, checkpointer=False)
-        return ChainChat(graph, DEFAULT_CHAIN)
-    module, _, attr = name.partition(":")
-    if not attr:
-        raise ValueError(f"unknown graph {name!r}: use analyze, chain or module:attr")
-    target = getattr(importlib.import_module(module), attr)
-    return target if hasattr(target, "start") else MessagesChat(target, name=attr)
+# -- fault server --------------------------------------------------------------------------------
 
 
 @app.command("fault-server")
@@ -308,123 +444,6 @@ def fault_server(
     ] = "{}",
 ) -> None:
     """Serve the fault-injecting OpenAI-compatible endpoint, for testing your own graphs."""
-    from anabranch.testing.fault_server import main
+    from anabranch.testing.fault_server import main as serve_faults
 
-    main(["--port", str(port), "--config", config])
-
-
-# -- running a file -----------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class _LlmOptions:
-    """The LLM options every command shares, gathered at the edge."""
-
-    llm: str | None
-    model: str | None
-    concurrency: int
-    timeout: float
-    rpm: float | None
-    tpm: float | None
-
-
-def _fail(message: str) -> None:
-    typer.echo(f"error: {redact(message)}", err=True)
-    raise typer.Exit(EXIT_USAGE)
-
-
-def _parse_backend(spec: str | None, has_llm: bool) -> str | dict[str, str]:
-    if spec is None:
-        return "llm" if has_llm else "local"
-    if "=" not in spec:
-        return spec
-    pairs = [part.split("=", 1) for part in spec.split(",") if part.strip()]
-    return {name.strip(): value.strip() for name, value in pairs}
-
-
-@contextlib.asynccontextmanager
-async def _endpoint(options: _LlmOptions) -> AsyncIterator[Endpoint | None]:
-    """The endpoint the options ask for, starting (and finally stopping) the local server."""
-    if options.llm is None:
-        yield None
-        return
-    limits = {
-        "limits": Limits(options.concurrency, options.rpm, options.tpm),
-        "timeouts": Timeouts(attempt=options.timeout),
-    }
-    if options.llm == "local":
-        from anabranch.llm.local_server import LocalLLMServer
-
-        async with LocalLLMServer(parallel=options.concurrency) as server:
-            typer.echo(f"LLM: embedded llama.cpp server, {server.model} at {server.url}")
-            async with Endpoint(server.url, options.model or server.model, **limits) as endpoint:
-                yield endpoint
-        return
-    if not options.model:
-        _fail("--model is required with --llm URL (the name the server knows the model by)")
-    key = next((os.environ[v] for v in API_KEY_VARIABLES if os.environ.get(v)), "not-needed")
-    async with Endpoint(options.llm, options.model, api_key=SecretStr(key), **limits) as endpoint:
-        typer.echo(f"LLM: {options.model} at {endpoint.public_url}")
-        yield endpoint
-
-
-def _run_file(
-    input: Path,
-    out: Path,
-    concurrency: int,
-    chunk_tokens: int,
-    backend: str | None,
-    planner: str,
-    options: _LlmOptions,
-) -> int:
-    try:
-        report, rejections = asyncio.run(
-            _run_async(input, out, concurrency, chunk_tokens, backend, planner, options)
-        )
-    except (SetupError, ValueError) as exc:
-        _fail(str(exc))
-    for message in rejections:
-        typer.echo(f"rejected: {message}", err=True)
-    typer.echo(render_trace(report))
-    typer.echo(f"results: {out}")
-    if report.tasks_rejected:
-        return EXIT_USAGE
-    return EXIT_ERRORS if report.tasks_partial or report.tasks_failed else EXIT_OK
-
-
-async def _run_async(input, out, concurrency, chunk_tokens, backend, planner, options):
-    from anabranch.agents.analysts import DESCRIPTIONS, make_agents
-    from anabranch.agents.planner import LLMPlanner, RulePlanner
-
-    choice = _parse_backend(backend, options.llm is not None)
-    wants_llm = planner == "llm" or "llm" in (
-        [choice] if isinstance(choice, str) else choice.values()
-    )
-    if wants_llm and options.llm is None:
-        raise ValueError("the llm backend and the llm planner need --llm (local or a URL)")
-    if not wants_llm:  # nothing will call an LLM: do not start or reach one
-        options = dataclasses.replace(options, llm=None)
-    async with _endpoint(options) as endpoint:
-        agents = make_agents(choice, endpoint)
-        names = [a.name for a in agents]
-        rule = RulePlanner(kinds=names, chunk_tokens=chunk_tokens)
-        plan = rule if planner == "rule" else LLMPlanner(endpoint, DESCRIPTIONS, rule=rule)
-        graph = build_fanout_graph(plan, agents)
-        tasks = list(read_tasks(input))
-        return await _write_results(run_batch(tasks, graph, concurrency=concurrency), out)
-
-
-async def _write_results(batch: BatchRun, out: Path) -> tuple[RunReport, list[str]]:
-    """Stream results to disk as they complete, so an interrupted run keeps what it finished.
-
-    Returns the run report and the messages of rejected input lines, to show the user.
-    """
-    out.parent.mkdir(parents=True, exist_ok=True)
-    rejections: list[str] = []
-    with out.open("w", encoding="utf-8") as f:
-        async for result in batch:
-            f.write(result.model_dump_json() + "\n")
-            f.flush()
-            if result.status == "rejected":
-                rejections.extend(e.message for e in result.errors)
-    return batch.report, rejections
+    serve_faults(["--port", str(port), "--config", config])

@@ -13,7 +13,8 @@ from anabranch.agents.specialists import (
 )
 from anabranch.chain_report import render_chain_report
 from anabranch.errors import InputError
-from anabranch.graphs.chain import build_chain_graph, chain_result
+from anabranch.events import TextDelta
+from anabranch.graphs.chain import build_chain_graph, run_chain
 from anabranch.llm.endpoint import Endpoint
 from anabranch.llm.settings import RetryPolicy
 
@@ -52,28 +53,23 @@ def table(markdown: str, header: str) -> list[list[str]]:
     return rows
 
 
-async def run_chain(endpoint, specialists=DEFAULT_CHAIN, **kwargs):
+async def run(endpoint, specialists=DEFAULT_CHAIN, **kwargs):
+    """The chain's result and every event it streamed."""
     graph = build_chain_graph(specialists, endpoint, **kwargs)
-    events = []
-    state = None
-    async for mode, chunk in graph.astream({"prompt": PROMPT}, stream_mode=["custom", "values"]):
-        if mode == "custom":
-            events.append(chunk)
-        else:
-            state = chunk
-    return chain_result(state, specialists), events
+    events: list = []
+    return await run_chain(graph, PROMPT, specialists, events.append), events
 
 
 async def test_report_has_the_documented_structure_and_real_timings(faults):
     faults.configure(latency_ms=300)
     async with Endpoint(faults.url, "fault") as llm:
-        result, events = await run_chain(llm)
+        result, events = await run(llm)
     assert result.complete and [s.specialist for s in result.steps] == [
         s.name for s in DEFAULT_CHAIN
     ]
     assert all(s.seconds >= 0.3 and s.usage.completion_tokens > 0 for s in result.steps)
     assert [s.temperature for s in result.steps] == [0.7, 0.7, 0.5]
-    streamed = "".join(e["text"] for e in events if e["event"] == "text" and e["step"] == 1)
+    streamed = "".join(e.text for e in events if isinstance(e, TextDelta) and e.step == 1)
     assert streamed == result.steps[0].output
 
     report = render_chain_report(result)
@@ -96,7 +92,7 @@ async def test_report_has_the_documented_structure_and_real_timings(faults):
 
 async def test_key_contribution_names_what_the_step_added(faults):
     async with Endpoint(faults.url, "fault") as llm:
-        result, _ = await run_chain(llm, DEFAULT_CHAIN[:2])
+        result, _ = await run(llm, DEFAULT_CHAIN[:2])
     report = render_chain_report(result)
     # The fault server echoes the last user message: step 2's new words are "Previous answer".
     (row,) = [r for r in table(report, CONTRIBUTION) if r[0] == "2"]
@@ -106,7 +102,7 @@ async def test_key_contribution_names_what_the_step_added(faults):
 async def test_a_failing_step_stops_the_chain_with_a_partial_report(faults):
     faults.configure(script=["ok", "500", "500", "500"])
     async with Endpoint(faults.url, "fault", retry=RetryPolicy(3, backoff_initial=0.01)) as llm:
-        result, _ = await run_chain(llm)
+        result, _ = await run(llm)
     assert not result.complete and len(result.steps) == 2
     failed = result.steps[1]
     assert failed.status == "error" and failed.output == ""
@@ -121,7 +117,7 @@ async def test_a_failing_step_stops_the_chain_with_a_partial_report(faults):
 
 async def test_all_context_shows_every_earlier_output(faults):
     async with Endpoint(faults.url, "fault") as llm:
-        result, _ = await run_chain(llm, context="all")
+        result, _ = await run(llm, context="all")
     last = result.steps[-1].output
     assert (
         "Previous answer (system_specialist)" in last and "Previous answer (agent_enforcer)" in last

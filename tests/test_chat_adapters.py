@@ -4,6 +4,7 @@ from dataclasses import dataclass
 
 from anabranch import build_fanout_graph, local_agents
 from anabranch.chat.adapters import STREAM_MODES, AnalyzeChat
+from anabranch.events import AgentDone, Planned
 from anabranch.types import Subtask
 
 
@@ -22,10 +23,10 @@ async def test_every_result_in_an_update_becomes_a_progress_event():
     events = []
     async for mode, chunk in chat.graph.astream(turn.input, stream_mode=STREAM_MODES):
         events += turn.feed(mode, chunk)[1]
-    done = sorted((e["agent"], e["status"]) for e in events if e["event"] == "agent_done")
+    done = sorted((e.agent, e.status) for e in events if isinstance(e, AgentDone))
     # The planner's update carries both stray error records at once; neither may be dropped.
     assert done == [("sentiment", "ok"), ("summarise", "error"), ("translate", "error")]
-    assert [e["subtasks"] for e in events if e["event"] == "planned"] == [
+    assert [e.subtasks for e in events if isinstance(e, Planned)] == [
         ["sentiment", "translate", "summarise"]
     ]
     answer = turn.answer()

@@ -73,9 +73,9 @@ def test_progress_events_travel_as_sse_comments(backend, faults):
     with httpx.stream("POST", f"{backend[0]}/chat/completions", json=body, headers=headers) as r:
         lines = list(r.iter_lines())
     events = [json.loads(line.split(" ", 2)[2]) for line in lines if line.startswith(": anabranch")]
-    done = sorted(e["agent"] for e in events if e.get("event") == "agent_done")
+    done = sorted(e["agent"] for e in events if e["type"] == "agent_done")
     assert done == ["keywords", "sentiment", "tokenize"]
-    assert any(e.get("event") == "usage" and e["prompt_tokens"] > 0 for e in events)
+    assert any(e["type"] == "usage" and e["prompt_tokens"] > 0 for e in events)
     assert lines[-2:] == ["data: [DONE]", ""] or lines[-1] == "data: [DONE]"
 
 

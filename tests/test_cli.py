@@ -1,8 +1,14 @@
+import importlib.metadata
 import json
+import re
 import shutil
+import time
 
+import pytest
 from conftest import run_cli
 
+import anabranch
+from anabranch.llm.local_server import free_port
 from anabranch.tools.tokenizer import count_tokens
 
 
@@ -96,7 +102,7 @@ def test_the_api_key_never_reaches_output_or_results(tmp_path, faults):
         "run", str(tasks), "--out", str(out), "--llm", faults.url, "--model", "m",
         env={"OPENAI_API_KEY": secret},
     )  # fmt: skip
-    assert proc.returncode == 1  # delivered with errors
+    assert proc.returncode == 4  # delivered with errors
     (result,) = map(json.loads, out.read_text().splitlines())
     assert {e["type"] for e in result["errors"]} == {"LLMStatusError"}
     for text in (proc.stdout, proc.stderr, out.read_text()):
@@ -121,3 +127,82 @@ def test_llm_backend_without_an_llm_is_bad_usage(tmp_path):
     tasks.write_text('{"id": "a", "text": "x"}\n')
     proc = run_cli("run", str(tasks), "--backend", "llm")
     assert proc.returncode == 2 and "need --llm" in proc.stderr
+
+
+def test_without_model_the_servers_one_model_is_used(tmp_path, faults):
+    tasks = tmp_path / "tasks.jsonl"
+    tasks.write_text('{"id": "a", "text": "Fine."}\n')
+    proc = run_cli("run", str(tasks), "--out", str(tmp_path / "o.jsonl"), "--llm", faults.url)
+    assert proc.returncode == 0, proc.stderr
+    assert "LLM: fault at " in proc.stdout and "(the one model it serves)" in proc.stdout
+
+
+def test_without_model_a_server_with_several_is_asked_which(tmp_path, faults):
+    faults.configure(models=["small", "large"])
+    tasks = tmp_path / "tasks.jsonl"
+    tasks.write_text('{"id": "a", "text": "Fine."}\n')
+    for command in (["run", str(tasks)], ["chain", "Hi"]):
+        proc = run_cli(*command, "--llm", faults.url, "--out", str(tmp_path / "o"))
+        assert proc.returncode == 2, proc.stderr
+        assert "serves 2 models (small, large): choose one with --model" in proc.stderr
+
+
+def test_a_wrong_url_fails_fast_and_names_it(tmp_path):
+    tasks = tmp_path / "tasks.jsonl"
+    tasks.write_text("".join(f'{{"id": "{i}", "text": "x"}}\n' for i in range(50)))
+    dead = f"http://127.0.0.1:{free_port()}/v1"
+    start = time.monotonic()
+    proc = run_cli("run", str(tasks), "--llm", dead, "--model", "m", "--out", str(tmp_path / "o"))
+    assert proc.returncode == 2 and f"cannot reach the LLM server at {dead}" in proc.stderr
+    assert time.monotonic() - start < 15  # one check, not 50 tasks' worth of retries
+
+
+@pytest.mark.parametrize("url", ["notaurl", "ftp://example.com/v1"])
+def test_a_url_that_is_not_http_is_bad_usage(tmp_path, url):
+    tasks = tmp_path / "tasks.jsonl"
+    tasks.write_text('{"id": "a", "text": "x"}\n')
+    proc = run_cli("run", str(tasks), "--llm", url, "--model", "m")
+    assert proc.returncode == 2 and "not an http(s) URL" in proc.stderr
+
+
+def test_out_must_not_be_the_input_nor_unwritable(tmp_path):
+    tasks = tmp_path / "tasks.jsonl"
+    original = '{"id": "a", "text": "Keep me."}\n'
+    tasks.write_text(original)
+    proc = run_cli("run", str(tasks), "--out", str(tasks))
+    assert proc.returncode == 2 and "is the input file" in proc.stderr
+    assert tasks.read_text() == original
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    proc = run_cli("run", str(tasks), "--out", str(blocker / "out.jsonl"))
+    assert proc.returncode == 2 and "cannot write results to" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_a_crash_is_exit_3_with_its_traceback_never_a_result(tmp_path, faults):
+    """A bug must never pass for partial delivery: `make demo` accepts exit 4, never 3."""
+    (tmp_path / "broken_graph.py").write_text("raise RuntimeError('a bug at import')\n")
+    proc = run_cli(
+        "serve", "--graph", "broken_graph:graph", "--llm", faults.url, "--model", "m",
+        env={"PYTHONPATH": str(tmp_path)},
+    )  # fmt: skip
+    assert proc.returncode == 3
+    assert "Traceback" in proc.stderr and "RuntimeError: a bug at import" in proc.stderr
+
+
+def test_a_chain_file_given_alone_is_the_chain(tmp_path, faults):
+    team = tmp_path / "team.toml"
+    team.write_text(
+        '[[specialist]]\nname = "critic"\npersona = "Criticise."\n\n'
+        '[[specialist]]\nname = "fixer"\npersona = "Fix it."\n'
+    )
+    report = tmp_path / "report.md"
+    proc = run_cli("chain", "Plan a picnic.", "--file", str(team), "--llm", faults.url,
+                   "--out", str(report))  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    steps = re.findall(r"^## Step \d+: (\S+)", report.read_text(), re.MULTILINE)
+    assert steps == ["critic", "fixer"]
+
+
+def test_the_package_has_a_version():
+    assert anabranch.__version__ == importlib.metadata.version("anabranch")

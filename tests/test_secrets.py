@@ -82,7 +82,7 @@ def test_no_output_carries_an_echoed_key(echoing, run_dir):
     # `run`, with the key from the environment and, once, as a credential inside the URL.
     proc = run_cli("run", tasks, *llm, "--out", str(run_dir / "results.jsonl"), env=env)
     _proc(seen, "run", proc)
-    assert proc.returncode == 1, proc.stderr  # delivered, some with errors
+    assert proc.returncode == 4, proc.stderr  # delivered, some with errors
     url_with_key = echoing.url.replace("http://", f"http://user:{CANARY}@")
     proc = run_cli("run", tasks, "--llm", url_with_key, "--model", "fault",
                    "--out", str(run_dir / "results-url.jsonl"))  # fmt: skip

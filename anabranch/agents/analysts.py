@@ -13,6 +13,7 @@ from typing import Annotated, Literal, Protocol
 from pydantic import BaseModel, Field, StringConstraints, create_model
 
 from anabranch.agents.base import Agent, Answer
+from anabranch.errors import ConfigError
 from anabranch.llm.endpoint import Endpoint
 from anabranch.tools.keywords import YakeKeywords
 from anabranch.tools.sentiment import VaderSentiment, label_for
@@ -190,17 +191,41 @@ DESCRIPTIONS = {
 AGENT_NAMES = tuple(DESCRIPTIONS)
 
 
+def parse_backend(spec: str | None, has_llm: bool) -> Backend | dict[str, Backend]:
+    """`--backend` as `make_agents` takes it: `local`, `llm`, or `keywords=llm,sentiment=local`.
+    None means llm when there is an LLM, else local."""
+    if spec is None:
+        return "llm" if has_llm else "local"
+    pairs = [part.split("=", 1) for part in spec.split(",") if part.strip()]
+    if "=" not in spec:
+        choice: dict[str, str] = dict.fromkeys(AGENT_NAMES, spec.strip())
+    elif any(len(pair) != 2 for pair in pairs):
+        raise ConfigError(f"backend {spec!r}: use local, llm, or agent=backend pairs")
+    else:
+        choice = {name.strip(): value.strip() for name, value in pairs}
+    if unknown := set(choice) - set(AGENT_NAMES):
+        raise ConfigError(f"unknown agents {sorted(unknown)}; known: {', '.join(AGENT_NAMES)}")
+    if bad := {b for b in choice.values() if b not in ("local", "llm")}:
+        raise ConfigError(f"unknown backends {sorted(bad)}; use local or llm")
+    return {name: "llm" if value == "llm" else "local" for name, value in choice.items()}
+
+
+def needs_llm(backend: Backend | Mapping[str, Backend]) -> bool:
+    """Some agent on this backend calls an LLM."""
+    return "llm" in ([backend] if isinstance(backend, str) else backend.values())
+
+
 def make_agents(
     backend: Backend | Mapping[str, Backend] = "local", endpoint: Endpoint | None = None
 ) -> list[Agent]:
     """The three analysts, each on the backend asked for (one for all, or per agent name)."""
     choice = dict.fromkeys(AGENT_NAMES, backend) if isinstance(backend, str) else dict(backend)
     if unknown := set(choice) - set(AGENT_NAMES):
-        raise ValueError(f"unknown agents {sorted(unknown)}; known: {', '.join(AGENT_NAMES)}")
+        raise ConfigError(f"unknown agents {sorted(unknown)}; known: {', '.join(AGENT_NAMES)}")
     if bad := {b for b in choice.values() if b not in ("local", "llm")}:
-        raise ValueError(f"unknown backends {sorted(bad)}; use local or llm")
+        raise ConfigError(f"unknown backends {sorted(bad)}; use local or llm")
     if "llm" in choice.values() and endpoint is None:
-        raise ValueError("the llm backend needs an endpoint")
+        raise ConfigError("the llm backend needs an LLM (--llm local or a URL)")
     on_llm = {name: choice.get(name, "local") == "llm" for name in AGENT_NAMES}
     return [
         TokenizerAgent(ServerTokenizer(endpoint)) if on_llm["tokenize"] else TokenizerAgent(),

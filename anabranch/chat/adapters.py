@@ -8,16 +8,29 @@ graph whose state has OpenAI-style or LangChain `messages`.
 
 from __future__ import annotations
 
+import importlib
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from langgraph.graph.state import CompiledStateGraph
+from langgraph.pregel import Pregel
 
-from anabranch.agents.specialists import Specialist
-from anabranch.errors import ChatGraphError
-from anabranch.graphs.chain import chain_result
+from anabranch.agents.specialists import DEFAULT_CHAIN, Specialist
+from anabranch.errors import ChatGraphError, ConfigError
+from anabranch.events import (
+    AgentDone,
+    BaseEvent,
+    Custom,
+    Event,
+    NodeDone,
+    Planned,
+    TextDelta,
+)
+from anabranch.graphs.chain import build_chain_graph, chain_result
+from anabranch.graphs.fanout import build_analysis_graph
+from anabranch.llm.endpoint import Endpoint
 from anabranch.types import Task, TaskResult, Usage
 
 Message = dict[str, Any]
@@ -30,7 +43,7 @@ class Turn(Protocol):
     input: dict[str, Any]
     usage: Usage
 
-    def feed(self, mode: str, chunk: Any) -> tuple[str, list[dict[str, Any]]]:
+    def feed(self, mode: str, chunk: Any) -> tuple[str, list[Event]]:
         """Read one stream item: (answer text it adds, progress events it makes)."""
 
     def answer(self) -> str:
@@ -68,8 +81,8 @@ class AnalyzeTurn:
     usage: Usage = field(default_factory=Usage)
     result: TaskResult | None = None
 
-    def feed(self, mode: str, chunk: Any) -> tuple[str, list[dict[str, Any]]]:
-        events: list[dict[str, Any]] = []
+    def feed(self, mode: str, chunk: Any) -> tuple[str, list[Event]]:
+        events: list[Event] = []
         if mode != "updates":
             return "", events
         for node, update in chunk.items():
@@ -77,13 +90,12 @@ class AnalyzeTurn:
             if "result" in update:
                 self.result = update["result"]
             if node == "planner" and "subtasks" in update:
-                events.append(
-                    {"event": "planned", "subtasks": [s.kind for s in update["subtasks"]]}
-                )
+                events.append(Planned(subtasks=[s.kind for s in update["subtasks"]]))
             for r in update.get("results", []):  # the planner's own error records come here too
                 self.usage += r.usage
-                events.append({"event": "agent_done", "agent": r.kind, "chunk": r.chunk,
-                               "status": r.status, "usage": r.usage.model_dump()})  # fmt: skip
+                events.append(
+                    AgentDone(agent=r.kind, chunk=r.chunk, status=r.status, usage=r.usage)
+                )
         return "", events
 
     def answer(self) -> str:
@@ -122,17 +134,17 @@ class ChainTurn:
     usage: Usage = field(default_factory=Usage)
     steps: list = field(default_factory=list)
 
-    def feed(self, mode: str, chunk: Any) -> tuple[str, list[dict[str, Any]]]:
+    def feed(self, mode: str, chunk: Any) -> tuple[str, list[Event]]:
         if mode == "updates":
             for update in chunk.values():
                 for step in (update or {}).get("steps", []):
                     self.steps.append(step)
                     self.usage += step.usage
             return "", []
-        if chunk["event"] != "text":
+        if not isinstance(chunk, TextDelta):
             return "", [chunk]
-        if chunk.get("step") == len(self.specialists):
-            return chunk["text"], []  # the final specialist's words are the answer
+        if chunk.step == len(self.specialists):
+            return chunk.text, []  # the final specialist's words are the answer
         return "", []  # earlier steps' words would flood a progress channel
 
     def answer(self) -> str:
@@ -175,15 +187,15 @@ class MessagesTurn:
     usage: Usage = field(default_factory=Usage)
     last: str = ""
 
-    def feed(self, mode: str, chunk: Any) -> tuple[str, list[dict[str, Any]]]:
+    def feed(self, mode: str, chunk: Any) -> tuple[str, list[Event]]:
         if mode != "updates":
-            return "", [chunk if isinstance(chunk, dict) else {"event": "custom", "data": chunk}]
-        events = []
+            return "", [chunk if isinstance(chunk, BaseEvent) else Custom(data=chunk)]
+        events: list[Event] = []
         for node, update in chunk.items():
             messages = update.get("messages") if isinstance(update, dict) else None
             if messages:
                 self.last = content_text(_message_content(messages[-1]))
-                events.append({"event": "node_done", "node": node})
+                events.append(NodeDone(node=node))
         return "", events
 
     def answer(self) -> str:
@@ -206,3 +218,40 @@ class MessagesChat:
 
     def start(self, conversation: Sequence[Message]) -> MessagesTurn:
         return MessagesTurn({"messages": list(conversation)})
+
+
+# -- built-in graphs by name --------------------------------------------------------------------
+
+
+def chat_graph(
+    name: str, endpoint: Endpoint | None = None, *, backend: str | None = None
+) -> ChatGraph:
+    """A graph to serve, by name: `analyze`, `chain`, or `module:attr` naming a ChatGraph or a
+    compiled graph whose state has `messages`.
+
+    A user's graph runs on the whole conversation each turn and keeps nothing of its own in the
+    server's thread store: the server checkpoints the conversation, not the graph's insides (a
+    graph compiled with a checkpointer of its own keeps that one).
+    """
+    if name == "analyze":
+        return AnalyzeChat(build_analysis_graph(endpoint, backend=backend).copy(
+            {"checkpointer": False}))  # fmt: skip
+    if name == "chain":
+        if endpoint is None:
+            raise ConfigError("the chain graph needs an LLM (--llm local or a URL)")
+        graph = build_chain_graph(DEFAULT_CHAIN, endpoint, checkpointer=False)
+        return ChainChat(graph, DEFAULT_CHAIN)
+    module, _, attr = name.partition(":")
+    if not attr:
+        raise ConfigError(f"unknown graph {name!r}: use analyze, chain or module:attr")
+    try:
+        target = getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError) as exc:
+        raise ConfigError(f"cannot load graph {name!r}: {exc}") from exc
+    if hasattr(target, "start"):
+        return cast(ChatGraph, target)
+    if not isinstance(target, Pregel):
+        raise ConfigError(f"{name!r} is neither a ChatGraph nor a compiled graph")
+    if target.checkpointer is None:  # it would inherit the server's store as a subgraph
+        target = target.copy({"checkpointer": False})
+    return MessagesChat(target, name=attr)

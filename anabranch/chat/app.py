@@ -18,7 +18,7 @@ import ipaddress
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Annotated, Any, TypedDict
 
@@ -27,6 +27,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
 from langgraph.graph import END, START, StateGraph
+from langgraph.graph.state import CompiledStateGraph
 from langgraph.runtime import Runtime
 from pydantic import (
     BaseModel,
@@ -40,7 +41,9 @@ from pydantic import (
 
 from anabranch.chat.adapters import STREAM_MODES, ChatGraph, Message
 from anabranch.errors import ChatGraphError, ConfigError, describe
+from anabranch.events import BaseEvent, UsageTotal
 from anabranch.redact import redact, register_secret
+from anabranch.types import Usage
 
 THREAD_HEADER = "x-thread-id"
 
@@ -109,11 +112,26 @@ class ConversationState(TypedDict):
     messages: Annotated[list[Message], lambda old, new: [*old, *new]]
 
 
-def conversation_graph(chat: ChatGraph, checkpointer=None):
+@dataclass(frozen=True, slots=True)
+class _AnswerText:
+    """Text of the answer, streamed to the client as content."""
+
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class _FinalAnswer:
+    """The whole answer and its cost, once the run ends."""
+
+    text: str
+    usage: Usage
+
+
+def conversation_graph(chat: ChatGraph, checkpointer: Any = None) -> CompiledStateGraph:
     """Wrap a chat graph so that a checkpointer keeps the conversation, turn after turn.
 
     The node runs the graph on the whole conversation and re-emits what it streams as custom
-    events: `delta` (answer text), `progress`, and finally `answer` with the text and usage.
+    stream items: answer text, progress events, and finally the whole answer with its usage.
     """
 
     async def respond(state: ConversationState, runtime: Runtime[RunHandle]) -> dict:
@@ -124,11 +142,11 @@ def conversation_graph(chat: ChatGraph, checkpointer=None):
         async for mode, chunk in chat.graph.astream(turn.input, stream_mode=STREAM_MODES):
             delta, events = turn.feed(mode, chunk)
             if delta:
-                write({"type": "delta", "text": delta})
+                write(_AnswerText(delta))
             for event in events:
-                write({"type": "progress", **event})
+                write(event)
         text = turn.answer()
-        write({"type": "answer", "text": text, "usage": turn.usage.model_dump()})
+        write(_FinalAnswer(text, turn.usage))
         return {"messages": [{"role": "assistant", "content": text}]}
 
     builder = StateGraph(ConversationState, context_schema=RunHandle)
@@ -145,7 +163,7 @@ def create_app(
     threads_db: str = "anabranch-threads.sqlite",
     max_body_bytes: int = 1 << 20,
     max_concurrent_runs: int = 8,
-) -> FastAPI:
+) -> ChatApp:
     """An ASGI app serving `graphs` by name; mount it in an existing backend or run it with
     uvicorn. `threads_db` is the SQLite file behind conversations (":memory:" keeps none)."""
     chats = dict(graphs) if isinstance(graphs, Mapping) else {g.name: g for g in graphs}
@@ -170,13 +188,19 @@ def create_app(
                 stateful.update({n: conversation_graph(c, saver) for n, c in chats.items()})
         return stateful[name]
 
+    async def aclose() -> None:
+        async with opening:
+            while connection:
+                await connection.pop().close()
+            stateful.clear()
+
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
-        for conn in connection:
-            await conn.close()
+        await aclose()
 
-    app = FastAPI(title="anabranch", lifespan=lifespan)
+    app = ChatApp(title="anabranch", lifespan=lifespan)
+    app.closer = aclose
 
     app.add_middleware(_Guard, token=token, max_body_bytes=max_body_bytes)
 
@@ -229,6 +253,18 @@ def create_app(
     return app
 
 
+class ChatApp(FastAPI):
+    """The served graphs' ASGI app. Run on its own, it closes its thread store at shutdown; a
+    mounted app gets no lifespan events, so its parent calls `aclose()` at its own shutdown."""
+
+    closer: Callable[[], Awaitable[None]] | None = None
+
+    async def aclose(self) -> None:
+        """Close the SQLite connection behind threads, if one was opened."""
+        if self.closer is not None:
+            await self.closer()
+
+
 class _Guard:
     """Bearer-token auth and the request size limit, before any route runs.
 
@@ -275,44 +311,48 @@ class _Run:
             "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
         }
 
-    async def sse(self, events: AsyncIterator[dict]) -> AsyncIterator[str]:
+    async def sse(self, events: AsyncIterator[Any]) -> AsyncIterator[str]:
         yield _data(self._chunk({"role": "assistant", "content": ""}))
         streamed = False
+        usage = Usage()
         try:
-            async for event in events:
-                kind = event["type"]
-                if kind == "delta":
+            async for item in events:
+                if isinstance(item, _AnswerText):
                     streamed = True
-                    yield _data(self._chunk({"content": event["text"]}))
-                elif kind == "progress":
-                    yield f": anabranch {json.dumps(event)}\n\n"
-                elif kind == "answer":
+                    yield _data(self._chunk({"content": item.text}))
+                elif isinstance(item, BaseEvent):
+                    yield f": anabranch {item.model_dump_json()}\n\n"
+                elif isinstance(item, _FinalAnswer):
                     if not streamed:  # a graph that only knows its answer at the end
-                        yield _data(self._chunk({"content": event["text"]}))
-                    yield f": anabranch {json.dumps({'event': 'usage', **event['usage']})}\n\n"
-                    usage = _usage(event["usage"])
+                        yield _data(self._chunk({"content": item.text}))
+                    usage = item.usage
+                    total = UsageTotal(prompt_tokens=usage.prompt_tokens,
+                                       completion_tokens=usage.completion_tokens)  # fmt: skip
+                    yield f": anabranch {total.model_dump_json()}\n\n"
         except Exception as exc:  # noqa: BLE001 - the client must hear why its stream ended
             yield _data({"error": _error_body(exc)})
             yield "data: [DONE]\n\n"
             return
         yield _data(self._chunk({}, "stop"))
         if (self.request.stream_options or {}).get("include_usage"):
-            yield _data({**self._chunk({}), "choices": [], "usage": usage})
+            yield _data({**self._chunk({}), "choices": [], "usage": _usage(usage)})
         yield "data: [DONE]\n\n"
 
-    async def complete(self, events: AsyncIterator[dict]) -> JSONResponse:
-        progress: list[dict] = []
+    async def complete(self, events: AsyncIterator[Any]) -> JSONResponse:
+        progress: list[BaseEvent] = []
         answer = None
         try:
-            async for event in events:
-                if event["type"] == "progress":
-                    progress.append(event)
-                elif event["type"] == "answer":
-                    answer = event
+            async for item in events:
+                if isinstance(item, BaseEvent):
+                    progress.append(item)
+                elif isinstance(item, _FinalAnswer):
+                    answer = item
         except Exception as exc:  # noqa: BLE001 - an error response, never a dropped connection
             body = _error_body(exc)
             return _error(502 if isinstance(exc, ChatGraphError) else 500, body["message"],
                           body["type"])  # fmt: skip
+        if answer is None:
+            return _error(500, "the graph ended without an answer", "server_error")
         return JSONResponse(
             {
                 "id": self.id,
@@ -322,12 +362,15 @@ class _Run:
                 "choices": [
                     {
                         "index": 0,
-                        "message": {"role": "assistant", "content": answer["text"]},
+                        "message": {"role": "assistant", "content": answer.text},
                         "finish_reason": "stop",
                     }
                 ],
-                "usage": _usage(answer["usage"]),
-                "anabranch": {"thread_id": self.thread, "events": progress},
+                "usage": _usage(answer.usage),
+                "anabranch": {
+                    "thread_id": self.thread,
+                    "events": [e.model_dump(mode="json") for e in progress],
+                },
             }
         )
 
@@ -424,11 +467,11 @@ def _error_body(exc: Exception) -> dict:
     return {"message": message, "type": "server_error"}
 
 
-def _usage(usage: dict) -> dict:
+def _usage(usage: Usage) -> dict:
     return {
-        "prompt_tokens": usage.get("prompt_tokens", 0),
-        "completion_tokens": usage.get("completion_tokens", 0),
-        "total_tokens": usage.get("prompt_tokens", 0) + usage.get("completion_tokens", 0),
+        "prompt_tokens": usage.prompt_tokens,
+        "completion_tokens": usage.completion_tokens,
+        "total_tokens": usage.total_tokens,
     }
 
 

@@ -8,9 +8,10 @@ error never becomes the next step's input. Text streams out as LangGraph custom 
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import operator
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Annotated, Literal, TypedDict
 
 from langgraph.graph import END, START, StateGraph
@@ -18,6 +19,8 @@ from langgraph.graph.state import CompiledStateGraph
 from langgraph.runtime import Runtime
 
 from anabranch.agents.specialists import Specialist
+from anabranch.errors import ConfigError, LLMOutputError
+from anabranch.events import Event, StepEnded, StepStarted, TextDelta
 from anabranch.graphs.state import now
 from anabranch.llm.endpoint import Endpoint
 from anabranch.types import ChainResult, ChainStep, SubtaskError
@@ -41,10 +44,10 @@ def build_chain_graph(
 ) -> CompiledStateGraph:
     """Compile a sequential chain; `endpoints` gives specialists an endpoint of their own."""
     if not specialists:
-        raise ValueError("a chain needs at least one specialist")
+        raise ConfigError("a chain needs at least one specialist")
     names = [s.name for s in specialists]
     if len(set(names)) != len(names):
-        raise ValueError(f"specialist names must be unique in a chain, got {names}")
+        raise ConfigError(f"specialist names must be unique in a chain, got {names}")
     endpoints = endpoints or {}
 
     builder = StateGraph(ChainState)
@@ -59,9 +62,27 @@ def build_chain_graph(
 
 
 def chain_result(state: ChainState, specialists: Sequence[Specialist]) -> ChainResult:
+    """The chain's outcome from its final state: every step so far, and what was planned."""
     return ChainResult(
         prompt=state["prompt"], steps=state.get("steps", []), planned=[s.name for s in specialists]
     )
+
+
+async def run_chain(
+    graph: CompiledStateGraph,
+    prompt: str,
+    specialists: Sequence[Specialist],
+    on_event: Callable[[Event], None] | None = None,
+) -> ChainResult:
+    """Run a chain graph on `prompt`, handing each event (steps starting, text as it is written,
+    steps ending) to `on_event`, and return the result from the final state."""
+    state: ChainState = {"prompt": prompt}
+    async for mode, chunk in graph.astream(state, stream_mode=["custom", "values"]):
+        if mode == "values":
+            state = chunk
+        elif on_event is not None:
+            on_event(chunk)
+    return chain_result(state, specialists)
 
 
 def _continue_to(following: str):
@@ -88,20 +109,18 @@ def _step_node(index: int, specialist: Specialist, endpoint: Endpoint, context: 
         write = runtime.stream_writer
         messages = _messages(specialist, state["prompt"], state.get("steps", []), context)
         model = specialist.model or endpoint.model
-        write({"event": "step_start", "step": index, "specialist": specialist.name})
+        write(StepStarted(step=index, specialist=specialist.name))
         start = now()
         try:
             completion = await endpoint.stream_chat(
                 messages,
-                lambda text: write(
-                    {"event": "text", "step": index, "specialist": specialist.name, "text": text}
-                ),
+                lambda text: write(TextDelta(step=index, specialist=specialist.name, text=text)),
                 temperature=specialist.temperature,
                 max_tokens=specialist.max_tokens,
                 model=model,
             )
             if not completion.text.strip():
-                raise ValueError("the model returned no text")
+                raise LLMOutputError("the model returned no text")
         except Exception as exc:  # noqa: BLE001 - a failed step is recorded; the chain stops
             outcome = {
                 "status": "error",
@@ -127,9 +146,34 @@ def _step_node(index: int, specialist: Specialist, endpoint: Endpoint, context: 
             seconds=now() - start,
             **outcome,
         )
-        write({"event": "step_end", "step": index, "specialist": specialist.name,
-               "status": record.status, "seconds": record.seconds})  # fmt: skip
+        write(StepEnded(step=index, specialist=specialist.name, status=record.status,
+                        seconds=record.seconds))  # fmt: skip
         return {"steps": [record]}
 
     step.__name__ = f"step_{index}_{specialist.name}"
     return step
+
+
+async def run_specialists(
+    prompt: str,
+    specialists: Sequence[Specialist],
+    endpoint: Endpoint,
+    *,
+    context: ChainContext = "previous",
+    on_event: Callable[[Event], None] | None = None,
+) -> ChainResult:
+    """Build and run a chain in one call: what `anabranch chain` does.
+
+    A specialist with a `base_url` of its own gets an endpoint there, with the chain's timeouts
+    and no API key: the chain's key is for the chain's server and is never sent elsewhere.
+    """
+    async with contextlib.AsyncExitStack() as stack:
+        own = {
+            s.name: await stack.enter_async_context(
+                Endpoint(s.base_url, s.model or endpoint.model, timeouts=endpoint.timeouts)
+            )
+            for s in specialists
+            if s.base_url
+        }
+        graph = build_chain_graph(specialists, endpoint, context=context, endpoints=own)
+        return await run_chain(graph, prompt, specialists, on_event)

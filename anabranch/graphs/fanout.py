@@ -8,7 +8,7 @@ drops into a user's own graph as a node or subgraph over those two keys.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Literal, Protocol
 
 from langgraph.graph import END, START, StateGraph
 from langgraph.graph.state import CompiledStateGraph
@@ -16,13 +16,18 @@ from langgraph.runtime import Runtime
 from langgraph.types import Send
 
 from anabranch.agents.base import Agent
-from anabranch.agents.planner import RulePlanner
+from anabranch.agents.planner import LLMPlanner, RulePlanner
 from anabranch.agents.reducer import Reducer
+from anabranch.errors import ConfigError
 from anabranch.graphs.state import FanoutInput, FanoutOutput, FanoutState, RunContext, now
+from anabranch.llm.endpoint import Endpoint
 from anabranch.types import Subtask, SubtaskError, SubtaskResult, Task, Usage
 
 PLANNER = "planner"
 REDUCER = "reducer"
+
+PlannerKind = Literal["rule", "llm"]
+"""`rule`: every agent for every task; `llm`: the model picks the agents each task needs."""
 
 
 class Planner(Protocol):
@@ -44,9 +49,9 @@ def build_fanout_graph(
     reducer = reducer or Reducer()
     names = [a.name for a in agents]
     if len(set(names)) != len(names):
-        raise ValueError(f"agent names must be unique, got {names}")
+        raise ConfigError(f"agent names must be unique, got {names}")
     if clash := {PLANNER, REDUCER} & set(names):
-        raise ValueError(f"agent names {sorted(clash)} are reserved for graph nodes")
+        raise ConfigError(f"agent names {sorted(clash)} are reserved for graph nodes")
 
     async def plan(state: FanoutState, runtime: Runtime[RunContext]) -> dict:
         start = now()
@@ -87,6 +92,32 @@ def build_fanout_graph(
     builder.add_conditional_edges(PLANNER, route, [*names, REDUCER])
     builder.add_edge(REDUCER, END)
     return builder.compile(checkpointer=checkpointer)
+
+
+def build_analysis_graph(
+    endpoint: Endpoint | None = None,
+    *,
+    backend: str | None = None,
+    planner: PlannerKind = "rule",
+    chunk_tokens: int = 256,
+) -> CompiledStateGraph:
+    """The built-in analysis (tokens, keywords, sentiment) as `anabranch run` builds it.
+
+    `backend` is `local`, `llm` or per agent (`keywords=llm,sentiment=local`); None means llm when
+    there is an endpoint. The `llm` planner lets the model pick the agents each task needs.
+    """
+    from anabranch.agents.analysts import DESCRIPTIONS, make_agents, parse_backend
+
+    if planner not in ("rule", "llm"):
+        raise ConfigError(f"unknown planner {planner!r}; use rule or llm")
+    if planner == "llm" and endpoint is None:
+        raise ConfigError("the llm planner needs an LLM (--llm local or a URL)")
+    agents = make_agents(parse_backend(backend, endpoint is not None), endpoint)
+    rule = RulePlanner(kinds=[a.name for a in agents], chunk_tokens=chunk_tokens)
+    chosen: Planner = rule
+    if planner == "llm" and endpoint is not None:
+        chosen = LLMPlanner(endpoint, DESCRIPTIONS, rule=rule)
+    return build_fanout_graph(chosen, agents)
 
 
 def agent_node(agent: Agent):

@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from anabranch.errors import InputError
+from anabranch.errors import ConfigError, InputError
 from anabranch.graphs.state import RunContext, StageClock, now
 from anabranch.types import RunReport, StageReport, SubtaskError, Task, TaskResult, Usage
 
@@ -40,7 +40,7 @@ class BatchRun:
 
     async def _run(self) -> AsyncIterator[TaskResult]:
         if self.concurrency < 1:
-            raise ValueError(f"concurrency must be at least 1, got {self.concurrency}")
+            raise ConfigError(f"concurrency must be at least 1, got {self.concurrency}")
         clock = StageClock()
         context = RunContext(clock=clock)
         source = iter(self.tasks)

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 from urllib.parse import urlsplit
 
+import openai
 from pydantic import BaseModel, SecretStr, ValidationError
 
 from anabranch.errors import ConfigError, LLMOutputError, LLMStatusError
@@ -108,6 +109,12 @@ class Endpoint:
         self._limiter = CallLimiter(self.limits)
         self._output_mode: OutputMode = "json_schema"
         self._has_tokenize: bool | None = None
+
+    @property
+    def client(self) -> openai.AsyncOpenAI:
+        """The openai client behind the endpoint, for what the endpoint does not wrap (listing
+        models, say). Calls made on it bypass the endpoint's limits and retries."""
+        return self._transport.client
 
     @property
     def public_url(self) -> str:

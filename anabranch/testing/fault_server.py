@@ -50,6 +50,8 @@ class FaultConfig(BaseModel):
     hang_seconds: float = 3600.0
     refuse_json_schema: bool = False
     """Answer 400 to `response_format: json_schema`, as servers without it do."""
+    models: list[str] = Field(default_factory=lambda: ["fault"])
+    """What GET /v1/models lists."""
     tokenize: bool = False
     """Serve llama.cpp's `/tokenize` (one piece per word), under the same faults as chat."""
     echo_credentials: bool = False
@@ -116,7 +118,8 @@ class FaultApp:
             self.configure(FaultConfig.model_validate_json(body))
             return _json(200, self.config.model_dump())
         if method == "GET" and path == "/v1/models":
-            return _json(200, {"object": "list", "data": [{"id": "fault", "object": "model"}]})
+            listed = [{"id": m, "object": "model"} for m in self.config.models]
+            return _json(200, {"object": "list", "data": listed})
         if method == "POST" and path == "/v1/chat/completions":
             return await self._chat(body, key)
         if method == "POST" and path == "/tokenize" and self.config.tokenize:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from anabranch.errors import ConfigError
 from anabranch.tools.tokenizer import DEFAULT_ENCODING, get_encoding
 
 # A sentence ends at . ! ? followed by space, or at a blank line.
@@ -29,7 +30,7 @@ def split_into_chunks(text: str, budget: int, encoding: str = DEFAULT_ENCODING) 
     dropped and per-chunk tokens concatenate to the whole text's tokens.
     """
     if budget < 1:
-        raise ValueError(f"chunk budget must be at least 1 token, got {budget}")
+        raise ConfigError(f"chunk budget must be at least 1 token, got {budget}")
     enc = get_encoding(encoding)
     total = len(enc.encode_ordinary(text))
     if total <= budget:

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import tiktoken
 
+from anabranch.errors import ConfigError
 from anabranch.types import TokensOutput
 
 _BPE_URL = "https://openaipublic.blob.core.windows.net/encodings/{name}.tiktoken"
@@ -41,7 +42,7 @@ def _cache_dir() -> Path:
 def seed_tiktoken_cache(name: str) -> Path:
     """Write the bundled BPE file where tiktoken will look for it; return its path."""
     if name not in BUNDLED_ENCODINGS:
-        raise ValueError(
+        raise ConfigError(
             f"no bundled BPE file for {name!r}; bundled: {', '.join(BUNDLED_ENCODINGS)}"
         )
     target = _cache_dir() / hashlib.sha1(_BPE_URL.format(name=name).encode()).hexdigest()

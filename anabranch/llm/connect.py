@@ -1,0 +1,134 @@
+"""Opening an endpoint from options: what the CLI does, as a function a notebook can call too.
+
+`local` starts the embedded llama.cpp server; a URL is checked once before any work starts, so a
+wrong address fails in a second with the address in the message, not after every task has spent
+its retries. Without a model name the server is asked which models it serves: one is used (and
+said), several are listed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field, replace
+
+import openai
+from pydantic import SecretStr
+
+from anabranch.errors import ConfigError, SetupError
+from anabranch.llm.endpoint import Endpoint, normalize_base_url
+from anabranch.llm.retry import short
+from anabranch.llm.settings import Limits, RetryPolicy, Timeouts
+
+LOCAL = "local"
+"""The `llm` value that means the embedded llama.cpp server."""
+
+
+@dataclass(frozen=True, slots=True)
+class LLMOptions:
+    """Which LLM to use and how to treat it: what `--llm`, `--model` and their friends say."""
+
+    llm: str | None = None
+    """`local` for the embedded server, the base URL of an OpenAI-compatible server, or None
+    for no LLM at all."""
+    model: str | None = None
+    """The model to ask for; None asks the server and uses the one model it serves."""
+    api_key: SecretStr | None = field(default=None, repr=False)
+    """Sent as the bearer token; None sends a placeholder (local servers need none)."""
+    timeouts: Timeouts = field(default_factory=Timeouts)
+    """Per attempt and per call."""
+    limits: Limits = field(default_factory=Limits)
+    """Concurrency, requests and tokens per minute."""
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    """What is retried, how often."""
+    check_timeout: float = 10.0
+    """Seconds the one check of a remote server before the work starts may take."""
+
+    def __post_init__(self) -> None:
+        if self.llm not in (None, LOCAL):
+            normalize_base_url(self.llm)  # refuses `notaurl`, `ftp://...` here, up front
+
+
+Say = Callable[[str], None]
+"""Where start-up lines go (the CLI prints them; a library caller may drop them)."""
+
+
+@asynccontextmanager
+async def open_endpoint(options: LLMOptions, say: Say = lambda _: None) -> AsyncIterator[Endpoint]:
+    """The endpoint `options` ask for, ready to use; the embedded server, if started, stops on
+    exit. Raises ConfigError for a model the server cannot settle, SetupError for a server that
+    cannot be reached or refuses the key."""
+    if options.llm is None:
+        raise ConfigError("no LLM was asked for (llm is None)")
+    settings = {"timeouts": options.timeouts, "limits": options.limits, "retry": options.retry}
+    if options.llm == LOCAL:
+        from anabranch.llm.local_server import LocalLLMServer
+
+        async with LocalLLMServer(parallel=options.limits.concurrency) as server:
+            model = options.model or server.model
+            say(f"LLM: embedded llama.cpp server, {model} at {server.url}")
+            async with Endpoint(server.url, model, **settings) as endpoint:
+                yield endpoint
+        return
+    key = options.api_key or SecretStr("not-needed")
+    async with Endpoint(options.llm, options.model or "", api_key=key, **settings) as endpoint:
+        served = await _served_models(endpoint, options.check_timeout)
+        if not options.model:
+            endpoint.model = _only_model(served, endpoint.public_url)
+            say(f"LLM: {endpoint.model} at {endpoint.public_url} (the one model it serves)")
+        else:
+            say(f"LLM: {endpoint.model} at {endpoint.public_url}")
+        yield endpoint
+
+
+@asynccontextmanager
+async def maybe_endpoint(
+    options: LLMOptions, say: Say = lambda _: None
+) -> AsyncIterator[Endpoint | None]:
+    """`open_endpoint`, or None when the options ask for no LLM."""
+    if options.llm is None:
+        yield None
+        return
+    async with open_endpoint(options, say) as endpoint:
+        yield endpoint
+
+
+def without_llm(options: LLMOptions) -> LLMOptions:
+    """The same options with no LLM: nothing will call one, so none is started or reached."""
+    return replace(options, llm=None)
+
+
+async def _served_models(endpoint: Endpoint, timeout: float) -> list[str] | None:
+    """The models the server lists at /v1/models; None if it has no such route. Reaching it is
+    also the check that the server is there and takes the key."""
+    where = endpoint.public_url
+    try:
+        async with asyncio.timeout(timeout):
+            page = await endpoint.client.models.list()
+    except openai.NotFoundError:
+        return None
+    except openai.AuthenticationError as exc:
+        raise SetupError(f"the LLM server at {where} refused the API key: {short(exc)}") from exc
+    except openai.APIStatusError as exc:
+        if exc.status_code in (405, 501):
+            return None
+        raise SetupError(
+            f"the LLM server at {where} answered HTTP {exc.status_code}: {short(exc)}"
+        ) from exc
+    except (openai.APIConnectionError, TimeoutError) as exc:
+        raise SetupError(
+            f"cannot reach the LLM server at {where}: {short(exc) or type(exc).__name__} "
+            "(is it running, and is the URL right?)"
+        ) from exc
+    return [m.id for m in page.data]
+
+
+def _only_model(served: list[str] | None, where: str) -> str:
+    if served is None:
+        raise ConfigError(f"the server at {where} does not list its models: give --model")
+    if len(served) != 1:
+        offered = ", ".join(served) or "none"
+        raise ConfigError(f"the server at {where} serves {len(served)} models ({offered}): "
+                          "choose one with --model")  # fmt: skip
+    return served[0]
