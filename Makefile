@@ -30,9 +30,10 @@ bench: install
 	$(BIN)/python bench/bench_fanout.py
 
 lint: install
-	$(BIN)/ruff check anabranch tests bench
-	$(BIN)/ruff format --check anabranch tests bench
+	$(BIN)/ruff check anabranch tests bench examples
+	$(BIN)/ruff format --check anabranch tests bench examples
+	$(BIN)/mypy
 
 format: install
-	$(BIN)/ruff check --fix anabranch tests bench
-	$(BIN)/ruff format anabranch tests bench
+	$(BIN)/ruff check --fix anabranch tests bench examples
+	$(BIN)/ruff format anabranch tests bench examples

@@ -4,7 +4,7 @@ A planner splits each task into subtasks, agents run them at the same time, and 
 their outputs into one result per task.
 """
 
-from importlib.metadata import PackageNotFoundError, version
+import importlib.metadata
 
 from anabranch.agents.analysts import (
     KeywordAgent,
@@ -66,8 +66,8 @@ from anabranch.types import (
 )
 
 try:
-    __version__ = version("anabranch")
-except PackageNotFoundError:  # running from a source tree that was never installed
+    __version__ = importlib.metadata.version("anabranch")
+except importlib.metadata.PackageNotFoundError:  # running from a source tree that was never installed
     __version__ = "0+unknown"
 
 __all__ = [

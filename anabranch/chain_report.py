@@ -25,6 +25,7 @@ def mmss(seconds: float) -> str:
 
 
 def render_chain_report(result: ChainResult) -> str:
+    """The chain's *Chain Execution Results* report, as Markdown."""
     temperatures = {s.specialist: s.temperature for s in result.steps}
     lines = ["# Chain Execution Results", ""]
     if not result.complete:

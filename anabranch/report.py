@@ -6,6 +6,7 @@ from anabranch.types import RunReport
 
 
 def render_trace(report: RunReport) -> str:
+    """The run's trace as text: each stage with its counts and time, then the one-line flow."""
     lines = [f"Data Flow - {len(report.stages)} Stages"]
     for i, stage in enumerate(report.stages, start=1):
         lines.append(

@@ -4,6 +4,7 @@ import asyncio
 import http.client
 import json
 import re
+import socket
 import time
 
 import httpx
@@ -204,3 +205,31 @@ def test_streaming_from_the_embedded_model(tmp_path):
     finally:
         process.terminate()
         process.wait(timeout=10)
+
+
+def test_a_chunked_body_is_refused_once_over_the_limit_not_at_its_end(backend):
+    """No content-length to check first: the server must stop reading past the limit."""
+    url = httpx.URL(backend[0])
+    with socket.create_connection((url.host, url.port), timeout=10) as conn:
+        conn.sendall(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            + f"Authorization: Bearer {TOKEN}\r\n".encode()
+            + b"Transfer-Encoding: chunked\r\n\r\n"
+        )
+        piece = b"x" * 65536
+        for _ in range(20):  # 1.25 MiB, and the body never ends: only the limit can answer
+            conn.sendall(f"{len(piece):x}\r\n".encode() + piece + b"\r\n")
+        reply = conn.recv(65536)
+    assert reply.startswith(b"HTTP/1.1 413")
+
+
+async def test_simultaneous_streams_cannot_all_pass_the_run_cap(backend, faults):
+    faults.configure(latency_ms=1500)
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    body = {"model": "analyze", "messages": HI, "stream": True}
+    async with httpx.AsyncClient(base_url=backend[0], headers=headers, timeout=30) as http:
+        replies = await asyncio.gather(
+            *(http.post("/chat/completions", json=body) for _ in range(6))
+        )
+    statuses = sorted(r.status_code for r in replies)
+    assert statuses == [200, 200, 429, 429, 429, 429]  # --max-runs 2

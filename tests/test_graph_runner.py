@@ -123,3 +123,22 @@ async def test_chunked_task_delivers_three_results_per_chunk():
     (result,) = [r async for r in batch]
     assert result.chunks > 3 and result.subtasks == result.results == 3 * result.chunks
     assert "".join(result.tokens) == text
+
+
+async def test_a_slow_consumer_holds_the_workers_back():
+    """Memory holds the runs in flight and a bounded number of results, not the whole batch."""
+    drawn = 0
+
+    def tasks():
+        nonlocal drawn
+        for i in range(500):
+            drawn += 1
+            yield Task(id=str(i), text="Fine.")
+
+    batch = run_batch(tasks(), build_fanout_graph(), concurrency=4)
+    results = batch.__aiter__()
+    await anext(results)
+    await asyncio.sleep(0.5)  # the consumer dawdles; finished runs must not pile up
+    assert drawn <= 4 * 3
+    rest = [r async for r in results]
+    assert len(rest) == 499 and drawn == 500

@@ -147,7 +147,8 @@ class LLMKeywordAgent:
             self._schema,
             max_tokens=self.max_tokens,
         )
-        terms = list(dict.fromkeys(t.strip() for t in parsed.value.keywords if t.strip()))
+        found: list[str] = parsed.value.model_dump()["keywords"]  # a model built at run time
+        terms = list(dict.fromkeys(t.strip() for t in found if t.strip()))
         terms = terms[: self.top_k]
         keywords = [
             Keyword(term=t, score=round(1 - i / len(terms), 6)) for i, t in enumerate(terms)
@@ -226,6 +227,8 @@ def make_agents(
         raise ConfigError(f"unknown backends {sorted(bad)}; use local or llm")
     if "llm" in choice.values() and endpoint is None:
         raise ConfigError("the llm backend needs an LLM (--llm local or a URL)")
+    if endpoint is None or "llm" not in choice.values():
+        return [TokenizerAgent(), KeywordAgent(), SentimentAgent()]
     on_llm = {name: choice.get(name, "local") == "llm" for name in AGENT_NAMES}
     return [
         TokenizerAgent(ServerTokenizer(endpoint)) if on_llm["tokenize"] else TokenizerAgent(),

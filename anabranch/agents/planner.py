@@ -82,7 +82,10 @@ class LLMPlanner:
         names = tuple(self.descriptions)
         self._schema = create_model(
             "Plan",
-            agents=(list[Literal[names]], Field(description="The analyses this task needs.")),
+            agents=(
+                list[Literal[names]],  # type: ignore[valid-type]  # a Literal built at run time
+                Field(description="The analyses this task needs."),
+            ),
         )
 
     async def plan(self, task: Task) -> list[Subtask]:
@@ -102,7 +105,7 @@ class LLMPlanner:
         except AnabranchError as exc:
             logger.warning("LLM planner fell back to the rule plan for %s: %s", task.id, exc)
             return rule_plan
-        chosen = list(dict.fromkeys(parsed.value.agents))
+        chosen: list[str] = list(dict.fromkeys(parsed.value.model_dump()["agents"]))
         if not chosen:
             return rule_plan
         chunks = sorted({(s.chunk, s.text, s.chunk_tokens) for s in rule_plan})

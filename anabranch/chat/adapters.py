@@ -14,8 +14,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, cast
 
-from langgraph.graph.state import CompiledStateGraph
 from langgraph.pregel import Pregel
+from langgraph.types import StreamMode
 
 from anabranch.agents.specialists import DEFAULT_CHAIN, Specialist
 from anabranch.errors import ChatGraphError, ConfigError
@@ -30,11 +30,12 @@ from anabranch.events import (
 )
 from anabranch.graphs.chain import build_chain_graph, chain_result
 from anabranch.graphs.fanout import build_analysis_graph
+from anabranch.graphs.state import Graph
 from anabranch.llm.endpoint import Endpoint
 from anabranch.types import Task, TaskResult, Usage
 
 Message = dict[str, Any]
-STREAM_MODES = ["custom", "updates"]
+STREAM_MODES: list[StreamMode] = ["custom", "updates"]
 
 
 class Turn(Protocol):
@@ -53,7 +54,7 @@ class Turn(Protocol):
 class ChatGraph(Protocol):
     name: str
     description: str
-    graph: CompiledStateGraph
+    graph: Graph
 
     def start(self, conversation: Sequence[Message]) -> Turn: ...
 
@@ -115,7 +116,7 @@ class AnalyzeTurn:
 class AnalyzeChat:
     """The fan-out graph as a chat model: the last user message is the text to analyse."""
 
-    graph: CompiledStateGraph
+    graph: Graph
     name: str = "analyze"
     description: str = "Tokens, keywords and sentiment of the last user message."
 
@@ -148,10 +149,11 @@ class ChainTurn:
         return "", []  # earlier steps' words would flood a progress channel
 
     def answer(self) -> str:
-        result = chain_result({**self.input, "steps": self.steps}, self.specialists)
+        result = chain_result({"prompt": self.input["prompt"], "steps": self.steps},
+                              self.specialists)  # fmt: skip
         if not result.complete:
-            failed = next((s for s in result.steps if s.error), None)
-            why = f"{failed.error.type}: {failed.error.message}" if failed else "incomplete"
+            failed = next((s.error for s in result.steps if s.error), None)
+            why = f"{failed.type}: {failed.message}" if failed else "incomplete"
             raise ChatGraphError(f"the chain stopped at step {len(result.steps)}: {why}")
         return result.steps[-1].output
 
@@ -160,7 +162,7 @@ class ChainTurn:
 class ChainChat:
     """The specialist chain as a chat model: earlier turns become context for the prompt."""
 
-    graph: CompiledStateGraph
+    graph: Graph
     specialists: Sequence[Specialist]
     name: str = "chain"
     description: str = "A chain of specialists refining one answer; the last one replies."
@@ -189,7 +191,7 @@ class MessagesTurn:
 
     def feed(self, mode: str, chunk: Any) -> tuple[str, list[Event]]:
         if mode != "updates":
-            return "", [chunk if isinstance(chunk, BaseEvent) else Custom(data=chunk)]
+            return "", [cast(Event, chunk) if isinstance(chunk, BaseEvent) else Custom(data=chunk)]
         events: list[Event] = []
         for node, update in chunk.items():
             messages = update.get("messages") if isinstance(update, dict) else None
@@ -212,7 +214,7 @@ def _message_content(message: Any) -> Any:
 class MessagesChat:
     """A user's graph whose state has `messages` (OpenAI dicts or LangChain messages)."""
 
-    graph: CompiledStateGraph
+    graph: Graph
     name: str
     description: str = "A user-defined graph."
 

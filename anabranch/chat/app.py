@@ -24,10 +24,10 @@ from typing import Annotated, Any, TypedDict
 
 import aiosqlite
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from langchain_core.runnables import RunnableConfig
 from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
 from langgraph.graph import END, START, StateGraph
-from langgraph.graph.state import CompiledStateGraph
 from langgraph.runtime import Runtime
 from pydantic import (
     BaseModel,
@@ -38,10 +38,13 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import Message as AsgiMessage
 
 from anabranch.chat.adapters import STREAM_MODES, ChatGraph, Message
 from anabranch.errors import ChatGraphError, ConfigError, describe
 from anabranch.events import BaseEvent, UsageTotal
+from anabranch.graphs.state import Graph
 from anabranch.redact import redact, register_secret
 from anabranch.types import Usage
 
@@ -127,16 +130,17 @@ class _FinalAnswer:
     usage: Usage
 
 
-def conversation_graph(chat: ChatGraph, checkpointer: Any = None) -> CompiledStateGraph:
+def conversation_graph(chat: ChatGraph, checkpointer: Any = None) -> Graph:
     """Wrap a chat graph so that a checkpointer keeps the conversation, turn after turn.
 
     The node runs the graph on the whole conversation and re-emits what it streams as custom
     stream items: answer text, progress events, and finally the whole answer with its usage.
     """
 
-    async def respond(state: ConversationState, runtime: Runtime[RunHandle]) -> dict:
-        if runtime.context is not None:
-            runtime.context.tasks.add(asyncio.current_task())
+    async def respond(state: ConversationState, runtime: Runtime[RunHandle]) -> dict[str, Any]:
+        task = asyncio.current_task()
+        if runtime.context is not None and task is not None:
+            runtime.context.tasks.add(task)
         write = runtime.stream_writer
         turn = chat.start(state["messages"])
         async for mode, chunk in chat.graph.astream(turn.input, stream_mode=STREAM_MODES):
@@ -172,13 +176,13 @@ def create_app(
         if not token.get_secret_value().strip():
             raise ConfigError("api_token is empty: pass None to serve without a token")
         register_secret(token.get_secret_value())
-    runs = asyncio.Semaphore(max_concurrent_runs)
+    runs = _RunSlots(max_concurrent_runs)
     stateless = {name: conversation_graph(chat) for name, chat in chats.items()}
     stateful: dict[str, Any] = {}
     opening = asyncio.Lock()
     connection: list[aiosqlite.Connection] = []
 
-    async def threaded(name: str):
+    async def threaded(name: str) -> Graph:
         """The checkpointed graph, opening the SQLite file on first use: a mounted sub-app gets
         no lifespan events, so this cannot wait for start-up."""
         async with opening:
@@ -205,7 +209,7 @@ def create_app(
     app.add_middleware(_Guard, token=token, max_body_bytes=max_body_bytes)
 
     @app.get("/v1/models")
-    async def models() -> dict:
+    async def models() -> dict[str, Any]:
         return {
             "object": "list",
             "data": [
@@ -215,10 +219,8 @@ def create_app(
         }
 
     @app.post("/v1/chat/completions")
-    async def completions(request: Request):
-        body = await request.body()
-        if len(body) > max_body_bytes:  # a chunked body has no content-length to check first
-            return _error(413, f"request body over {max_body_bytes} bytes", "request_too_large")
+    async def completions(request: Request) -> Response:
+        body = await request.body()  # the guard has bounded it, chunked or not
         try:
             chat_request = ChatRequest.model_validate_json(body)
         except ValidationError as exc:
@@ -227,28 +229,37 @@ def create_app(
             known = ", ".join(chats)
             return _error(404, f"no graph named {chat_request.model!r}; serving: {known}",
                           "model_not_found")  # fmt: skip
-        if runs.locked():
+        slot = runs.take()  # taken here, at once: two requests cannot both pass a check
+        if slot is None:
             return _error(429, f"all {max_concurrent_runs} runs are busy; retry shortly",
                           "rate_limit_exceeded", headers={"Retry-After": "1"})  # fmt: skip
-        thread = request.headers.get(THREAD_HEADER) or chat_request.user
-        conversation = chat_request.conversation()
-        if thread:
-            graph = await threaded(chat_request.model)
-            state = {"messages": [_last_user(conversation)]}
-            config = {"configurable": {"thread_id": thread}}
-        else:
-            graph = stateless[chat_request.model]
-            state, config = {"messages": conversation}, {}
-        run, handle = _Run(chat_request, thread), RunHandle()
-        events = graph.astream(state, config, stream_mode="custom", context=handle)
-        if chat_request.stream:
-            return StreamingResponse(
-                _limited(runs, _watched(request, run.sse(events), handle)),
-                media_type="text/event-stream",
-                headers={"Cache-Control": "no-cache"},
-            )
-        async with runs:
+        try:
+            thread = request.headers.get(THREAD_HEADER) or chat_request.user
+            conversation = chat_request.conversation()
+            config: RunnableConfig = {}
+            if thread:
+                graph = await threaded(chat_request.model)
+                state = {"messages": [_last_user(conversation)]}
+                config = {"configurable": {"thread_id": thread}}
+            else:
+                graph = stateless[chat_request.model]
+                state = {"messages": conversation}
+            run, handle = _Run(chat_request, thread), RunHandle()
+            events = graph.astream(state, config, stream_mode="custom", context=handle)
+            if chat_request.stream:
+                return _SlotStream(
+                    slot,
+                    _releasing(slot, _watched(request, run.sse(events), handle)),
+                    media_type="text/event-stream",
+                    headers={"Cache-Control": "no-cache"},
+                )
+        except BaseException:
+            slot.release()
+            raise
+        try:
             return await _until_disconnect(request, run.complete(events), handle)
+        finally:
+            slot.release()
 
     return app
 
@@ -272,25 +283,93 @@ class _Guard:
     client's disconnect from the routes, which must see it to cancel their runs.
     """
 
-    def __init__(self, app, *, token: SecretStr | None, max_body_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, *, token: SecretStr | None, max_body_bytes: int) -> None:
         self.app, self.token, self.max_body_bytes = app, token, max_body_bytes
 
-    async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] == "http":
-            headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
-            length = headers.get("content-length", "")
-            refusal = None
-            if self.token is not None and not _authorized(headers, self.token):
-                refusal = _error(401, "missing or wrong bearer token", "authentication_error",
-                                 headers={"WWW-Authenticate": "Bearer"})  # fmt: skip
-            elif length.isdigit() and int(length) > self.max_body_bytes:
-                refusal = _error(
-                    413, f"request body over {self.max_body_bytes} bytes", "request_too_large"
-                )
-            if refusal is not None:
-                await refusal(scope, receive, send)
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+        length = headers.get("content-length", "")
+        too_large = _error(
+            413, f"request body over {self.max_body_bytes} bytes", "request_too_large"
+        )
+        if self.token is not None and not _authorized(headers, self.token):
+            refusal = _error(401, "missing or wrong bearer token", "authentication_error",
+                             headers={"WWW-Authenticate": "Bearer"})  # fmt: skip
+            await refusal(scope, receive, send)
+            return
+        if length.isdigit():
+            if int(length) > self.max_body_bytes:
+                await too_large(scope, receive, send)
                 return
-        await self.app(scope, receive, send)
+            await self.app(scope, receive, send)
+            return
+        # No length (a chunked body): read it here, never past the limit, then replay it.
+        body, more = bytearray(), True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":  # the client left
+                await self.app(scope, _replay(b"", receive, message), send)
+                return
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+            if len(body) > self.max_body_bytes:
+                await too_large(scope, receive, send)
+                return
+        await self.app(scope, _replay(bytes(body), receive), send)
+
+
+def _replay(body: bytes, receive: Receive, first: AsgiMessage | None = None) -> Receive:
+    """A `receive` that hands over `body` (or `first`) once, then the client's own messages, so
+    that a route still hears the client disconnect."""
+    pending = [first or {"type": "http.request", "body": body, "more_body": False}]
+
+    async def replayed() -> AsgiMessage:
+        return pending.pop() if pending else await receive()
+
+    return replayed
+
+
+class _RunSlots:
+    """The cap on graph runs at once: a slot is taken without waiting, or refused (429)."""
+
+    def __init__(self, size: int) -> None:
+        self.free = size
+
+    def take(self) -> _Slot | None:
+        if self.free <= 0:
+            return None
+        self.free -= 1
+        return _Slot(self)
+
+
+class _Slot:
+    """One run's place; released once, whichever of its owners gets there first."""
+
+    def __init__(self, slots: _RunSlots) -> None:
+        self._slots: _RunSlots | None = slots
+
+    def release(self) -> None:
+        if self._slots is not None:
+            self._slots.free += 1
+            self._slots = None
+
+
+class _SlotStream(StreamingResponse):
+    """A streamed reply that frees its run's slot even when its body never starts (a client
+    that leaves before the first byte)."""
+
+    def __init__(self, slot: _Slot, content: AsyncIterator[str], **kwargs: Any) -> None:
+        super().__init__(content, **kwargs)
+        self.slot = slot
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.slot.release()
 
 
 class _Run:
@@ -375,11 +454,13 @@ class _Run:
         )
 
 
-async def _limited(runs: asyncio.Semaphore, stream: AsyncIterator[str]) -> AsyncIterator[str]:
-    """Hold a run slot for as long as the stream lasts (a disconnect cancels it, freeing it)."""
-    async with runs:
+async def _releasing(slot: _Slot, stream: AsyncIterator[str]) -> AsyncIterator[str]:
+    """Hold the run's slot for as long as the stream lasts (a disconnect cancels it, freeing it)."""
+    try:
         async for item in stream:
             yield item
+    finally:
+        slot.release()
 
 
 async def _watched(
@@ -419,7 +500,9 @@ async def _watched(
             await task
 
 
-async def _until_disconnect(request: Request, work, handle: RunHandle) -> Any:
+async def _until_disconnect(
+    request: Request, work: Awaitable[Response], handle: RunHandle
+) -> Response:
     """Run `work`, cancelling it (and the LLM calls under it) if the client goes away."""
     task = asyncio.ensure_future(work)
     while not task.done():

@@ -11,19 +11,19 @@ from __future__ import annotations
 import contextlib
 import itertools
 import operator
-from collections.abc import Callable, Mapping, Sequence
-from typing import Annotated, Literal, TypedDict
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Annotated, Any, Literal, TypedDict, cast
 
 from langgraph.graph import END, START, StateGraph
-from langgraph.graph.state import CompiledStateGraph
 from langgraph.runtime import Runtime
+from langgraph.types import Checkpointer
 
 from anabranch.agents.specialists import Specialist
 from anabranch.errors import ConfigError, LLMOutputError
 from anabranch.events import Event, StepEnded, StepStarted, TextDelta
-from anabranch.graphs.state import now
+from anabranch.graphs.state import Graph, now
 from anabranch.llm.endpoint import Endpoint
-from anabranch.types import ChainResult, ChainStep, SubtaskError
+from anabranch.types import ChainResult, ChainStep, SubtaskError, Usage
 
 ChainContext = Literal["previous", "all"]
 """What a step sees besides the prompt: the previous output, or all earlier outputs."""
@@ -40,8 +40,8 @@ def build_chain_graph(
     *,
     context: ChainContext = "previous",
     endpoints: Mapping[str, Endpoint] | None = None,
-    checkpointer=None,
-) -> CompiledStateGraph:
+    checkpointer: Checkpointer = None,
+) -> Graph:
     """Compile a sequential chain; `endpoints` gives specialists an endpoint of their own."""
     if not specialists:
         raise ConfigError("a chain needs at least one specialist")
@@ -69,7 +69,7 @@ def chain_result(state: ChainState, specialists: Sequence[Specialist]) -> ChainR
 
 
 async def run_chain(
-    graph: CompiledStateGraph,
+    graph: Graph,
     prompt: str,
     specialists: Sequence[Specialist],
     on_event: Callable[[Event], None] | None = None,
@@ -79,13 +79,13 @@ async def run_chain(
     state: ChainState = {"prompt": prompt}
     async for mode, chunk in graph.astream(state, stream_mode=["custom", "values"]):
         if mode == "values":
-            state = chunk
+            state = cast(ChainState, chunk)
         elif on_event is not None:
-            on_event(chunk)
+            on_event(cast(Event, chunk))
     return chain_result(state, specialists)
 
 
-def _continue_to(following: str):
+def _continue_to(following: str) -> Callable[[ChainState], str]:
     def route(state: ChainState) -> str:
         return following if state["steps"][-1].status == "ok" else END
 
@@ -104,8 +104,10 @@ def _messages(
     return [{"role": "system", "content": specialist.persona}, {"role": "user", "content": user}]
 
 
-def _step_node(index: int, specialist: Specialist, endpoint: Endpoint, context: ChainContext):
-    async def step(state: ChainState, runtime: Runtime) -> dict:
+def _step_node(
+    index: int, specialist: Specialist, endpoint: Endpoint, context: ChainContext
+) -> Callable[..., Awaitable[dict[str, Any]]]:
+    async def step(state: ChainState, runtime: Runtime[Any]) -> dict[str, Any]:
         write = runtime.stream_writer
         messages = _messages(specialist, state["prompt"], state.get("steps", []), context)
         model = specialist.model or endpoint.model
@@ -122,30 +124,33 @@ def _step_node(index: int, specialist: Specialist, endpoint: Endpoint, context: 
             if not completion.text.strip():
                 raise LLMOutputError("the model returned no text")
         except Exception as exc:  # noqa: BLE001 - a failed step is recorded; the chain stops
-            outcome = {
-                "status": "error",
-                "error": SubtaskError(
+            record = ChainStep(
+                index=index,
+                specialist=specialist.name,
+                model=model,
+                temperature=specialist.temperature,
+                seconds=now() - start,
+                status="error",
+                error=SubtaskError(
                     kind=specialist.name,
                     type=type(exc).__name__,
                     message=str(exc) or repr(exc),
                     attempts=getattr(exc, "attempts", 1),
                 ),
-            }
+                usage=getattr(exc, "usage", None) or Usage(),
+            )
         else:
-            outcome = {
-                "status": "ok",
-                "output": completion.text.strip(),
-                "truncated": completion.finish_reason == "length",
-                "usage": completion.usage,
-            }
-        record = ChainStep(
-            index=index,
-            specialist=specialist.name,
-            model=model,
-            temperature=specialist.temperature,
-            seconds=now() - start,
-            **outcome,
-        )
+            record = ChainStep(
+                index=index,
+                specialist=specialist.name,
+                model=model,
+                temperature=specialist.temperature,
+                seconds=now() - start,
+                status="ok",
+                output=completion.text.strip(),
+                truncated=completion.finish_reason == "length",
+                usage=completion.usage,
+            )
         write(StepEnded(step=index, specialist=specialist.name, status=record.status,
                         seconds=record.seconds))  # fmt: skip
         return {"steps": [record]}

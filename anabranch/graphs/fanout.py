@@ -7,19 +7,18 @@ drops into a user's own graph as a node or subgraph over those two keys.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Literal, Protocol
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Literal, Protocol
 
 from langgraph.graph import END, START, StateGraph
-from langgraph.graph.state import CompiledStateGraph
 from langgraph.runtime import Runtime
-from langgraph.types import Send
+from langgraph.types import Checkpointer, Send
 
 from anabranch.agents.base import Agent
 from anabranch.agents.planner import LLMPlanner, RulePlanner
 from anabranch.agents.reducer import Reducer
 from anabranch.errors import ConfigError
-from anabranch.graphs.state import FanoutInput, FanoutOutput, FanoutState, RunContext, now
+from anabranch.graphs.state import FanoutInput, FanoutOutput, FanoutState, Graph, RunContext, now
 from anabranch.llm.endpoint import Endpoint
 from anabranch.types import Subtask, SubtaskError, SubtaskResult, Task, Usage
 
@@ -39,8 +38,8 @@ def build_fanout_graph(
     agents: Sequence[Agent] | None = None,
     reducer: Reducer | None = None,
     *,
-    checkpointer=None,
-) -> CompiledStateGraph:
+    checkpointer: Checkpointer = None,
+) -> Graph:
     """Compile a fan-out graph. Defaults: rule planner, the three local analysts, the reducer."""
     from anabranch.agents.analysts import local_agents
 
@@ -100,7 +99,7 @@ def build_analysis_graph(
     backend: str | None = None,
     planner: PlannerKind = "rule",
     chunk_tokens: int = 256,
-) -> CompiledStateGraph:
+) -> Graph:
     """The built-in analysis (tokens, keywords, sentiment) as `anabranch run` builds it.
 
     `backend` is `local`, `llm` or per agent (`keywords=llm,sentiment=local`); None means llm when
@@ -120,7 +119,7 @@ def build_analysis_graph(
     return build_fanout_graph(chosen, agents)
 
 
-def agent_node(agent: Agent):
+def agent_node(agent: Agent) -> Callable[..., Awaitable[dict[str, Any]]]:
     """Wrap an agent so that it never raises (cancellation aside): errors become data."""
 
     async def node(subtask: Subtask, runtime: Runtime[RunContext]) -> dict:

@@ -1,9 +1,10 @@
 """The batch runner: one small graph run per task, many at once, results as they complete.
 
-C workers pull tasks from the input and push results to a queue, so the cost per task stays flat
-however large the batch (no `asyncio.wait` over every pending run) and memory holds only the runs in
-flight. Tasks in == results out: a graph run that raises, or an input line that was rejected, still
-yields a TaskResult that says what happened.
+C workers pull tasks from the input and push results to a bounded queue, so the cost per task
+stays flat however large the batch (no `asyncio.wait` over every pending run) and memory holds
+only the runs in flight and the results not yet taken. Tasks in == results out: a graph run
+that raises, or an input line that was rejected, still yields a TaskResult that says what
+happened.
 """
 
 from __future__ import annotations
@@ -13,21 +14,18 @@ import sys
 from collections import Counter
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
-from typing import Any
 
 from anabranch.errors import ConfigError, InputError
-from anabranch.graphs.state import RunContext, StageClock, now
+from anabranch.graphs.state import Graph, RunContext, StageClock, now
 from anabranch.types import RunReport, StageReport, SubtaskError, Task, TaskResult, Usage
-
-_DONE = object()
-
 
 @dataclass
 class BatchRun:
     """`async for result in run_batch(...)` yields TaskResults; `.report` is set once it ends."""
 
     tasks: Iterable[Task | InputError]
-    graph: Any
+    graph: Graph
+    """The graph run once per task: input `{"task": Task}`, output `{"result": TaskResult}`."""
     concurrency: int = 16
     progress: bool | None = None
     """Show a progress bar on stderr; None means only when stderr is a terminal."""
@@ -44,8 +42,10 @@ class BatchRun:
         clock = StageClock()
         context = RunContext(clock=clock)
         source = iter(self.tasks)
-        queue: asyncio.Queue = asyncio.Queue()
-        counts = Counter()
+        # Bounded: a slow consumer holds back the workers, so memory holds only the runs in
+        # flight and at most `concurrency` results waiting to be taken.
+        queue: asyncio.Queue[TaskResult | None] = asyncio.Queue(maxsize=self.concurrency)
+        counts: Counter[str] = Counter()
         started = now()
 
         async def worker() -> None:
@@ -58,22 +58,21 @@ class BatchRun:
                     continue
                 counts["tasks"] += 1
                 await queue.put(await self._run_one(item, context))
-            await queue.put(_DONE)
+            await queue.put(None)  # this worker is done
 
         workers = [asyncio.create_task(worker()) for _ in range(self.concurrency)]
         bar = _ProgressBar.open(self.progress, self.total or _length(self.tasks))
-        results = Counter()
+        results: Counter[str] = Counter()
         subtasks = received = 0
         usage = Usage()
         error_types: Counter[str] = Counter()
         running = len(workers)
         try:
             while running:
-                item = await queue.get()
-                if item is _DONE:
+                result = await queue.get()
+                if result is None:
                     running -= 1
                     continue
-                result: TaskResult = item
                 results[result.status] += 1
                 subtasks += result.subtasks
                 received += result.results
@@ -139,7 +138,7 @@ class BatchRun:
 
 def run_batch(
     tasks: Iterable[Task | InputError],
-    graph: Any,
+    graph: Graph,
     *,
     concurrency: int = 16,
     progress: bool | None = None,

@@ -5,9 +5,14 @@ from __future__ import annotations
 import operator
 import time
 from dataclasses import dataclass, field
-from typing import Annotated, TypedDict
+from typing import Annotated, Any, TypedDict
+
+from langgraph.pregel import Pregel
 
 from anabranch.types import Subtask, SubtaskResult, Task, TaskResult
+
+Graph = Pregel[Any, Any, Any, Any]
+"""A compiled LangGraph graph (a `CompiledStateGraph`, say), whatever its state and context."""
 
 
 class FanoutInput(TypedDict):

@@ -61,18 +61,22 @@ async def open_endpoint(options: LLMOptions, say: Say = lambda _: None) -> Async
     cannot be reached or refuses the key."""
     if options.llm is None:
         raise ConfigError("no LLM was asked for (llm is None)")
-    settings = {"timeouts": options.timeouts, "limits": options.limits, "retry": options.retry}
+
+    def endpoint_at(url: str, model: str, key: SecretStr | None = None) -> Endpoint:
+        return Endpoint(url, model, api_key=key or SecretStr("not-needed"),
+                        timeouts=options.timeouts, limits=options.limits,
+                        retry=options.retry)  # fmt: skip
+
     if options.llm == LOCAL:
         from anabranch.llm.local_server import LocalLLMServer
 
         async with LocalLLMServer(parallel=options.limits.concurrency) as server:
             model = options.model or server.model
             say(f"LLM: embedded llama.cpp server, {model} at {server.url}")
-            async with Endpoint(server.url, model, **settings) as endpoint:
+            async with endpoint_at(server.url, model) as endpoint:
                 yield endpoint
         return
-    key = options.api_key or SecretStr("not-needed")
-    async with Endpoint(options.llm, options.model or "", api_key=key, **settings) as endpoint:
+    async with endpoint_at(options.llm, options.model or "", options.api_key) as endpoint:
         served = await _served_models(endpoint, options.check_timeout)
         if not options.model:
             endpoint.model = _only_model(served, endpoint.public_url)

@@ -9,10 +9,9 @@ process is killed outright, through the parent-death signal.
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import importlib.util
 import json
-import signal
+import shutil
 import socket
 import subprocess
 import sys
@@ -21,6 +20,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import IO
 
 from anabranch.errors import SetupError
 
@@ -74,10 +74,13 @@ def stop_process(process: subprocess.Popen, grace: float = 10.0) -> None:
         process.wait()
 
 
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
-    if sys.platform.startswith("linux"):
-        PR_SET_PDEATHSIG = 1
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+def _with_parent_death_signal(command: list[str]) -> list[str]:
+    """`command` run so that the kernel sends it SIGTERM when the thread that starts it dies
+    (util-linux's `setpriv --pdeathsig`, where there is one): a parent killed with SIGKILL then
+    leaves no orphan server. Set in the child by `setpriv`, not by a `preexec_fn`, which is unsafe
+    in a threaded parent."""
+    setpriv = shutil.which("setpriv") if sys.platform.startswith("linux") else None
+    return [setpriv, "--pdeathsig", "TERM", "--", *command] if setpriv else command
 
 
 class LocalLLMServer:
@@ -100,8 +103,8 @@ class LocalLLMServer:
         """Requests the server decodes at once; each gets ctx_size / parallel tokens of context."""
         self.startup_timeout = startup_timeout
         self.model = MODEL_NAME
-        self._process: subprocess.Popen | None = None
-        self._log = None
+        self._process: subprocess.Popen[bytes] | None = None
+        self._log: IO[bytes] | None = None
 
     @property
     def root(self) -> str:
@@ -113,6 +116,18 @@ class LocalLLMServer:
         return f"{self.root}/v1"
 
     def start(self) -> LocalLLMServer:
+        self._spawn()
+        try:
+            self._wait_healthy()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _spawn(self) -> None:
+        """Start the process. The parent-death signal is tied to the thread that forks, so this
+        runs on the caller's own thread (the event loop's, from async code), never a worker's
+        that may end before the server should."""
         binary, model = server_binary(), model_path()
         self.port = self.port or free_port()
         # Closed in stop(): the log outlives this method, for error messages.
@@ -125,25 +140,20 @@ class LocalLLMServer:
             "--alias", self.model,
         ]  # fmt: skip
         self._process = subprocess.Popen(
-            command,
+            _with_parent_death_signal(command),
             stdin=subprocess.DEVNULL,
             stdout=self._log,
             stderr=subprocess.STDOUT,
-            preexec_fn=_die_with_parent,
         )
-        try:
-            self._wait_healthy()
-        except BaseException:
-            self.stop()
-            raise
-        return self
 
     def _wait_healthy(self) -> None:
+        process = self._process
+        assert process is not None, "spawned first"
         deadline = time.monotonic() + self.startup_timeout
         while time.monotonic() < deadline:
-            if self._process.poll() is not None:
+            if process.poll() is not None:
                 raise SetupError(
-                    f"llama-server exited with code {self._process.returncode}:\n{self._tail()}"
+                    f"llama-server exited with code {process.returncode}:\n{self._tail()}"
                 )
             try:
                 with urllib.request.urlopen(f"{self.root}/health", timeout=2) as response:
@@ -178,7 +188,13 @@ class LocalLLMServer:
         self.stop()
 
     async def __aenter__(self) -> LocalLLMServer:
-        return await asyncio.to_thread(self.start)
+        self._spawn()
+        try:
+            await asyncio.to_thread(self._wait_healthy)  # about a second: off the event loop
+        except BaseException:
+            await asyncio.to_thread(self.stop)
+            raise
+        return self
 
     async def __aexit__(self, *exc: object) -> None:
         await asyncio.to_thread(self.stop)

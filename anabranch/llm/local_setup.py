@@ -94,6 +94,7 @@ def _pip(
         env={**os.environ, **(env or {})},
     )
     tail: list[str] = []
+    assert process.stdout is not None  # a pipe, asked for above
     for line in process.stdout:
         tail = [*tail[-30:], line.rstrip()]
         if match := _PERCENT.search(line):

@@ -16,11 +16,13 @@ import asyncio
 import contextlib
 import json
 import random
+import select
 import subprocess
 import sys
 import time
 import urllib.request
 from collections import Counter
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -314,6 +316,7 @@ async def _serve_connection(
                     break
                 elif isinstance(event, h11.ConnectionClosed):
                     return
+            assert request is not None  # h11 gives the request before its end of message
             auth = dict(request.headers).get(b"authorization", b"").decode("latin-1")
             key = auth.partition(" ")[2]
             work = app.handle(request.method.decode(), request.target.decode(), bytes(body), key)
@@ -324,8 +327,8 @@ async def _serve_connection(
                 writer.transport.abort()
                 return
             status, headers, payload = answer
-            headers = [*headers.items(), ("content-length", str(len(payload)))]
-            writer.write(conn.send(h11.Response(status_code=status, headers=headers)))
+            sent = [*headers.items(), ("content-length", str(len(payload)))]
+            writer.write(conn.send(h11.Response(status_code=status, headers=sent)))
             writer.write(conn.send(h11.Data(data=payload)))
             writer.write(conn.send(h11.EndOfMessage()))
             await writer.drain()
@@ -338,7 +341,12 @@ async def _serve_connection(
         writer.close()
 
 
-async def _unless_client_leaves(app: FaultApp, conn: h11.Connection, reader, work):
+async def _unless_client_leaves(
+    app: FaultApp,
+    conn: h11.Connection,
+    reader: asyncio.StreamReader,
+    work: Awaitable[tuple[int, dict[str, str], bytes] | str],
+) -> tuple[int, dict[str, str], bytes] | str | None:
     """Run the handler, but cancel it if the client closes the connection meanwhile (as a
     cancelled LLM call does), so that in-flight counts show cancellation for real."""
     handler = asyncio.ensure_future(work)
@@ -377,8 +385,12 @@ class FaultServer:
     ...     endpoint = Endpoint(server.url, "fault")
     """
 
-    def __init__(self, config: FaultConfig | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self, config: FaultConfig | None = None, *, startup_timeout: float = 30.0, **kwargs: Any
+    ) -> None:
         self.config = config or FaultConfig(**kwargs)
+        self.startup_timeout = startup_timeout
+        """Seconds the child may take to say it listens; then it is stopped and start fails."""
         self._process: subprocess.Popen | None = None
         self.port: int | None = None
 
@@ -398,7 +410,9 @@ class FaultServer:
             stdout=subprocess.PIPE,
             text=True,
         )  # fmt: skip
-        line = self._process.stdout.readline()
+        assert self._process.stdout is not None
+        ready, _, _ = select.select([self._process.stdout], [], [], self.startup_timeout)
+        line = self._process.stdout.readline() if ready else "(nothing within the timeout)"
         if "listening on" not in line:
             self.stop()
             raise RuntimeError(f"fault server did not start: {line!r}")

@@ -10,6 +10,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+import tiktoken
+
 from anabranch.errors import ConfigError
 from anabranch.tools.tokenizer import DEFAULT_ENCODING, get_encoding
 
@@ -61,7 +63,9 @@ def split_into_chunks(text: str, budget: int, encoding: str = DEFAULT_ENCODING) 
     return chunks
 
 
-def _cut_by_tokens(text, start, stop, budget, enc, chunks: list[Chunk]) -> int:
+def _cut_by_tokens(
+    text: str, start: int, stop: int, budget: int, enc: tiktoken.Encoding, chunks: list[Chunk]
+) -> int:
     """Append full-budget chunks of text[start:stop] to `chunks`; return where the rest begins.
 
     A cut falls on a token's first character; re-encoding a slice can merge tokens differently
