@@ -262,7 +262,6 @@ async def _write_results(batch: BatchRun, sink: IO[str], out: Path) -> tuple[Run
             raise ConfigError(f"cannot write results to {out}: {exc.strerror or exc}") from exc
         if result.status == "rejected":
             rejections.extend(e.message for e in result.errors)
-    assert batch.report is not None  # set once the iteration ends
     return batch.report, rejections
 
 

@@ -21,7 +21,7 @@ from anabranch.types import RunReport, StageReport, SubtaskError, Task, TaskResu
 
 @dataclass
 class BatchRun:
-    """`async for result in run_batch(...)` yields TaskResults; `.report` is set once it ends."""
+    """`async for result in run_batch(...)` yields TaskResults; `.report` is ready once it ends."""
 
     tasks: Iterable[Task | InputError]
     graph: Graph
@@ -31,7 +31,14 @@ class BatchRun:
     """Show a progress bar on stderr; None means only when stderr is a terminal."""
     total: int | None = None
     """Tasks expected, for the progress bar (taken from `len(tasks)` when it has one)."""
-    report: RunReport | None = field(default=None, init=False)
+    _report: RunReport | None = field(default=None, init=False, repr=False)
+
+    @property
+    def report(self) -> RunReport:
+        """The run's trace and counts; there is none before the iteration has ended."""
+        if self._report is None:
+            raise ConfigError("the report is ready once the batch has been iterated to its end")
+        return self._report
 
     def __aiter__(self) -> AsyncIterator[TaskResult]:
         return self._run()
@@ -112,7 +119,7 @@ class BatchRun:
                         output_count=delivered, output_unit="task results delivered",
                         seconds=clock.seconds("deliver")),
         ]  # fmt: skip
-        self.report = RunReport(
+        self._report = RunReport(
             stages=stages,
             wall_seconds=now() - started,
             tasks_ok=results["ok"],

@@ -1,0 +1,48 @@
+"""Every script in examples/ runs, as a user would run it, and does what it says."""
+
+import subprocess
+import sys
+
+from conftest import ROOT
+
+EXAMPLES = ROOT / "examples"
+
+
+def run_example(name: str, *args: str, cwd=ROOT) -> str:
+    proc = subprocess.run(
+        [sys.executable, str(EXAMPLES / name), *args],
+        capture_output=True, text=True, timeout=300, cwd=cwd,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+def test_every_example_has_a_test():
+    tested = {"batch_on_embedded_model.py", "own_agent.py", "chain_of_specialists.py",
+              "chat_backend.py"}  # fmt: skip
+    assert {p.name for p in EXAMPLES.glob("*.py")} == tested
+
+
+def test_batch_on_the_embedded_model():
+    out = run_example("batch_on_embedded_model.py", "6")
+    assert "LLM: embedded llama.cpp server" in out
+    assert "6 tasks -> " in out and "-> 6 delivered" in out
+
+
+def test_own_agent():
+    out = run_example("own_agent.py").splitlines()
+    lines = {line.split()[0]: line for line in out}
+    assert "'capital_share': 0.0" in lines["calm"]
+    assert "'capital_share': 1.0" in lines["loud"] and " negative " in lines["loud"]
+
+
+def test_chain_of_specialists(tmp_path):
+    report = tmp_path / "report.md"
+    out = run_example("chain_of_specialists.py", "Plan a picnic.", str(report))
+    assert "## Step 3: decision_simplifier" in out and "complete: True" in out
+    assert report.read_text().startswith("# Chain Execution Results")
+
+
+def test_chat_backend_mounted_in_fastapi():
+    out = run_example("chat_backend.py")
+    assert out.startswith("Sentiment: positive")
