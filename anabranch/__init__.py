@@ -67,7 +67,9 @@ from anabranch.types import (
 
 try:
     __version__ = importlib.metadata.version("anabranch")
-except importlib.metadata.PackageNotFoundError:  # running from a source tree that was never installed
+except (
+    importlib.metadata.PackageNotFoundError
+):  # running from a source tree that was never installed
     __version__ = "0+unknown"
 
 __all__ = [

@@ -6,9 +6,10 @@ from typing import TypedDict
 from langgraph.graph import END, START, StateGraph
 
 from anabranch import Answer, Task, TaskResult, build_fanout_graph, run_batch
-from anabranch.agents.analysts import local_agents
+from anabranch.agents.analysts import local_agents, make_agents
 from anabranch.agents.planner import RulePlanner
 from anabranch.errors import InputError
+from anabranch.llm.endpoint import Endpoint
 from anabranch.types import SentimentOutput, Subtask
 
 
@@ -142,3 +143,18 @@ async def test_a_slow_consumer_holds_the_workers_back():
     assert drawn <= 4 * 3
     rest = [r async for r in results]
     assert len(rest) == 499 and drawn == 500
+
+
+def test_graphs_and_batches_work_from_sync_code(faults):
+    """LangGraph users embed graphs in sync code; an LLM-backed graph must run there too."""
+    llm = Endpoint(faults.url, "fault")
+    graph = build_fanout_graph(agents=make_agents("llm", llm))
+    out = graph.invoke({"task": Task(id="t", text="Sync callers are welcome.")})
+    assert out["result"].status == "ok" and out["result"].usage.requests == 2
+    updates = list(graph.stream({"task": Task(id="u", text="Streamed.")}, stream_mode="updates"))
+    assert {node for update in updates for node in update} == {
+        "planner", "tokenize", "keywords", "sentiment", "reducer"
+    }  # fmt: skip
+    batch = run_batch([Task(id=str(i), text="Fine.") for i in range(20)], graph, concurrency=4)
+    results = list(batch)
+    assert len(results) == 20 and batch.report.tasks_ok == 20

@@ -22,6 +22,7 @@ from anabranch.agents.specialists import Specialist
 from anabranch.errors import ConfigError, LLMOutputError
 from anabranch.events import Event, StepEnded, StepStarted, TextDelta
 from anabranch.graphs.state import Graph, now
+from anabranch.graphs.sync import sync_capable
 from anabranch.llm.endpoint import Endpoint
 from anabranch.types import ChainResult, ChainStep, SubtaskError, Usage
 
@@ -58,7 +59,7 @@ def build_chain_graph(
     for current, following in itertools.pairwise(names):
         builder.add_conditional_edges(current, _continue_to(following), [following, END])
     builder.add_edge(names[-1], END)
-    return builder.compile(checkpointer=checkpointer)
+    return sync_capable(builder.compile(checkpointer=checkpointer))
 
 
 def chain_result(state: ChainState, specialists: Sequence[Specialist]) -> ChainResult:

@@ -19,6 +19,7 @@ from anabranch.agents.planner import LLMPlanner, RulePlanner
 from anabranch.agents.reducer import Reducer
 from anabranch.errors import ConfigError
 from anabranch.graphs.state import FanoutInput, FanoutOutput, FanoutState, Graph, RunContext, now
+from anabranch.graphs.sync import sync_capable
 from anabranch.llm.endpoint import Endpoint
 from anabranch.types import Subtask, SubtaskError, SubtaskResult, Task, Usage
 
@@ -90,7 +91,7 @@ def build_fanout_graph(
     builder.add_edge(START, PLANNER)
     builder.add_conditional_edges(PLANNER, route, [*names, REDUCER])
     builder.add_edge(REDUCER, END)
-    return builder.compile(checkpointer=checkpointer)
+    return sync_capable(builder.compile(checkpointer=checkpointer))
 
 
 def build_analysis_graph(

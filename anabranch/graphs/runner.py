@@ -12,12 +12,14 @@ from __future__ import annotations
 import asyncio
 import sys
 from collections import Counter
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass, field
 
 from anabranch.errors import ConfigError, InputError
 from anabranch.graphs.state import Graph, RunContext, StageClock, now
+from anabranch.graphs.sync import iterate
 from anabranch.types import RunReport, StageReport, SubtaskError, Task, TaskResult, Usage
+
 
 @dataclass
 class BatchRun:
@@ -42,6 +44,11 @@ class BatchRun:
 
     def __aiter__(self) -> AsyncIterator[TaskResult]:
         return self._run()
+
+    def __iter__(self) -> Iterator[TaskResult]:
+        """The same results from sync code: `for result in run_batch(...)` (the batch runs on
+        the sync portal's event loop meanwhile)."""
+        return iterate(self._run())
 
     async def _run(self) -> AsyncIterator[TaskResult]:
         if self.concurrency < 1:
