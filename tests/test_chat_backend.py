@@ -5,15 +5,21 @@ import http.client
 import json
 import re
 import socket
+import sqlite3
+import threading
 import time
 
 import httpx
 import openai
 import pytest
+import uvicorn
 from conftest import TOKEN, run_cli, start_server
+from fastapi import FastAPI
 
-from anabranch.chat import create_app
+from anabranch import build_fanout_graph
+from anabranch.chat import AnalyzeChat, create_app
 from anabranch.errors import ConfigError
+from anabranch.llm.local_server import free_port
 
 HI = [{"role": "user", "content": "I love this great phone."}]
 
@@ -233,3 +239,67 @@ async def test_simultaneous_streams_cannot_all_pass_the_run_cap(backend, faults)
         )
     statuses = sorted(r.status_code for r in replies)
     assert statuses == [200, 200, 429, 429, 429, 429]  # --max-runs 2
+
+
+async def test_a_mounted_app_closes_its_thread_store_on_aclose(tmp_path):
+    """A mounted app gets no lifespan: its parent must be able to close the SQLite store."""
+    chat = create_app([AnalyzeChat(build_fanout_graph(checkpointer=False))],
+                      threads_db=str(tmp_path / "threads.sqlite"))  # fmt: skip
+    backend = FastAPI()
+    backend.mount("/graphs", chat)
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(backend, port=port, log_level="warning"))
+    serving = asyncio.create_task(server.serve())
+    while not server.started:
+        await asyncio.sleep(0.05)
+
+    def store_threads() -> int:  # aiosqlite runs each connection on a worker thread
+        return sum("_connection_worker_thread" in t.name for t in threading.enumerate())
+
+    try:
+        async with httpx.AsyncClient(timeout=30) as http:
+            reply = await http.post(
+                f"http://127.0.0.1:{port}/graphs/v1/chat/completions",
+                json={"model": "analyze", "messages": HI, "user": "t1"},
+            )
+        assert reply.status_code == 200
+        assert store_threads() == 1
+        await chat.aclose()
+        for _ in range(50):
+            if store_threads() == 0:
+                break
+            await asyncio.sleep(0.05)
+        assert store_threads() == 0
+    finally:
+        server.should_exit = True
+        await serving
+
+
+def test_a_users_graph_keeps_nothing_of_its_own_in_the_thread_store(tmp_path, faults):
+    (tmp_path / "echo_graph.py").write_text(
+        "from typing import Annotated, TypedDict\n"
+        "from langgraph.graph import START, StateGraph\n"
+        "from langgraph.graph.message import add_messages\n\n"
+        "class State(TypedDict):\n"
+        "    messages: Annotated[list, add_messages]\n\n"
+        "def echo(state: State) -> dict:\n"
+        "    return {'messages': [('assistant', 'echo: ' + state['messages'][-1].content)]}\n\n"
+        "builder = StateGraph(State)\n"
+        "builder.add_node(echo)\n"
+        "builder.add_edge(START, 'echo')\n"
+        "graph = builder.compile()\n"
+    )
+    db = tmp_path / "threads.sqlite"
+    process, url = start_server("--graph", "echo_graph:graph", "--llm", faults.url, "--model",
+                                "m", "--threads-db", str(db),
+                                env={"PYTHONPATH": str(tmp_path)})  # fmt: skip
+    try:
+        client = openai.OpenAI(base_url=url, api_key=TOKEN, max_retries=0)
+        reply = client.chat.completions.create(model="graph", messages=HI, user="t1")
+        assert reply.choices[0].message.content == f"echo: {HI[0]['content']}"
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+    with sqlite3.connect(db) as conn:
+        spaces = {ns for (ns,) in conn.execute("SELECT DISTINCT checkpoint_ns FROM checkpoints")}
+    assert spaces == {""}  # the conversation only, no checkpoints of the graph's insides

@@ -207,7 +207,13 @@ class MessagesTurn:
 
 
 def _message_content(message: Any) -> Any:
-    return message.get("content") if isinstance(message, dict) else getattr(message, "content", "")
+    """A message's content, in any of the shapes LangGraph accepts: an OpenAI dict, a LangChain
+    message, or a `(role, content)` pair."""
+    if isinstance(message, dict):
+        return message.get("content")
+    if isinstance(message, tuple | list) and len(message) == 2:
+        return message[1]
+    return getattr(message, "content", "")
 
 
 @dataclass
