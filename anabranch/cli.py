@@ -9,9 +9,11 @@ problem or rejected input lines; 3 an unexpected failure, with its traceback.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import os
 import sys
+import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,11 +22,13 @@ from typing import IO, Annotated, Any, Literal, get_type_hints
 import typer
 from pydantic import SecretStr
 
+from anabranch import __version__
 from anabranch.agents.analysts import needs_llm, parse_backend
 from anabranch.errors import AnabranchError, ConfigError
 from anabranch.graphs.fanout import PlannerKind, build_analysis_graph
 from anabranch.graphs.runner import BatchRun, run_batch
 from anabranch.inputs import count_task_lines, example_tasks, read_tasks
+from anabranch.journal import Journal, fingerprint, run_id_for
 from anabranch.llm.connect import LLMOptions, maybe_endpoint, open_endpoint, without_llm
 from anabranch.llm.settings import Limits, Timeouts
 from anabranch.redact import redact
@@ -145,6 +149,12 @@ class BatchOptions:
     """`rule` or `llm`."""
     llm: LLMOptions
     """The LLM, if any."""
+    journal: Path | None
+    """Where finished work is recorded, so a re-run resumes; None keeps none."""
+    fresh: bool
+    """Forget what the journal holds for this run and start over."""
+    retry_failed: bool
+    """Run again the failed subtasks of tasks an earlier run delivered with errors."""
 
 
 @app.command()
@@ -162,8 +172,31 @@ def run(
     deadline: Deadline = 180.0,
     rpm: Rpm = None,
     tpm: Tpm = None,
+    journal: Annotated[
+        Path | None,
+        typer.Option(help="The run's journal (SQLite). Default: OUT.journal beside the output."),
+    ] = None,
+    no_journal: Annotated[
+        bool, typer.Option("--no-journal", help="Keep no journal: an interrupted run starts over.")
+    ] = False,
+    resume: Annotated[
+        bool,
+        typer.Option(
+            "--resume/--fresh",
+            help="Resume from the journal what an interrupted run of the same INPUT and OUT "
+            "finished (the default), or start over.",
+        ),
+    ] = True,
+    retry_failed: Annotated[
+        bool,
+        typer.Option(
+            help="Re-run only the failed subtasks of tasks an earlier run delivered with errors."
+        ),
+    ] = False,
 ) -> None:
-    """Run the fan-out analysis (tokens, keywords, sentiment) over a JSONL file of tasks."""
+    """Run the fan-out analysis (tokens, keywords, sentiment) over a JSONL file of tasks.
+
+    Finished work is journaled as it happens: after a crash, the same command resumes."""
     if not input.is_file():
         raise ConfigError(f"no such input file: {input}")
     options = BatchOptions(
@@ -181,7 +214,12 @@ def run(
             rpm=rpm,
             tpm=tpm,
         ),
+        journal=None if no_journal else journal or out.with_name(out.name + ".journal"),
+        fresh=not resume,
+        retry_failed=retry_failed,
     )
+    if no_journal and (retry_failed or not resume):
+        raise ConfigError("--retry-failed and --fresh work on a journal: drop --no-journal")
     raise typer.Exit(asyncio.run(_run_file(input, options)))
 
 
@@ -217,19 +255,32 @@ async def _run_file(input: Path, options: BatchOptions) -> int:
     if not wants_llm:  # nothing will call an LLM: do not start or reach one
         llm = without_llm(llm)
     sink = _open_out(options.out)
-    with sink:
+    journal = Journal(options.journal) if options.journal else None
+    run_id = run_id_for(input, options.out)
+    with sink, contextlib.closing(journal) if journal else contextlib.nullcontext():
         async with maybe_endpoint(llm, typer.echo) as endpoint:
             graph = build_analysis_graph(endpoint, backend=options.backend,
                                          planner=options.planner,
                                          chunk_tokens=options.chunk_tokens)  # fmt: skip
+            config = {
+                "backend": choice, "planner": options.planner, "version": __version__,
+                "chunk_tokens": options.chunk_tokens, "model": endpoint and endpoint.model,
+            }  # fmt: skip
             total = await asyncio.to_thread(count_task_lines, input)
             batch = run_batch(read_tasks(input), graph, concurrency=options.concurrency,
-                              total=total)  # fmt: skip
+                              total=total, journal=journal, run_id=run_id,
+                              fingerprint=fingerprint(config), fresh=options.fresh,
+                              retry_failed=options.retry_failed,
+                              description=f"{input} -> {options.out}")  # fmt: skip
             report, rejections = await _write_results(batch, sink, options.out)
+        if journal is not None:  # the journal is the truth: the output is its view, in order
+            await asyncio.to_thread(_rewrite_in_input_order, journal, run_id, options.out)
     for message in rejections:
         typer.echo(f"rejected: {message}", err=True)
     typer.echo(render_trace(report))
     typer.echo(f"results: {options.out}")
+    if journal is not None:
+        typer.echo(f"journal: {options.journal} (run {run_id})")
     if report.tasks_rejected:
         return EXIT_USAGE
     return EXIT_PARTIAL if report.tasks_partial or report.tasks_failed else EXIT_OK
@@ -263,6 +314,69 @@ async def _write_results(batch: BatchRun, sink: IO[str], out: Path) -> tuple[Run
         if result.status == "rejected":
             rejections.extend(e.message for e in result.errors)
     return batch.report, rejections
+
+
+def _rewrite_in_input_order(journal: Journal, run_id: str, out: Path) -> None:
+    """The output as the journal holds it, in input order, replacing the file at once: never a
+    partial line, never a task twice, and two runs of one input can be diffed."""
+    partial = out.with_name(out.name + ".partial")
+    try:
+        with partial.open("w", encoding="utf-8") as f:
+            for result in journal.results(run_id):
+                f.write(result.model_dump_json() + "\n")
+        os.replace(partial, out)
+    except OSError as exc:
+        raise ConfigError(f"cannot write results to {out}: {exc.strerror or exc}") from exc
+
+
+# -- runs ----------------------------------------------------------------------------------------
+
+
+@app.command()
+def runs(
+    words: Annotated[
+        list[str] | None,
+        typer.Argument(
+            help="[JOURNAL] to list its runs, or `show ID [JOURNAL]` for one run's trace. "
+            "Default journal: results.jsonl.journal."
+        ),
+    ] = None,
+) -> None:
+    """List the runs a journal holds, or show one run's trace."""
+    words = list(words or [])
+    show = words[:1] == ["show"]
+    if show and len(words) < 2:
+        raise ConfigError("usage: anabranch runs show ID [JOURNAL]")
+    if show:
+        path = Path(words[2] if len(words) > 2 else "results.jsonl.journal")
+    else:
+        path = Path(words[0] if words else "results.jsonl.journal")
+    if not path.is_file():
+        raise ConfigError(f"no journal at {path}")
+    with Journal(path) as journal:
+        if show:
+            _show_run(journal, words[1])
+            return
+        infos = journal.runs()
+        if not infos:
+            typer.echo(f"{path}: no runs")
+        for info in infos:
+            when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(info.updated))
+            tasks = ", ".join(f"{n} {status}" for status, n in sorted(info.tasks.items()))
+            state = "finished" if info.finished else "interrupted"
+            typer.echo(f"{info.run_id}  {when}  {state:<11}  {tasks or 'no tasks'}  "
+                       f"{info.usage.requests} requests, {info.usage.total_tokens} tokens  "
+                       f"{info.description}")  # fmt: skip
+
+
+def _show_run(journal: Journal, run_id: str) -> None:
+    report = journal.report(run_id)
+    if report is not None:
+        typer.echo(render_trace(report))
+        return
+    (info,) = [r for r in journal.runs() if r.run_id == run_id]
+    typer.echo(f"run {run_id} did not finish; re-run its command to resume it")
+    typer.echo(f"delivered so far: {info.tasks}")
 
 
 # -- setup ---------------------------------------------------------------------------------------

@@ -20,6 +20,14 @@ def render_trace(report: RunReport) -> str:
         f"{execute.output_count} results -> {aggregate.output_count} task results -> "
         f"{deliver.output_count} delivered"
     )
+    if report.journal_run is not None:
+        received, ran = report.stages[0].input_count, report.stages[0].output_count
+        lines.append(
+            f"{received:,} tasks -> "
+            f"{report.tasks_from_journal:,} from the journal -> {ran:,} run "
+            f"({report.subtasks_reused:,} finished subtasks reused, "
+            f"{report.tasks_changed:,} changed since; run {report.journal_run})"
+        )
     lines.append(
         f"tasks: {report.tasks_ok} ok, {report.tasks_partial} partial, "
         f"{report.tasks_failed} failed, {report.tasks_rejected} rejected; "

@@ -184,6 +184,15 @@ class RunReport(BaseModel):
     subtask_errors: dict[str, int] = Field(default_factory=dict)
     """Error type -> count, so a run that hit 429s says so at a glance."""
     usage: Usage = Field(default_factory=Usage)
+    """What this run spent (tasks and subtasks taken from a journal cost nothing again)."""
+    journal_run: str | None = None
+    """The run's id in its journal, when it had one."""
+    tasks_from_journal: int = 0
+    """Tasks an earlier attempt had delivered, delivered again from the journal, not run."""
+    tasks_changed: int = 0
+    """Tasks the journal knew under the same id with another text or configuration: re-run."""
+    subtasks_reused: int = 0
+    """Finished subtasks of unfinished tasks taken from the journal instead of recomputed."""
 
 
 class ChainStep(BaseModel):

@@ -123,8 +123,11 @@ def build_analysis_graph(
 def agent_node(agent: Agent) -> Callable[..., Awaitable[dict[str, Any]]]:
     """Wrap an agent so that it never raises (cancellation aside): errors become data."""
 
-    async def node(subtask: Subtask, runtime: Runtime[RunContext]) -> dict:
+    async def node(subtask: Subtask, runtime: Runtime[RunContext]) -> dict[str, Any]:
         start = now()
+        ledger = getattr(runtime.context, "ledger", None)
+        if ledger is not None and (done := ledger.reuse(subtask)) is not None:
+            return {"results": [done]}  # finished before a crash: not recomputed
         try:
             answer = await agent.run(subtask)
         except Exception as exc:  # noqa: BLE001 - errors are data (architecture.md, rule 1)
@@ -142,6 +145,8 @@ def agent_node(agent: Agent) -> Callable[..., Awaitable[dict[str, Any]]]:
                 usage=answer.usage,
             )
         _record(runtime, "execute", start)
+        if ledger is not None:
+            ledger.record_subtask(result)
         return {"results": [result]}
 
     node.__name__ = f"{agent.name}_node"

@@ -10,6 +10,7 @@ happened.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import sys
 from collections import Counter
 from collections.abc import AsyncIterator, Iterable, Iterator
@@ -18,6 +19,7 @@ from dataclasses import dataclass, field
 from anabranch.errors import ConfigError, InputError
 from anabranch.graphs.state import Graph, RunContext, StageClock, now
 from anabranch.graphs.sync import iterate
+from anabranch.journal import Journal
 from anabranch.types import RunReport, StageReport, SubtaskError, Task, TaskResult, Usage
 
 
@@ -33,6 +35,19 @@ class BatchRun:
     """Show a progress bar on stderr; None means only when stderr is a terminal."""
     total: int | None = None
     """Tasks expected, for the progress bar (taken from `len(tasks)` when it has one)."""
+    journal: Journal | None = None
+    """Where finished work is recorded as it happens, so a re-run resumes; None keeps none."""
+    run_id: str = "default"
+    """The run's name in the journal: the same name resumes it."""
+    fingerprint: str = ""
+    """The graph's configuration (agents, backends, model, prompts), hashed into each task's
+    identity: a task run under another configuration is run again."""
+    fresh: bool = False
+    """Forget what the journal holds for this run and start over."""
+    retry_failed: bool = False
+    """Run again the failed subtasks of tasks an earlier attempt delivered partial or failed."""
+    description: str = ""
+    """Shown by `anabranch runs` beside the run id."""
     _report: RunReport | None = field(default=None, init=False, repr=False)
 
     @property
@@ -54,24 +69,49 @@ class BatchRun:
         if self.concurrency < 1:
             raise ConfigError(f"concurrency must be at least 1, got {self.concurrency}")
         clock = StageClock()
-        context = RunContext(clock=clock)
+        started = now()
+        ledger = None
+        if self.journal is not None:
+            ledger = await asyncio.to_thread(
+                self.journal.begin, self.run_id, description=self.description,
+                fingerprint=self.fingerprint, fresh=self.fresh, retry_failed=self.retry_failed,
+            )  # fmt: skip
+        context = RunContext(clock=clock, ledger=ledger)
         source = iter(self.tasks)
         # Bounded: a slow consumer holds back the workers, so memory holds only the runs in
         # flight and at most `concurrency` results waiting to be taken.
-        queue: asyncio.Queue[TaskResult | None] = asyncio.Queue(maxsize=self.concurrency)
+        queue: asyncio.Queue[tuple[TaskResult, bool] | None] = asyncio.Queue(
+            maxsize=self.concurrency
+        )
         counts: Counter[str] = Counter()
-        started = now()
 
         async def worker() -> None:
             for item in source:  # a shared iterator: each next() hands out a distinct task
+                position = counts["received"]
                 counts["received"] += 1
                 clock.record("input", started, now())
                 if isinstance(item, InputError):
                     counts["rejected"] += 1
-                    await queue.put(_rejected(item))
+                    rejected = _rejected(item)
+                    if ledger is not None:
+                        ledger.record_task(_rejected_key(item), position, rejected)
+                    await queue.put((rejected, False))
+                    continue
+                if ledger is None:
+                    counts["tasks"] += 1
+                    await queue.put((await self._run_one(item, context), False))
+                    continue
+                key = ledger.key(item)
+                if key in ledger.done:  # delivered by an earlier attempt: delivered again as is
+                    counts["from_journal"] += 1
+                    await queue.put((await asyncio.to_thread(ledger.delivered, key), True))
                     continue
                 counts["tasks"] += 1
-                await queue.put(await self._run_one(item, context))
+                counts["changed"] += ledger.changed(item, key)
+                ledger.start(item, key)
+                result = await self._run_one(item, context)
+                ledger.record_task(key, position, result)
+                await queue.put((result, False))
             await queue.put(None)  # this worker is done
 
         workers = [asyncio.create_task(worker()) for _ in range(self.concurrency)]
@@ -81,29 +121,35 @@ class BatchRun:
         usage = Usage()
         error_types: Counter[str] = Counter()
         running = len(workers)
+        ended = False
         try:
             while running:
-                result = await queue.get()
-                if result is None:
+                item = await queue.get()
+                if item is None:
                     running -= 1
                     continue
+                result, from_journal = item
                 results[result.status] += 1
-                subtasks += result.subtasks
-                received += result.results
-                usage += result.usage
                 error_types.update(e.type for e in result.errors)
+                if not from_journal:  # what this attempt did; the rest was done before
+                    subtasks += result.subtasks
+                    received += result.results
+                    usage += result.usage
                 bar.advance(result)
                 delivered_at = now()
                 yield result
                 clock.record("deliver", delivered_at, now())
+            ended = True
         finally:
             bar.close()
             for w in workers:
                 w.cancel()
             await asyncio.gather(*workers, return_exceptions=True)
+            if ledger is not None and not ended:  # stopped early: keep what was done
+                await asyncio.to_thread(ledger.finish, None)
 
         delivered = sum(results.values())
-        graph_results = delivered - counts["rejected"]
+        graph_results = delivered - counts["rejected"] - counts["from_journal"]
         stages = [
             StageReport(name="Input Task Queue", description="Receive tasks to be processed "
                         "asynchronously", input_count=counts["received"], input_unit="tasks",
@@ -134,8 +180,14 @@ class BatchRun:
             tasks_failed=results["error"],
             tasks_rejected=results["rejected"],
             subtask_errors=dict(error_types),
-            usage=usage,
+            usage=usage if ledger is None else _minus(usage, ledger.reused_usage),
+            journal_run=ledger.run_id if ledger is not None else None,
+            tasks_from_journal=counts["from_journal"],
+            tasks_changed=counts["changed"],
+            subtasks_reused=ledger.reused if ledger is not None else 0,
         )
+        if ledger is not None:
+            await asyncio.to_thread(ledger.finish, self._report)
 
     async def _run_one(self, task: Task, context: RunContext) -> TaskResult:
         try:
@@ -157,12 +209,36 @@ def run_batch(
     concurrency: int = 16,
     progress: bool | None = None,
     total: int | None = None,
+    journal: Journal | None = None,
+    run_id: str = "default",
+    fingerprint: str = "",
+    fresh: bool = False,
+    retry_failed: bool = False,
+    description: str = "",
 ) -> BatchRun:
     """Run `graph` once per task, `concurrency` runs at a time; iterate the result for TaskResults.
 
     `tasks` may hold InputErrors (as `read_tasks` yields them): each becomes a rejected TaskResult.
+    With a `journal`, finished work is recorded as it happens and the same `run_id` resumes:
+    delivered tasks come back from the journal, finished subtasks are reused (see `Journal`).
     """
-    return BatchRun(tasks, graph, concurrency=concurrency, progress=progress, total=total)
+    return BatchRun(tasks, graph, concurrency=concurrency, progress=progress, total=total,
+                    journal=journal, run_id=run_id, fingerprint=fingerprint, fresh=fresh,
+                    retry_failed=retry_failed, description=description)  # fmt: skip
+
+
+def _minus(spent: Usage, earlier: Usage) -> Usage:
+    """This attempt's usage: reused subtasks carry what they cost when they ran."""
+    return Usage(
+        requests=spent.requests - earlier.requests,
+        prompt_tokens=spent.prompt_tokens - earlier.prompt_tokens,
+        completion_tokens=spent.completion_tokens - earlier.completion_tokens,
+    )
+
+
+def _rejected_key(error: InputError) -> str:
+    """A rejected line's place in the journal, so the output keeps one record per line."""
+    return "rejected:" + hashlib.sha256(str(error).encode()).hexdigest()[:24]
 
 
 def _rejected(error: InputError) -> TaskResult:

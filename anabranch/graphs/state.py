@@ -5,7 +5,7 @@ from __future__ import annotations
 import operator
 import time
 from dataclasses import dataclass, field
-from typing import Annotated, Any, TypedDict
+from typing import Annotated, Any, Protocol, TypedDict
 
 from langgraph.pregel import Pregel
 
@@ -54,11 +54,22 @@ class StageClock:
         return span[1] - span[0] if span else 0.0
 
 
+class SubtaskLedger(Protocol):
+    """Where an agent node finds a subtask an earlier attempt finished, and records its own."""
+
+    def reuse(self, subtask: Subtask) -> SubtaskResult | None: ...
+
+    def record_subtask(self, result: SubtaskResult) -> None: ...
+
+
 @dataclass(slots=True)
 class RunContext:
     """Per-run context handed to nodes by LangGraph (`Runtime.context`); optional."""
 
     clock: StageClock | None = None
+    """Where the stages' times are kept, for the run's trace."""
+    ledger: SubtaskLedger | None = None
+    """The journal's view of the run, when the batch has a journal."""
 
 
 def now() -> float:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import hashlib
 import json
 import random
 import select
@@ -70,8 +71,10 @@ class _Stats:
     max_in_flight: int = 0
     cancelled: int = 0
     """Requests whose client hung up before the answer."""
-    faults: Counter = field(default_factory=Counter)
+    faults: Counter[str] = field(default_factory=Counter)
     arrivals: list[float] = field(default_factory=list)
+    prompts: Counter[str] = field(default_factory=Counter)
+    """Requests per distinct conversation (a digest of the messages), to tell repeats."""
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -81,6 +84,7 @@ class _Stats:
             "cancelled": self.cancelled,
             "faults": dict(self.faults),
             "arrivals": self.arrivals,
+            "prompts": dict(self.prompts),
         }
 
 
@@ -133,6 +137,7 @@ class FaultApp:
     ) -> tuple[int, dict, bytes] | str:
         stats = self.stats
         stats.requests += 1
+        stats.prompts[_digest(body)] += 1
         stats.arrivals.append(round(time.monotonic() - stats.started, 6))
         stats.in_flight += 1
         stats.max_in_flight = max(stats.max_in_flight, stats.in_flight)
@@ -173,6 +178,15 @@ class FaultApp:
             return _json(200, completion)
         finally:
             stats.in_flight -= 1
+
+
+def _digest(body: bytes) -> str:
+    """A short name for the request's conversation (its messages), whatever else it asks."""
+    try:
+        messages = json.loads(body or b"{}").get("messages")
+    except (ValueError, AttributeError):
+        messages = None
+    return hashlib.sha1(json.dumps(messages, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _answer(request: dict[str, Any]) -> str:

@@ -1,0 +1,385 @@
+"""The journal: the truth of a batch (docs/architecture.md, rule 9), so a crash costs nothing done.
+
+A SQLite file (WAL) records each finished subtask result and each delivered task result as it
+happens, keyed by a run id and by the task's identity: its id plus a hash of its text,
+instruction, metadata and the graph's configuration (agents, backends, model, prompts: the
+`fingerprint`). Writes go through one writer thread that commits whatever has queued up, so the
+event loop never waits on the disk and a crash loses at most what was still in flight.
+
+Re-running the same run finds the journal: a delivered task is delivered again from it, a
+finished subtask of an unfinished task is reused, not recomputed, and only the rest runs. A task
+whose text or configuration changed is re-run (and counted). `retry_failed` treats tasks that an
+earlier run delivered as `partial` or `error` as unfinished: their failed subtasks run again,
+their good ones are reused. One run at a time per journal: a second gets `JournalBusyError`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import queue
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from anabranch.errors import ConfigError
+from anabranch.types import RunReport, Subtask, SubtaskResult, Task, TaskResult, Usage
+
+SCHEMA_VERSION = 1
+"""Bumped whenever the tables change; a journal of another version is refused, not guessed at."""
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS runs (
+    run_id TEXT PRIMARY KEY, created REAL NOT NULL, updated REAL NOT NULL,
+    description TEXT NOT NULL, report TEXT
+);
+CREATE TABLE IF NOT EXISTS tasks (
+    run_id TEXT NOT NULL, task_key TEXT NOT NULL, task_id TEXT NOT NULL,
+    position INTEGER NOT NULL, status TEXT NOT NULL, result TEXT NOT NULL,
+    PRIMARY KEY (run_id, task_key)
+);
+CREATE INDEX IF NOT EXISTS tasks_by_position ON tasks (run_id, position);
+CREATE TABLE IF NOT EXISTS subtasks (
+    run_id TEXT NOT NULL, task_key TEXT NOT NULL, kind TEXT NOT NULL, chunk INTEGER NOT NULL,
+    result TEXT NOT NULL,
+    PRIMARY KEY (run_id, task_key, kind, chunk)
+);
+"""
+
+
+class JournalError(ConfigError):
+    """A journal that cannot be used: another version, or not a journal at all."""
+
+
+class JournalBusyError(JournalError):
+    """Another run holds the journal right now."""
+
+
+def task_key(task: Task, fingerprint: str) -> str:
+    """The task's identity in the journal: what it is and what runs it."""
+    payload = [task.id, task.text, task.instruction, task.metadata, fingerprint]
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:32]
+
+
+@dataclass(frozen=True, slots=True)
+class RunInfo:
+    """One run in a journal, as `anabranch runs` lists it."""
+
+    run_id: str
+    """The run's id: chosen by the caller, or derived from the input and output paths."""
+    description: str
+    """What the run was started with (the command's input and output, say)."""
+    created: float
+    """When the run first started (seconds since the epoch)."""
+    updated: float
+    """When the run last wrote (seconds since the epoch)."""
+    tasks: dict[str, int]
+    """Delivered tasks by status."""
+    usage: Usage
+    """What the delivered tasks cost, over every attempt of the run."""
+    finished: bool
+    """The last attempt of the run went to its end (it has a report)."""
+
+
+class Journal:
+    """A journal file. Reading (runs, results) works while a run writes; running takes a lock."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self._lock: IO[bytes] | None = None
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = _connect(self.path)
+        except OSError as exc:
+            raise JournalError(f"cannot open a journal at {self.path}: {exc.strerror}") from exc
+        except sqlite3.Error as exc:
+            raise JournalError(f"{self.path} is not a journal ({exc})") from exc
+        try:
+            self._check_version()
+        except BaseException as exc:
+            self._db.close()
+            if isinstance(exc, sqlite3.DatabaseError):
+                raise JournalError(f"{self.path} is not a journal ({exc})") from exc
+            raise
+
+    def _check_version(self) -> None:
+        with self._db:
+            self._db.executescript(_SCHEMA)
+            row = self._db.execute("SELECT value FROM meta WHERE key = 'version'").fetchone()
+            if row is None:
+                self._db.execute("INSERT INTO meta VALUES ('version', ?)", (str(SCHEMA_VERSION),))
+            elif row[0] != str(SCHEMA_VERSION):
+                raise JournalError(
+                    f"{self.path} is a journal of version {row[0]}; this anabranch reads "
+                    f"version {SCHEMA_VERSION}. Give the run another --journal path"
+                )
+
+    def close(self) -> None:
+        self._db.close()
+        self._release()
+
+    def __enter__(self) -> Journal:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- reading ---------------------------------------------------------------------------------
+
+    def runs(self) -> list[RunInfo]:
+        """Every run in the journal, oldest first."""
+        infos = []
+        for run_id, description, created, updated, report in self._db.execute(
+            "SELECT run_id, description, created, updated, report FROM runs ORDER BY created"
+        ):
+            counts: dict[str, int] = dict(self._db.execute(
+                "SELECT status, COUNT(*) FROM tasks WHERE run_id = ? GROUP BY status", (run_id,)
+            ).fetchall())  # fmt: skip
+            usage = Usage()
+            for (text,) in self._db.execute(
+                "SELECT json_extract(result, '$.usage') FROM tasks WHERE run_id = ?", (run_id,)
+            ):
+                usage += Usage.model_validate_json(text)
+            infos.append(RunInfo(run_id, description, created, updated, counts, usage,
+                                 report is not None))  # fmt: skip
+        return infos
+
+    def report(self, run_id: str) -> RunReport | None:
+        """The trace of the run's last attempt that went to its end, if any."""
+        row = self._db.execute("SELECT report FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+        if row is None:
+            raise JournalError(f"no run {run_id!r} in {self.path}")
+        return RunReport.model_validate_json(row[0]) if row[0] else None
+
+    def results(self, run_id: str) -> Iterator[TaskResult]:
+        """The run's delivered task results, in input order (read as they are iterated)."""
+        for (text,) in self._db.execute(
+            "SELECT result FROM tasks WHERE run_id = ? ORDER BY position", (run_id,)
+        ):
+            yield TaskResult.model_validate_json(text)
+
+    def records(self, run_id: str) -> list[dict[str, Any]]:
+        """The run's results as flat records (one dict per task), ready for a DataFrame."""
+        return [
+            {
+                "task_id": r.task_id,
+                "status": r.status,
+                "sentiment": r.sentiment,
+                "sentiment_score": r.sentiment_score,
+                "keywords": [k.term for k in r.keywords],
+                "token_count": r.token_count,
+                "errors": len(r.errors),
+                "requests": r.usage.requests,
+                "prompt_tokens": r.usage.prompt_tokens,
+                "completion_tokens": r.usage.completion_tokens,
+                **{f"metadata.{k}": v for k, v in r.metadata.items()},
+            }
+            for r in self.results(run_id)
+        ]
+
+    # -- running ---------------------------------------------------------------------------------
+
+    def begin(
+        self,
+        run_id: str,
+        *,
+        description: str = "",
+        fingerprint: str = "",
+        fresh: bool = False,
+        retry_failed: bool = False,
+    ) -> RunLedger:
+        """Start (or resume) a run: take the lock, load what is done, open the writer."""
+        self._acquire()
+        now = time.time()
+        with self._db:
+            if fresh:
+                for table in ("tasks", "subtasks", "runs"):
+                    self._db.execute(f"DELETE FROM {table} WHERE run_id = ?", (run_id,))
+            self._db.execute(
+                "INSERT INTO runs VALUES (?, ?, ?, ?, NULL) ON CONFLICT (run_id) DO UPDATE "
+                "SET updated = excluded.updated, report = NULL",
+                (run_id, now, now, description),
+            )
+        done: dict[str, str] = {}
+        ids: dict[str, str] = {}
+        for key, task_id, status in self._db.execute(
+            "SELECT task_key, task_id, status FROM tasks WHERE run_id = ?", (run_id,)
+        ):
+            ids[task_id] = key
+            if not (retry_failed and status in ("partial", "error")):
+                done[key] = status
+        reusable: dict[tuple[str, str, int], SubtaskResult] = {}
+        for key, text in self._db.execute(
+            "SELECT task_key, result FROM subtasks WHERE run_id = ? "
+            "AND json_extract(result, '$.status') = 'ok'",
+            (run_id,),
+        ):
+            if key not in done:
+                result = SubtaskResult.model_validate_json(text)
+                reusable[(key, result.kind, result.chunk)] = result
+        return RunLedger(self, run_id, fingerprint, done, ids, reusable, _Writer(self.path))
+
+    def _acquire(self) -> None:
+        if self._lock is not None:
+            return
+        handle = self.path.open("rb")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            raise JournalBusyError(
+                f"another run is using {self.path} right now; wait for it to end, or give this "
+                "run a journal of its own"
+            ) from None
+        self._lock = handle
+
+    def _release(self) -> None:
+        if self._lock is not None:
+            self._lock.close()  # closing the file drops the lock
+            self._lock = None
+
+
+@dataclass
+class RunLedger:
+    """One run's view of the journal while it runs: what is done, what may be reused, and the
+    writer for what finishes. The batch runner uses it; agent nodes reach it through the run
+    context."""
+
+    journal: Journal
+    run_id: str
+    fingerprint: str
+    done: dict[str, str]
+    """Task key -> status of the tasks already delivered (and not to be retried)."""
+    known_ids: dict[str, str]
+    """Task id -> key of every task the journal has for this run, to tell a changed task."""
+    reusable: dict[tuple[str, str, int], SubtaskResult]
+    """(task key, kind, chunk) -> a finished subtask result of an unfinished task."""
+    writer: _Writer
+    running: dict[str, str] = field(default_factory=dict)
+    """Task id -> key of the tasks in flight, so a subtask result finds its task."""
+    reused: int = 0
+    """Subtask results taken from the journal instead of recomputed."""
+    reused_usage: Usage = field(default_factory=Usage)
+    """What those had cost when they ran; not spent again by this run."""
+
+    def key(self, task: Task) -> str:
+        return task_key(task, self.fingerprint)
+
+    def changed(self, task: Task, key: str) -> bool:
+        """The journal has this id for another text or configuration."""
+        return self.known_ids.get(task.id, key) != key
+
+    def start(self, task: Task, key: str) -> None:
+        self.running[task.id] = key
+
+    def reuse(self, subtask: Subtask) -> SubtaskResult | None:
+        """The journal's result for this subtask, if an earlier attempt finished it."""
+        key = self.running.get(subtask.task_id)
+        found = self.reusable.get((key, subtask.kind, subtask.chunk)) if key else None
+        if found is not None:
+            self.reused += 1
+            self.reused_usage += found.usage
+        return found
+
+    def record_subtask(self, result: SubtaskResult) -> None:
+        key = self.running.get(result.task_id)
+        if key is not None:
+            self.writer.put(
+                "INSERT OR REPLACE INTO subtasks VALUES (?, ?, ?, ?, ?)",
+                (self.run_id, key, result.kind, result.chunk, result.model_dump_json()),
+            )
+
+    def record_task(self, key: str, position: int, result: TaskResult) -> None:
+        self.running.pop(result.task_id, None)
+        self.writer.put(
+            "INSERT OR REPLACE INTO tasks VALUES (?, ?, ?, ?, ?, ?)",
+            (self.run_id, key, result.task_id, position, result.status,
+             result.model_dump_json()),
+        )  # fmt: skip
+
+    def delivered(self, key: str) -> TaskResult:
+        """A task result the journal already holds (read off the event loop by the caller)."""
+        row = self.journal._db.execute(
+            "SELECT result FROM tasks WHERE run_id = ? AND task_key = ?", (self.run_id, key)
+        ).fetchone()
+        return TaskResult.model_validate_json(row[0])
+
+    def finish(self, report: RunReport | None) -> None:
+        """Flush every write; store the report if the run went to its end; release the lock."""
+        if report is not None:
+            self.writer.put(
+                "UPDATE runs SET report = ?, updated = ? WHERE run_id = ?",
+                (report.model_dump_json(), time.time(), self.run_id),
+            )
+        self.writer.close()
+        self.journal._release()
+
+
+class _Writer:
+    """One thread, one connection: takes statements from a queue and commits whatever has queued
+    up since its last commit, so writes are batched and never wait on the event loop."""
+
+    def __init__(self, path: Path) -> None:
+        self._queue: queue.Queue[tuple[str, tuple[Any, ...]] | None] = queue.Queue()
+        self._failure: BaseException | None = None
+        self._thread = threading.Thread(
+            target=self._run, args=(path,), name="anabranch-journal", daemon=True
+        )
+        self._thread.start()
+
+    def put(self, sql: str, params: tuple[Any, ...]) -> None:
+        if self._failure is not None:
+            raise JournalError(f"the journal cannot be written: {self._failure}")
+        self._queue.put((sql, params))
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join()
+        if self._failure is not None:
+            raise JournalError(f"the journal cannot be written: {self._failure}")
+
+    def _run(self, path: Path) -> None:
+        db = _connect(path)
+        try:
+            while True:
+                item = self._queue.get()
+                batch = [item]
+                with contextlib.suppress(queue.Empty):
+                    while item is not None and len(batch) < 1000:
+                        item = self._queue.get_nowait()
+                        batch.append(item)
+                with db:
+                    for entry in batch:
+                        if entry is not None:
+                            db.execute(*entry)
+                if batch[-1] is None:
+                    return
+        except BaseException as exc:  # noqa: BLE001 - reported to the run by put() and close()
+            self._failure = exc
+        finally:
+            db.close()
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    db = sqlite3.connect(path, timeout=30, check_same_thread=False)
+    db.execute("PRAGMA journal_mode = WAL")
+    db.execute("PRAGMA synchronous = NORMAL")  # a killed process loses nothing committed
+    return db
+
+
+def run_id_for(input: Path, out: Path) -> str:
+    """The CLI's run id: the same input and output make the same run, so re-running resumes."""
+    payload = f"{input.resolve()}\n{out.resolve()}"
+    return hashlib.sha256(payload.encode()).hexdigest()[:12]
+
+
+def fingerprint(config: Mapping[str, Any]) -> str:
+    """A short hash of a graph's configuration, for `task_key`."""
+    return hashlib.sha256(json.dumps(dict(config), sort_keys=True).encode()).hexdigest()[:16]
