@@ -45,6 +45,8 @@ from anabranch.graphs.chain import build_chain_graph, chain_result, run_chain, r
 from anabranch.graphs.fanout import build_analysis_graph, build_fanout_graph
 from anabranch.graphs.runner import BatchRun, run_batch
 from anabranch.inputs import example_tasks, read_tasks
+from anabranch.journal import Journal, RunInfo
+from anabranch.llm.cache import ResponseCache
 from anabranch.llm.connect import LLMOptions, open_endpoint
 from anabranch.llm.endpoint import Endpoint
 from anabranch.llm.local_server import LocalLLMServer
@@ -87,6 +89,7 @@ __all__ = [
     "FaultConfig",
     "FaultServer",
     "InputError",
+    "Journal",
     "Keyword",
     "KeywordAgent",
     "LLMConnectionError",
@@ -102,8 +105,10 @@ __all__ = [
     "Limits",
     "LocalLLMServer",
     "Reducer",
+    "ResponseCache",
     "RetryPolicy",
     "RulePlanner",
+    "RunInfo",
     "RunReport",
     "Sampling",
     "SentimentAgent",

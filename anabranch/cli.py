@@ -119,6 +119,7 @@ def _llm_options(
     deadline: float = 180.0,
     rpm: float | None = None,
     tpm: float | None = None,
+    cache: Path | None = None,
 ) -> LLMOptions:
     key = next((os.environ[v] for v in API_KEY_VARIABLES if os.environ.get(v)), None)
     return LLMOptions(
@@ -127,6 +128,7 @@ def _llm_options(
         api_key=SecretStr(key) if key else None,
         timeouts=Timeouts(attempt=timeout, call=max(deadline, timeout)),
         limits=Limits(concurrency, rpm, tpm),
+        cache=cache,
     )
 
 
@@ -193,6 +195,13 @@ def run(
             help="Re-run only the failed subtasks of tasks an earlier run delivered with errors."
         ),
     ] = False,
+    cache: Annotated[
+        Path | None,
+        typer.Option(
+            help="A response cache (SQLite): deterministic LLM requests answered once are not "
+            "sent again, in this run or the next."
+        ),
+    ] = None,
 ) -> None:
     """Run the fan-out analysis (tokens, keywords, sentiment) over a JSONL file of tasks.
 
@@ -213,6 +222,7 @@ def run(
             deadline=deadline,
             rpm=rpm,
             tpm=tpm,
+            cache=cache,
         ),
         journal=None if no_journal else journal or out.with_name(out.name + ".journal"),
         fresh=not resume,

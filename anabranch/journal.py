@@ -15,20 +15,17 @@ their good ones are reused. One run at a time per journal: a second gets `Journa
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import hashlib
 import json
-import queue
 import sqlite3
-import threading
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from anabranch.errors import ConfigError
+from anabranch.store import StoreError, Writer, connect
 from anabranch.types import RunReport, Subtask, SubtaskResult, Task, TaskResult, Usage
 
 SCHEMA_VERSION = 1
@@ -54,7 +51,7 @@ CREATE TABLE IF NOT EXISTS subtasks (
 """
 
 
-class JournalError(ConfigError):
+class JournalError(StoreError):
     """A journal that cannot be used: another version, or not a journal at all."""
 
 
@@ -96,7 +93,7 @@ class Journal:
         self._lock: IO[bytes] | None = None
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = _connect(self.path)
+            self._db = connect(self.path)
         except OSError as exc:
             raise JournalError(f"cannot open a journal at {self.path}: {exc.strerror}") from exc
         except sqlite3.Error as exc:
@@ -291,18 +288,11 @@ class RunLedger:
     def record_subtask(self, result: SubtaskResult) -> None:
         key = self.running.get(result.task_id)
         if key is not None:
-            self.writer.put(
-                "INSERT OR REPLACE INTO subtasks VALUES (?, ?, ?, ?, ?)",
-                (self.run_id, key, result.kind, result.chunk, result.model_dump_json()),
-            )
+            self.writer.put(_Subtask(self.run_id, key, result))
 
     def record_task(self, key: str, position: int, result: TaskResult) -> None:
         self.running.pop(result.task_id, None)
-        self.writer.put(
-            "INSERT OR REPLACE INTO tasks VALUES (?, ?, ?, ?, ?, ?)",
-            (self.run_id, key, result.task_id, position, result.status,
-             result.model_dump_json()),
-        )  # fmt: skip
+        self.writer.put(_Task(self.run_id, key, position, result))
 
     def delivered(self, key: str) -> TaskResult:
         """A task result the journal already holds (read off the event loop by the caller)."""
@@ -314,64 +304,51 @@ class RunLedger:
     def finish(self, report: RunReport | None) -> None:
         """Flush every write; store the report if the run went to its end; release the lock."""
         if report is not None:
-            self.writer.put(
+            self.writer.put((
                 "UPDATE runs SET report = ?, updated = ? WHERE run_id = ?",
                 (report.model_dump_json(), time.time(), self.run_id),
-            )
+            ))  # fmt: skip
         self.writer.close()
         self.journal._release()
 
 
-class _Writer:
-    """One thread, one connection: takes statements from a queue and commits whatever has queued
-    up since its last commit, so writes are batched and never wait on the event loop."""
-
-    def __init__(self, path: Path) -> None:
-        self._queue: queue.Queue[tuple[str, tuple[Any, ...]] | None] = queue.Queue()
-        self._failure: BaseException | None = None
-        self._thread = threading.Thread(
-            target=self._run, args=(path,), name="anabranch-journal", daemon=True
-        )
-        self._thread.start()
-
-    def put(self, sql: str, params: tuple[Any, ...]) -> None:
-        if self._failure is not None:
-            raise JournalError(f"the journal cannot be written: {self._failure}")
-        self._queue.put((sql, params))
-
-    def close(self) -> None:
-        self._queue.put(None)
-        self._thread.join()
-        if self._failure is not None:
-            raise JournalError(f"the journal cannot be written: {self._failure}")
-
-    def _run(self, path: Path) -> None:
-        db = _connect(path)
-        try:
-            while True:
-                item = self._queue.get()
-                batch = [item]
-                with contextlib.suppress(queue.Empty):
-                    while item is not None and len(batch) < 1000:
-                        item = self._queue.get_nowait()
-                        batch.append(item)
-                with db:
-                    for entry in batch:
-                        if entry is not None:
-                            db.execute(*entry)
-                if batch[-1] is None:
-                    return
-        except BaseException as exc:  # noqa: BLE001 - reported to the run by put() and close()
-            self._failure = exc
-        finally:
-            db.close()
+@dataclass(frozen=True, slots=True)
+class _Subtask:
+    run_id: str
+    key: str
+    result: SubtaskResult
 
 
-def _connect(path: Path) -> sqlite3.Connection:
-    db = sqlite3.connect(path, timeout=30, check_same_thread=False)
-    db.execute("PRAGMA journal_mode = WAL")
-    db.execute("PRAGMA synchronous = NORMAL")  # a killed process loses nothing committed
-    return db
+@dataclass(frozen=True, slots=True)
+class _Task:
+    run_id: str
+    key: str
+    position: int
+    result: TaskResult
+
+
+class _Writer(Writer):
+    """The journal's writer. A subtask's row only matters while its task is unfinished, or for
+    `retry_failed` when the task failed in part: a subtask whose task was delivered whole in the
+    same batch is not written at all, which spares most of the writes (and their serialisation)
+    of a batch whose tasks finish quickly."""
+
+    def statements(self, batch: list[Any]) -> Iterator[tuple[str, tuple[Any, ...]]]:
+        whole = {i.key for i in batch if isinstance(i, _Task) and i.result.status == "ok"}
+        for item in batch:
+            if isinstance(item, _Subtask):
+                if item.key not in whole:
+                    done = item.result
+                    yield ("INSERT OR REPLACE INTO subtasks VALUES (?, ?, ?, ?, ?)",
+                           (item.run_id, item.key, done.kind, done.chunk,
+                            done.model_dump_json()))  # fmt: skip
+            elif isinstance(item, _Task):
+                task = item.result
+                yield ("INSERT OR REPLACE INTO tasks VALUES (?, ?, ?, ?, ?, ?)",
+                       (item.run_id, item.key, task.task_id, item.position, task.status,
+                        task.model_dump_json()))  # fmt: skip
+            else:
+                yield item
 
 
 def run_id_for(input: Path, out: Path) -> str:

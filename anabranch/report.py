@@ -33,10 +33,12 @@ def render_trace(report: RunReport) -> str:
         f"{report.tasks_failed} failed, {report.tasks_rejected} rejected; "
         f"wall time {report.wall_seconds:.2f} s"
     )
-    if report.usage.requests:
+    usage = report.usage
+    if usage.requests or usage.cached:
+        cached = f" ({usage.cached} answered from the cache)" if usage.cached else ""
         lines.append(
-            f"LLM usage: {report.usage.requests} requests, {report.usage.prompt_tokens} prompt + "
-            f"{report.usage.completion_tokens} completion = {report.usage.total_tokens} tokens"
+            f"LLM usage: {usage.requests} requests{cached}, {usage.prompt_tokens} prompt + "
+            f"{usage.completion_tokens} completion = {usage.total_tokens} tokens"
         )
     if report.subtask_errors:
         errors = ", ".join(f"{k} x{v}" for k, v in sorted(report.subtask_errors.items()))

@@ -61,12 +61,15 @@ class Usage(BaseModel):
     """Calls that reached the endpoint, retries included."""
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    cached: int = 0
+    """Calls answered from the response cache: no request, no tokens spent."""
 
     def __add__(self, other: Usage) -> Usage:
         return Usage(
             requests=self.requests + other.requests,
             prompt_tokens=self.prompt_tokens + other.prompt_tokens,
             completion_tokens=self.completion_tokens + other.completion_tokens,
+            cached=self.cached + other.cached,
         )
 
     @property

@@ -4,8 +4,9 @@ The server is the project's fault server in pure-latency mode (no faults), in it
 measurement runs in a fresh Python process, so that its peak RSS is its own. Compared:
 - floor:     asyncio.gather over the raw openai client, a semaphore of C, 3N chat calls;
 - anabranch: run_batch over the fan-out graph, three agents that each make one endpoint.chat call,
-             the endpoint capped at C in flight.
-Both are reported against the ideal ceil(3N / C) x latency.
+             the endpoint capped at C in flight;
+- journal:   the same with a journal recording every subtask and task as it finishes.
+All are reported against the ideal ceil(3N / C) x latency.
 
     python bench/bench_fanout.py               # N = 100, 1,000, 10,000; C = 64, 256; 20 ms
     python bench/bench_fanout.py --quick       # N = 100, 1,000 only
@@ -55,23 +56,34 @@ async def floor(url: str, n: int, c: int) -> None:
     await client.close()
 
 
-async def anabranch_run(url: str, n: int, c: int) -> None:
-    from anabranch import Task, build_fanout_graph, run_batch
+async def anabranch_run(url: str, n: int, c: int, journaled: bool = False) -> None:
+    import tempfile
+    from pathlib import Path
+
+    from anabranch import Journal, Task, build_fanout_graph, run_batch
     from anabranch.llm.endpoint import Endpoint
     from anabranch.llm.settings import Limits
 
-    async with Endpoint(url, "m", limits=Limits(concurrency=c)) as endpoint:
-        agents = [ChatAgent(endpoint, name) for name in ("first", "second", "third")]
-        graph = build_fanout_graph(agents=agents)
-        tasks = (Task(id=str(i), text="Analyse this short text.") for i in range(n))
-        batch = run_batch(tasks, graph, concurrency=c, progress=False)
-        delivered = sum([1 async for _ in batch])
+    with tempfile.TemporaryDirectory() as scratch:
+        journal = Journal(Path(scratch) / "journal.sqlite") if journaled else None
+        async with Endpoint(url, "m", limits=Limits(concurrency=c)) as endpoint:
+            agents = [ChatAgent(endpoint, name) for name in ("first", "second", "third")]
+            graph = build_fanout_graph(agents=agents)
+            tasks = (Task(id=str(i), text="Analyse this short text.") for i in range(n))
+            batch = run_batch(tasks, graph, concurrency=c, progress=False, journal=journal)
+            delivered = sum([1 async for _ in batch])
+        if journal is not None:
+            journal.close()
     assert delivered == n and batch.report.tasks_ok == n, batch.report
+
+
+async def journaled_run(url: str, n: int, c: int) -> None:
+    await anabranch_run(url, n, c, journaled=True)
 
 
 def measure(mode: str, url: str, n: int, c: int) -> dict:
     """Run one measurement in this process (called in a child)."""
-    runner = floor if mode == "floor" else anabranch_run
+    runner = {"floor": floor, "anabranch": anabranch_run, "journal": journaled_run}[mode]
     start = time.perf_counter()
     asyncio.run(runner(url, n, c))
     wall = time.perf_counter() - start
@@ -109,19 +121,21 @@ def main() -> None:
     print(f"N tasks x 3 chat calls, fault server at {args.latency_ms:g} ms latency")
     print(
         "| N | C | ideal s | floor s | anabranch s | anabranch / floor | floor / ideal "
-        "| peak MB floor | peak MB anabranch |"
+        "| peak MB floor | peak MB anabranch | + journal s | journal cost | peak MB journal |"
     )
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     with FaultServer(latency_ms=args.latency_ms) as server:
         for n in sizes:
             for c in (64, 256):
                 ideal = math.ceil(3 * n / c) * latency
                 base = child("floor", server.url, n, c)
                 ours = child("anabranch", server.url, n, c)
+                kept = child("journal", server.url, n, c)
                 print(
                     f"| {n:,} | {c} | {ideal:.2f} | {base['wall']:.2f} | {ours['wall']:.2f} "
                     f"| {ours['wall'] / base['wall']:.2f}x | {base['wall'] / ideal:.2f}x "
-                    f"| {base['peak_mb']:.0f} | {ours['peak_mb']:.0f} |",
+                    f"| {base['peak_mb']:.0f} | {ours['peak_mb']:.0f} | {kept['wall']:.2f} "
+                    f"| {kept['wall'] / ours['wall'] - 1:+.1%} | {kept['peak_mb']:.0f} |",
                     flush=True,
                 )
         server.configure(latency_ms=0)

@@ -206,3 +206,17 @@ def test_a_chain_file_given_alone_is_the_chain(tmp_path, faults):
 
 def test_the_package_has_a_version():
     assert anabranch.__version__ == importlib.metadata.version("anabranch")
+
+
+def test_a_second_run_with_a_cache_sends_nothing(tmp_path, faults):
+    tasks = tmp_path / "tasks.jsonl"
+    tasks.write_text("".join(f'{{"id": "{i}", "text": "Text {i}."}}\n' for i in range(5)))
+    cache, out = tmp_path / "cache.sqlite", tmp_path / "o.jsonl"
+    command = ["run", str(tasks), "--llm", faults.url, "--model", "fault", "--no-journal",
+               "--cache", str(cache), "--out", str(out)]  # fmt: skip
+    first = run_cli(*command)
+    sent = faults.stats()["requests"]
+    second = run_cli(*command)
+    assert first.returncode == second.returncode == 0, second.stderr
+    assert sent == 10 and faults.stats()["requests"] == sent
+    assert "LLM usage: 0 requests (10 answered from the cache)" in second.stdout

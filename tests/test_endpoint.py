@@ -15,6 +15,7 @@ from anabranch import (
     run_batch,
 )
 from anabranch.agents.analysts import make_agents
+from anabranch.llm.cache import ResponseCache
 from anabranch.llm.endpoint import Endpoint, normalize_base_url
 from anabranch.llm.settings import Limits, RetryPolicy, Timeouts
 from anabranch.types import SentimentOutput
@@ -229,3 +230,30 @@ async def test_failed_calls_still_count_in_the_usage(faults):
 def test_a_url_that_is_not_http_is_refused_up_front(url):
     with pytest.raises(ConfigError, match="not an http"):
         Endpoint(url, "m")
+
+
+async def test_a_cached_answer_costs_no_request_and_says_so(faults, tmp_path):
+    faults.configure(refuse_json_schema=False)
+    with ResponseCache(tmp_path / "cache.sqlite") as cache:
+        async with Endpoint(faults.url, "fault", cache=cache) as llm:
+            first = await llm.parse(HI, SentimentOutput)
+            again = await llm.parse(HI, SentimentOutput)
+            sampled = [await llm.chat(HI, temperature=0.7) for _ in range(2)]
+    assert first.usage.requests == 1 and first.usage.cached == 0
+    assert again.usage.requests == 0 and again.usage.cached == 1 and again.value == first.value
+    assert [s.usage.requests for s in sampled] == [1, 1]  # a sampled answer is one draw
+    assert faults.stats()["requests"] == 3
+    with ResponseCache(tmp_path / "cache.sqlite") as cache:  # kept on disk for the next run
+        async with Endpoint(faults.url, "fault", cache=cache) as llm:
+            assert (await llm.parse(HI, SentimentOutput)).usage.cached == 1
+
+
+async def test_an_answer_that_fails_validation_is_not_replayed(faults, tmp_path):
+    faults.configure(rates={"invalid": 1.0})
+    with ResponseCache(tmp_path / "cache.sqlite") as cache:
+        async with Endpoint(faults.url, "fault", cache=cache) as llm:
+            with pytest.raises(LLMOutputError):
+                await llm.parse(HI, SentimentOutput)
+            faults.configure()  # the model is fine now: a retry must reach it
+            parsed = await llm.parse(HI, SentimentOutput)
+    assert parsed.usage.requests == 1 and parsed.usage.cached == 0

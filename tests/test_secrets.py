@@ -7,6 +7,10 @@ every file under the run's directory (results, reports, the threads database, an
 later feature writes there), and every HTTP reply the chat server sent.
 
 A new output is covered by writing it under `run_dir` (scanned whole) or by one `seen.add(...)`.
+Scanned today: stdout and stderr of `run`, `chain` and `serve`; results.jsonl, its journal, the
+response cache, the chain reports and the threads database (all under `run_dir`); every HTTP reply
+of the chat server, headers included; and in the Python API, every result, the report and the
+text of the exception a failed call raises.
 """
 
 from __future__ import annotations
@@ -80,7 +84,8 @@ def test_no_output_carries_an_echoed_key(echoing, run_dir):
     tasks = str(run_dir / "tasks.jsonl")
 
     # `run`, with the key from the environment and, once, as a credential inside the URL.
-    proc = run_cli("run", tasks, *llm, "--out", str(run_dir / "results.jsonl"), env=env)
+    proc = run_cli("run", tasks, *llm, "--out", str(run_dir / "results.jsonl"),
+                   "--cache", str(run_dir / "cache.sqlite"), env=env)  # fmt: skip
     _proc(seen, "run", proc)
     assert proc.returncode == 4, proc.stderr  # delivered, some with errors
     url_with_key = echoing.url.replace("http://", f"http://user:{CANARY}@")
@@ -120,6 +125,7 @@ def test_no_output_carries_an_echoed_key(echoing, run_dir):
     assert all(faults_seen.get(code, 0) > 0 for code in ECHOED), faults_seen
     seen.add_tree(run_dir)
     assert db.stat().st_size > 0
+    assert (run_dir / "results.jsonl.journal").is_file() and (run_dir / "cache.sqlite").is_file()
     assert not seen.leaks(CANARY, TOKEN_CANARY)
 
 

@@ -233,6 +233,7 @@ def _minus(spent: Usage, earlier: Usage) -> Usage:
         requests=spent.requests - earlier.requests,
         prompt_tokens=spent.prompt_tokens - earlier.prompt_tokens,
         completion_tokens=spent.completion_tokens - earlier.completion_tokens,
+        cached=spent.cached - earlier.cached,
     )
 
 

@@ -9,14 +9,17 @@ said), several are listed.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import openai
 from pydantic import SecretStr
 
 from anabranch.errors import ConfigError, SetupError
+from anabranch.llm.cache import ResponseCache
 from anabranch.llm.endpoint import Endpoint, normalize_base_url
 from anabranch.llm.retry import short
 from anabranch.llm.settings import Limits, RetryPolicy, Timeouts
@@ -44,6 +47,8 @@ class LLMOptions:
     """What is retried, how often."""
     check_timeout: float = 10.0
     """Seconds the one check of a remote server before the work starts may take."""
+    cache: Path | None = None
+    """A response cache file: deterministic requests already answered are not sent again."""
 
     def __post_init__(self) -> None:
         if self.llm not in (None, LOCAL):
@@ -62,11 +67,23 @@ async def open_endpoint(options: LLMOptions, say: Say = lambda _: None) -> Async
     if options.llm is None:
         raise ConfigError("no LLM was asked for (llm is None)")
 
+    cache = ResponseCache(options.cache) if options.cache else None
+
     def endpoint_at(url: str, model: str, key: SecretStr | None = None) -> Endpoint:
         return Endpoint(url, model, api_key=key or SecretStr("not-needed"),
                         timeouts=options.timeouts, limits=options.limits,
-                        retry=options.retry)  # fmt: skip
+                        retry=options.retry, cache=cache)  # fmt: skip
 
+    with contextlib.closing(cache) if cache else contextlib.nullcontext():
+        async with _opened(options, endpoint_at, say) as endpoint:
+            yield endpoint
+
+
+@asynccontextmanager
+async def _opened(
+    options: LLMOptions, endpoint_at: Callable[..., Endpoint], say: Say
+) -> AsyncIterator[Endpoint]:
+    assert options.llm is not None
     if options.llm == LOCAL:
         from anabranch.llm.local_server import LocalLLMServer
 

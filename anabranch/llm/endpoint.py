@@ -3,6 +3,7 @@
 Any server that speaks the OpenAI chat API works: llama.cpp's server, Ollama, vLLM, OpenAI. A
 call goes down through a few layers, each in a module of its own:
 
+    cache      an answer already given to the same request, given again (opt-in)
     limits     a concurrency slot for the call; requests and tokens per minute per attempt
     retry      transient failures only, Retry-After honoured, a deadline for the call
     transport  one attempt through the openai client, with a timeout
@@ -23,6 +24,7 @@ import openai
 from pydantic import BaseModel, SecretStr, ValidationError
 
 from anabranch.errors import ConfigError, LLMOutputError, LLMStatusError
+from anabranch.llm.cache import ResponseCache
 from anabranch.llm.limits import CallLimiter
 from anabranch.llm.retry import Retrier, Tally, short
 from anabranch.llm.settings import Limits, RetryPolicy, Sampling, Timeouts
@@ -51,6 +53,11 @@ class Completion:
     """Requests sent for it, the first included."""
     latency_s: float
     finish_reason: str | None = None
+
+    @property
+    def answer(self) -> Answer:
+        """The answer as the transport gave it, for the cache."""
+        return Answer(self.text, self.usage, self.finish_reason)
 
 
 @dataclass(slots=True)
@@ -98,6 +105,8 @@ class Endpoint:
     """Concurrency, requests and tokens per minute."""
     sampling: Sampling = field(default_factory=Sampling)
     """Temperature and max_tokens unless a call says otherwise."""
+    cache: ResponseCache | None = None
+    """Answers already given, given again at no cost (the caller opens and closes it)."""
 
     def __post_init__(self) -> None:
         if isinstance(self.api_key, str):
@@ -152,10 +161,22 @@ class Endpoint:
         model: str | None = None,
     ) -> Completion:
         """One chat completion, retried on transient failures within the deadline."""
-        params = self._params(messages, temperature, max_tokens, model)
-        if response_format is not None:
-            params["response_format"] = response_format
-        return await self._call(params, lambda: self._transport.chat(params))
+        params = self._params(messages, temperature, max_tokens, model, response_format)
+        key = self.cache.key(self.base_url, params) if self.cache is not None else None
+        if self.cache is not None and key is not None:
+            start = time.perf_counter()
+            if (hit := await self.cache.get(key)) is not None:
+                return Completion(
+                    text=hit.text,
+                    usage=Usage(cached=1),
+                    attempts=0,
+                    latency_s=time.perf_counter() - start,
+                    finish_reason=hit.finish_reason,
+                )
+        completion = await self._call(params, lambda: self._transport.chat(params))
+        if self.cache is not None and key is not None:
+            self.cache.put(key, completion.answer)
+        return completion
 
     async def stream_chat(
         self,
@@ -181,13 +202,26 @@ class Endpoint:
         temperature: float | None,
         max_tokens: int | None,
         model: str | None,
+        response_format: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
-        return {
+        params = {
             "model": model or self.model,
             "messages": messages,
             "temperature": self.sampling.temperature if temperature is None else temperature,
             "max_tokens": max_tokens or self.sampling.max_tokens,
         }
+        if response_format is not None:
+            params["response_format"] = response_format
+        return params
+
+    def _forget(self, messages: list[dict[str, Any]], mode: OutputMode, schema: type[BaseModel],
+                temperature: float | None, max_tokens: int | None) -> None:  # fmt: skip
+        """Drop a cached answer that failed validation: a retry must ask the model again."""
+        if self.cache is not None:
+            params = self._params(messages, temperature, max_tokens, None,
+                                  response_format(schema, mode))  # fmt: skip
+            if (key := self.cache.key(self.base_url, params)) is not None:
+                self.cache.discard(key)
 
     async def _call(
         self, params: dict[str, Any], send: Callable[[], Awaitable[Answer]]
@@ -240,6 +274,7 @@ class Endpoint:
         try:
             value = validate(completion.text, schema)
         except ValueError as first_error:
+            self._forget(sent, mode, schema, temperature, max_tokens)
             repair = [
                 *sent,
                 {"role": "assistant", "content": completion.text},
@@ -259,6 +294,7 @@ class Endpoint:
             try:
                 value = validate(completion.text, schema)
             except (ValidationError, ValueError) as exc:
+                self._forget(repair, mode, schema, temperature, max_tokens)
                 raise LLMOutputError(
                     f"{schema.__name__} still invalid after a repair re-ask: {short(exc)}",
                     attempts=attempts,
