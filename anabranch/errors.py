@@ -9,6 +9,7 @@
         ├── LLMTimeoutError        an attempt's timeout or the call's deadline passed
         ├── LLMRateLimitError      429 until the retries or the deadline ran out
         ├── LLMConnectionError     unreachable, or the connection dropped
+        │   └── LLMUnavailableError   the server kept failing: the endpoint gave up on it
         ├── LLMStatusError         an HTTP error that retries did not cure or must not retry
         └── LLMOutputError         an answer that is not valid for the schema, even repaired
 
@@ -88,6 +89,10 @@ class LLMRateLimitError(LLMError):
 
 class LLMConnectionError(LLMError):
     """The endpoint could not be reached, or it dropped the connection."""
+
+
+class LLMUnavailableError(LLMConnectionError):
+    """The endpoint's circuit breaker stayed open past `give_up_after`: the server was down."""
 
 
 class LLMStatusError(LLMError):

@@ -110,7 +110,7 @@ async def test_retry_after_is_waited_and_capped(faults):
 
 async def test_permanent_failure_gives_error_records_and_still_delivers(faults):
     faults.configure(rates={"500": 1.0})
-    async with endpoint(faults, max_attempts=3) as llm:
+    async with endpoint(faults, max_attempts=3, breaker_failures=1000) as llm:  # no breaker
         graph = build_fanout_graph(agents=make_agents("llm", llm))
         tasks = [Task(id=f"t{i}", text="Fine words.") for i in range(5)]
         batch = run_batch(tasks, graph, concurrency=5)

@@ -24,6 +24,7 @@ import openai
 from pydantic import BaseModel, SecretStr, ValidationError
 
 from anabranch.errors import ConfigError, LLMOutputError, LLMStatusError
+from anabranch.llm.adaptive import SlotStats
 from anabranch.llm.cache import ResponseCache
 from anabranch.llm.limits import CallLimiter
 from anabranch.llm.retry import Retrier, Tally, short
@@ -113,9 +114,11 @@ class Endpoint:
             self.api_key = SecretStr(self.api_key)
         register_secret(self.api_key.get_secret_value())
         self.base_url = normalize_base_url(self.base_url)
-        self._transport = Transport(self.base_url, self.api_key, self.timeouts)
+        self._limiter = CallLimiter(self.limits, public_url(self.base_url))
+        self._transport = Transport(
+            self.base_url, self.api_key, self.timeouts, on_headers=self._limiter.observe
+        )
         self._retrier = Retrier(self.retry, self.timeouts)
-        self._limiter = CallLimiter(self.limits)
         self._output_mode: OutputMode = "json_schema"
         self._has_tokenize: bool | None = None
 
@@ -124,6 +127,11 @@ class Endpoint:
         """The openai client behind the endpoint, for what the endpoint does not wrap (listing
         models, say). Calls made on it bypass the endpoint's limits and retries."""
         return self._transport.client
+
+    @property
+    def slot_stats(self) -> SlotStats:
+        """The concurrency the endpoint has settled on, its range so far, and the 429s."""
+        return self._limiter.slots.stats
 
     @property
     def public_url(self) -> str:
@@ -238,10 +246,20 @@ class Endpoint:
         async def attempt() -> Answer:
             await limiter.pace(estimate)
             tally.sent += 1
-            return await send()
+            began = time.perf_counter()
+            try:
+                answer = await send()
+            except Exception as exc:
+                if _unhealthy(exc):
+                    limiter.failed(overloaded=_overloaded(exc))
+                raise
+            used = answer.usage.completion_tokens if answer.usage else 0
+            limiter.succeeded(time.perf_counter() - began, used or 0)
+            return answer
 
         async with limiter.slot():
             start = time.perf_counter()
+            await limiter.breaker.admit()  # a server that is down: wait here, off the deadline
             answer = await self._retrier.run(attempt, tally)
         prompt = answer.usage.prompt_tokens if answer.usage else 0
         completion = answer.usage.completion_tokens if answer.usage else 0
@@ -358,6 +376,18 @@ class Endpoint:
         self._has_tokenize = True
         tokens = response.get("tokens", []) if isinstance(response, dict) else []
         return readable_pieces([_piece_bytes(t) for t in tokens]), len(tokens)
+
+
+def _overloaded(exc: BaseException) -> bool:
+    """The server said it has no room: 429, or 503."""
+    return isinstance(exc, openai.APIStatusError) and exc.status_code in (429, 503)
+
+
+def _unhealthy(exc: BaseException) -> bool:
+    """A failure that says something about the server's health or load (a 400 says nothing)."""
+    if isinstance(exc, openai.APIStatusError):
+        return exc.status_code in (429, 503) or exc.status_code >= 500
+    return isinstance(exc, openai.APIConnectionError | TimeoutError)
 
 
 def _estimate_tokens(messages: list[dict[str, Any]]) -> int:

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 
 from anabranch.errors import ConfigError
+from anabranch.llm.adaptive import AdaptiveSlots, Breaker, RateLimitHeaders
 from anabranch.llm.settings import Limits
 
 
@@ -57,9 +58,11 @@ class RateLimiter:
 class CallLimiter:
     """The live state behind `Limits`: one per endpoint."""
 
-    def __init__(self, limits: Limits) -> None:
+    def __init__(self, limits: Limits, where: str) -> None:
         self.limits = limits
-        self._slots = asyncio.Semaphore(limits.concurrency)
+        self.slots = AdaptiveSlots(limits.concurrency, adaptive=limits.adaptive)
+        self.headers = RateLimitHeaders()
+        self.breaker = Breaker(limits.breaker_failures, limits.give_up_after, where)
         self._rpm = RateLimiter(limits.rpm) if limits.rpm else None
         self._tpm = RateLimiter(limits.tpm) if limits.tpm else None
 
@@ -70,16 +73,41 @@ class CallLimiter:
 
     @asynccontextmanager
     async def slot(self) -> AsyncIterator[None]:
-        """Hold one of the endpoint's concurrency slots."""
-        async with self._slots:
+        """Hold one of the endpoint's concurrency slots (their number may adapt)."""
+        await self.slots.acquire()
+        try:
             yield
+        finally:
+            self.slots.release()
 
     async def pace(self, estimated_tokens: int) -> None:
-        """Wait until the rate limits allow one more request of about this many tokens."""
+        """Wait until the server may take one more request of about this many tokens: the
+        breaker is closed (or this is its probe), its quota headers allow it, and so do the
+        rate limits."""
+        await self.breaker.admit()
+        await self.headers.wait()
         if self._rpm:
             await self._rpm.acquire()
         if self._tpm:
             await self._tpm.acquire(estimated_tokens)
+
+    def succeeded(self, latency: float, completion_tokens: int) -> None:
+        """An attempt got an answer: judge the load by its time per generated token."""
+        self.breaker.succeeded()
+        self.slots.succeeded(latency / (completion_tokens + 1))
+
+    def failed(self, overloaded: bool) -> None:
+        """An attempt failed: overloaded (429, 503) or down (timeouts, resets, 5xx)."""
+        if overloaded:
+            self.slots.overloaded()
+        else:
+            self.slots.failed()
+            self.breaker.failed()
+
+    def observe(self, headers: Mapping[str, str]) -> None:
+        """A response's headers: a spent quota slows down before it costs a 429."""
+        if self.headers.observe(headers):
+            self.slots.back_off()
 
     def settle(self, used_tokens: int, estimated_tokens: int) -> None:
         """Correct the token bucket once the server has said what a request used."""

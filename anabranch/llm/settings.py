@@ -64,8 +64,18 @@ class Limits:
     """Requests per minute, retries included, if the server has a quota."""
     tpm: float | None = None
     """Tokens (prompt + completion) per minute, if the server has a quota."""
+    adaptive: bool = True
+    """Find the server's capacity within [1, concurrency] (AIMD on 429, 503 and queueing
+    latency) instead of always sending `concurrency` at once."""
+    breaker_failures: int = 10
+    """Failures in a row (timeouts, dropped connections, 5xx) that stop sending to the server
+    until a probe gets through."""
+    give_up_after: float | None = 300.0
+    """Seconds the server may stay down before every call waiting on it fails; None waits."""
 
     def __post_init__(self) -> None:
+        if self.breaker_failures < 1:
+            raise ConfigError(f"breaker_failures must be at least 1, got {self.breaker_failures}")
         if self.concurrency < 1:
             raise ConfigError(f"concurrency must be at least 1, got {self.concurrency}")
         for name in ("rpm", "tpm"):

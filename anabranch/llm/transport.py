@@ -8,10 +8,11 @@ means.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import httpx
 import openai
 from pydantic import SecretStr
 
@@ -35,13 +36,29 @@ class Answer:
 class Transport:
     """The openai client for one server, and how one attempt uses it."""
 
-    def __init__(self, base_url: str, api_key: SecretStr, timeouts: Timeouts) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        api_key: SecretStr,
+        timeouts: Timeouts,
+        on_headers: Callable[[Mapping[str, str]], None] | None = None,
+    ) -> None:
         self.timeouts = timeouts
+
+        async def heard(response: httpx.Response) -> None:
+            if on_headers is not None:
+                on_headers(response.headers)
+
         self.client = openai.AsyncOpenAI(
             base_url=base_url,
             api_key=api_key.get_secret_value(),
             max_retries=0,  # one retry layer: ours
             timeout=timeouts.attempt,
+            # Every response's headers, errors included: a server's quota headers reach the
+            # limits layer whatever the call was.
+            http_client=openai.DefaultAsyncHttpxClient(
+                timeout=timeouts.attempt, event_hooks={"response": [heard]}
+            ),
         )
 
     async def chat(self, params: dict[str, Any]) -> Answer:

@@ -39,6 +39,17 @@ Fault = Literal[
 timeout, a body that is not JSON, or a well-formed answer whose content fails the schema."""
 
 
+class Quota(BaseModel):
+    """What the server can take; change it while it runs with `FaultServer.set_quota`."""
+
+    rps: float | None = None
+    """Requests per second (a token bucket holding one second's worth)."""
+    in_flight: int | None = None
+    """Requests at once; one more gets 429 at once."""
+    headers: bool = True
+    """Send OpenAI's x-ratelimit-* headers with every answer (many servers send none)."""
+
+
 class FaultConfig(BaseModel):
     """What the server does; change it at run time with PUT /config."""
 
@@ -53,6 +64,8 @@ class FaultConfig(BaseModel):
     hang_seconds: float = 3600.0
     refuse_json_schema: bool = False
     """Answer 400 to `response_format: json_schema`, as servers without it do."""
+    quota: Quota | None = None
+    """A real capacity: requests beyond it get 429, as a provider's quota or a busy server."""
     models: list[str] = Field(default_factory=lambda: ["fault"])
     """What GET /v1/models lists."""
     tokenize: bool = False
@@ -96,6 +109,50 @@ class FaultApp:
         self.config = config
         self.stats = _Stats()
         self._random = random.Random(config.seed)
+        self._bucket = self._stamp = 0.0
+        self.set_quota(config.quota)
+
+    def set_quota(self, quota: Quota | None) -> None:
+        """A new capacity, counters kept (a provider's limit changing during a run)."""
+        self.config.quota = quota
+        self._bucket = quota.rps if quota and quota.rps else 0.0
+        self._stamp = time.monotonic()
+
+    def _over_quota(self) -> tuple[int, dict[str, str], bytes] | None:
+        """A 429 if this request is beyond the quota; else None, and the request is counted."""
+        quota = self.config.quota
+        if quota is None:
+            return None
+        wait = 0.0
+        if quota.rps:
+            now = time.monotonic()
+            self._bucket = min(quota.rps, self._bucket + (now - self._stamp) * quota.rps)
+            self._stamp = now
+            if self._bucket < 1:
+                wait = (1 - self._bucket) / quota.rps
+        busy = quota.in_flight is not None and self.stats.in_flight > quota.in_flight
+        if wait == 0 and not busy:
+            if quota.rps:
+                self._bucket -= 1
+            return None
+        self.stats.faults["quota"] += 1
+        status, headers, payload = _error(429, None, None)
+        return (
+            status,
+            {**headers, **self.quota_headers(), "retry-after": f"{max(wait, 0.05):.3f}"},
+            payload,
+        )
+
+    def quota_headers(self) -> dict[str, str]:
+        """The x-ratelimit-* headers an answer carries, when the quota sends them."""
+        quota = self.config.quota
+        if quota is None or not quota.headers or not quota.rps:
+            return {}
+        return {
+            "x-ratelimit-limit-requests": f"{quota.rps:g}",
+            "x-ratelimit-remaining-requests": str(max(0, int(self._bucket))),
+            "x-ratelimit-reset-requests": f"{(1 - self._bucket % 1) / quota.rps:.3f}s",
+        }
 
     def _pick(self) -> Fault:
         index = self.stats.requests - 1
@@ -123,6 +180,9 @@ class FaultApp:
         if method == "PUT" and path == "/config":
             self.configure(FaultConfig.model_validate_json(body))
             return _json(200, self.config.model_dump())
+        if method == "PUT" and path == "/quota":
+            self.set_quota(Quota.model_validate_json(body) if body.strip() != b"null" else None)
+            return _json(200, self.config.model_dump())
         if method == "GET" and path == "/v1/models":
             listed = [{"id": m, "object": "model"} for m in self.config.models]
             return _json(200, {"object": "list", "data": listed})
@@ -142,6 +202,8 @@ class FaultApp:
         stats.in_flight += 1
         stats.max_in_flight = max(stats.max_in_flight, stats.in_flight)
         try:
+            if (refused := self._over_quota()) is not None:
+                return refused
             fault = self._pick()
             stats.faults[fault] += 1
             if self.config.latency_ms:
@@ -175,7 +237,7 @@ class FaultApp:
             completion = _completion(request, content)
             if request.get("stream"):
                 return 200, {"content-type": "text/event-stream"}, _sse(completion)
-            return _json(200, completion)
+            return _json(200, completion, self.quota_headers())
         finally:
             stats.in_flight -= 1
 
@@ -443,6 +505,17 @@ class FaultServer:
         self.config = config or FaultConfig(**kwargs)
         request = urllib.request.Request(
             f"{self.root}/config", data=self.config.model_dump_json().encode(), method="PUT"
+        )
+        with urllib.request.urlopen(request, timeout=10):
+            pass
+
+    def set_quota(self, quota: Quota | None) -> None:
+        """Change the server's capacity now, keeping its counters."""
+        self.config.quota = quota
+        request = urllib.request.Request(
+            f"{self.root}/quota",
+            data=quota.model_dump_json().encode() if quota else b"null",
+            method="PUT",
         )
         with urllib.request.urlopen(request, timeout=10):
             pass

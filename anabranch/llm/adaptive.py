@@ -1,0 +1,239 @@
+"""Finding and holding a server's real capacity, and not hammering a server that is down.
+
+`AdaptiveSlots` is the endpoint's concurrency gate with a limit that moves, AIMD-style as TCP
+does, within [1, the user's cap]:
+- slow start: from a few slots, one more per success while the slots are full, so the limit
+  doubles each round trip until the first sign of overload;
+- then additive increase: about one more slot per round trip of successes;
+- multiplicative decrease (halving, at most once per round trip) on 429 and 503, and on latency
+  that shows queueing: a smoothed latency over twice the best seen.
+A static cap is the same gate with adaptation off.
+
+`RateLimitHeaders` reads OpenAI's `x-ratelimit-remaining-*` and `x-ratelimit-reset-*`: with none
+left, new requests wait for the reset instead of earning a 429.
+
+`Breaker` stops sending to a server whose calls keep failing or hanging: after N failures in a
+row it opens, lets one probe through at a growing interval, and closes when a probe succeeds;
+open past `give_up_after`, every call waiting on it fails at once with `LLMUnavailableError`,
+so a journaled batch ends and can be resumed later.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import re
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from anabranch.errors import LLMUnavailableError
+
+_START = 4
+"""Slots an adaptive gate starts with (or the cap, if lower)."""
+_QUEUEING = 2.0
+"""A smoothed latency this many times the best seen means requests are queueing at the server."""
+
+
+@dataclass
+class SlotStats:
+    """What the gate did, for the progress bar and the run's report."""
+
+    limit: float
+    """The current limit."""
+    low: float
+    """The lowest limit so far."""
+    high: float
+    """The highest limit so far."""
+    overloads: int = 0
+    """429 and 503 answers seen."""
+    started: float = field(default_factory=time.monotonic)
+    requests: int = 0
+    """Requests sent (attempts)."""
+
+
+class AdaptiveSlots:
+    """A concurrency gate whose limit adapts (or not) to the server's capacity."""
+
+    def __init__(self, cap: int, *, adaptive: bool) -> None:
+        self.cap = cap
+        self.adaptive = adaptive
+        self.limit = float(min(cap, _START) if adaptive else cap)
+        self.in_flight = 0
+        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+        self._slow_start = adaptive
+        self._best = float("inf")
+        self._smoothed: float | None = None
+        self._last_decrease = 0.0
+        self.stats = SlotStats(self.limit, self.limit, self.limit)
+
+    async def acquire(self) -> None:
+        if self.in_flight < int(self.limit) and not self._waiters:
+            self.in_flight += 1
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            await waiter
+        except BaseException:
+            if waiter.done() and not waiter.cancelled():
+                self._release_slot()  # it was handed a slot it will not use
+            else:
+                self._waiters.remove(waiter)
+            raise
+
+    def release(self) -> None:
+        self._release_slot()
+
+    def _release_slot(self) -> None:
+        self.in_flight -= 1
+        self._wake()
+
+    def _wake(self) -> None:
+        while self._waiters and self.in_flight < int(self.limit):
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                self.in_flight += 1
+                waiter.set_result(None)
+
+    # -- what the server said ---------------------------------------------------------------------
+
+    def succeeded(self, latency: float) -> None:
+        self.stats.requests += 1
+        if not self.adaptive:
+            return
+        self._best = min(self._best, latency)
+        self._smoothed = latency if self._smoothed is None else 0.8 * self._smoothed + 0.2 * latency
+        if self._smoothed > _QUEUEING * self._best and self.limit > 1:
+            self._decrease()
+            return
+        if self.in_flight + len(self._waiters) >= int(self.limit):  # the slots were all in use
+            step = 1.0 if self._slow_start else 1.0 / self.limit
+            self._set(min(self.cap, self.limit + step))
+
+    def overloaded(self) -> None:
+        """A 429 or a 503: the server has less room than the limit assumed."""
+        self.stats.requests += 1
+        self.stats.overloads += 1
+        self.back_off()
+
+    def back_off(self) -> None:
+        """Halve the limit (once per round trip), if it adapts."""
+        if self.adaptive:
+            self._decrease()
+
+    def failed(self) -> None:
+        self.stats.requests += 1
+
+    def _decrease(self) -> None:
+        now = time.monotonic()
+        round_trip = self._smoothed or 0.0
+        if now - self._last_decrease < max(round_trip, 0.05):
+            return  # the same burst, already answered
+        self._last_decrease = now
+        self._slow_start = False
+        self._smoothed = None  # judge the new limit by new latencies
+        self._set(max(1.0, self.limit / 2))
+
+    def _set(self, limit: float) -> None:
+        self.limit = limit
+        self.stats.limit = limit
+        self.stats.low = min(self.stats.low, limit)
+        self.stats.high = max(self.stats.high, limit)
+        self._wake()
+
+
+_DURATION = re.compile(r"(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m(?!s))?(?:(\d+(?:\.\d+)?)s)?"
+                       r"(?:(\d+(?:\.\d+)?)ms)?$")  # fmt: skip
+
+
+def parse_duration(text: str) -> float | None:
+    """OpenAI's reset durations: `1s`, `6m0s`, `20ms`, `1h2m3.5s`; a bare number is seconds."""
+    text = text.strip()
+    try:
+        return max(0.0, float(text))
+    except ValueError:
+        pass
+    match = _DURATION.match(text)
+    if not match or not any(match.groups()):
+        return None
+    h, m, s, ms = (float(g) if g else 0.0 for g in match.groups())
+    return h * 3600 + m * 60 + s + ms / 1000
+
+
+class RateLimitHeaders:
+    """Pauses new requests while the server says none are left until its reset."""
+
+    def __init__(self) -> None:
+        self._resume_at = 0.0
+
+    def observe(self, headers: Mapping[str, str]) -> bool:
+        """Read a response's headers; True when they say the quota is spent."""
+        spent = False
+        for kind in ("requests", "tokens"):
+            remaining = headers.get(f"x-ratelimit-remaining-{kind}")
+            reset = headers.get(f"x-ratelimit-reset-{kind}")
+            if remaining is None or reset is None:
+                continue
+            try:
+                left = float(remaining)
+            except ValueError:
+                continue
+            wait = parse_duration(reset)
+            if left < 1 and wait:
+                self._resume_at = max(self._resume_at, time.monotonic() + wait)
+                spent = True
+        return spent
+
+    async def wait(self) -> None:
+        delay = self._resume_at - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+
+
+class Breaker:
+    """Opens after `failures` failures in a row; probes at a growing interval; gives up."""
+
+    def __init__(self, failures: int, give_up_after: float | None, where: str) -> None:
+        self.failures = failures
+        self.give_up_after = give_up_after
+        self.where = where
+        self._in_a_row = 0
+        self._opened: float | None = None
+        self._next_probe = 0.0
+        self._interval = 1.0
+        self._probing = False
+
+    @property
+    def open(self) -> bool:
+        return self._opened is not None
+
+    async def admit(self) -> None:
+        """Wait until a request may go: at once when closed; as the probe, or never, when open."""
+        while self._opened is not None:
+            now = time.monotonic()
+            if self.give_up_after is not None and now - self._opened > self.give_up_after:
+                raise LLMUnavailableError(
+                    f"the server at {self.where} kept failing for {now - self._opened:.0f} s "
+                    f"(gave up after {self.give_up_after:g} s); resume the run when it is back",
+                    attempts=0,
+                )
+            if not self._probing and now >= self._next_probe:
+                self._probing = True
+                return
+            await asyncio.sleep(min(0.1, max(0.01, self._next_probe - now)))
+
+    def succeeded(self) -> None:
+        self._in_a_row = 0
+        self._opened, self._probing, self._interval = None, False, 1.0
+
+    def failed(self) -> None:
+        self._in_a_row += 1
+        now = time.monotonic()
+        if self._opened is not None:
+            if self._probing:  # the probe failed: wait longer before the next
+                self._probing = False
+                self._interval = min(30.0, self._interval * 2)
+                self._next_probe = now + self._interval
+        elif self._in_a_row >= self.failures:
+            self._opened, self._next_probe = now, now + self._interval
