@@ -39,6 +39,7 @@ from anabranch.errors import (
     LLMRateLimitError,
     LLMStatusError,
     LLMTimeoutError,
+    LLMUnavailableError,
     SetupError,
 )
 from anabranch.graphs.chain import build_chain_graph, chain_result, run_chain, run_specialists
@@ -102,6 +103,7 @@ __all__ = [
     "LLMSentimentAgent",
     "LLMStatusError",
     "LLMTimeoutError",
+    "LLMUnavailableError",
     "Limits",
     "LocalLLMServer",
     "Reducer",

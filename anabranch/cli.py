@@ -120,6 +120,8 @@ def _llm_options(
     rpm: float | None = None,
     tpm: float | None = None,
     cache: Path | None = None,
+    adaptive: bool = True,
+    give_up_after: float | None = 300.0,
 ) -> LLMOptions:
     key = next((os.environ[v] for v in API_KEY_VARIABLES if os.environ.get(v)), None)
     return LLMOptions(
@@ -127,7 +129,7 @@ def _llm_options(
         model=model,
         api_key=SecretStr(key) if key else None,
         timeouts=Timeouts(attempt=timeout, call=max(deadline, timeout)),
-        limits=Limits(concurrency, rpm, tpm),
+        limits=Limits(concurrency, rpm, tpm, adaptive=adaptive, give_up_after=give_up_after),
         cache=cache,
     )
 
@@ -202,6 +204,22 @@ def run(
             "sent again, in this run or the next."
         ),
     ] = None,
+    adaptive: Annotated[
+        bool,
+        typer.Option(
+            "--adaptive/--static",
+            help="Find the server's capacity up to --llm-concurrency (the default), or always "
+            "send --llm-concurrency requests at once.",
+        ),
+    ] = True,
+    give_up_after: Annotated[
+        float,
+        typer.Option(
+            min=1,
+            help="Seconds a server may keep failing before the remaining subtasks fail fast "
+            "(the journal resumes them later).",
+        ),
+    ] = 300.0,
 ) -> None:
     """Run the fan-out analysis (tokens, keywords, sentiment) over a JSONL file of tasks.
 
@@ -223,6 +241,8 @@ def run(
             rpm=rpm,
             tpm=tpm,
             cache=cache,
+            adaptive=adaptive,
+            give_up_after=give_up_after,
         ),
         journal=None if no_journal else journal or out.with_name(out.name + ".journal"),
         fresh=not resume,
@@ -280,7 +300,7 @@ async def _run_file(input: Path, options: BatchOptions) -> int:
             batch = run_batch(read_tasks(input), graph, concurrency=options.concurrency,
                               total=total, journal=journal, run_id=run_id,
                               fingerprint=fingerprint(config), fresh=options.fresh,
-                              retry_failed=options.retry_failed,
+                              retry_failed=options.retry_failed, watch=endpoint,
                               description=f"{input} -> {options.out}")  # fmt: skip
             report, rejections = await _write_results(batch, sink, options.out)
         if journal is not None:  # the journal is the truth: the output is its view, in order

@@ -40,6 +40,12 @@ def render_trace(report: RunReport) -> str:
             f"LLM usage: {usage.requests} requests{cached}, {usage.prompt_tokens} prompt + "
             f"{usage.completion_tokens} completion = {usage.total_tokens} tokens"
         )
+    if (c := report.concurrency) is not None:
+        lines.append(
+            f"LLM concurrency: {c.final:.0f} at the end ({c.low:.0f}-{c.high:.0f} during the run), "
+            f"{c.overloaded} overloaded (429/503) of {c.requests} requests, "
+            f"{c.per_second:.1f} requests/s answered"
+        )
     if report.subtask_errors:
         errors = ", ".join(f"{k} x{v}" for k, v in sorted(report.subtask_errors.items()))
         lines.append(f"errors: {errors}")

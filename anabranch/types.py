@@ -175,6 +175,23 @@ class StageReport(BaseModel):
     """Wall time from the stage's first start to its last end (stages overlap)."""
 
 
+class ConcurrencyReport(BaseModel):
+    """How an endpoint's adaptive concurrency behaved over a run."""
+
+    low: float
+    """The lowest limit it went down to."""
+    high: float
+    """The highest limit it reached."""
+    final: float
+    """Where it ended."""
+    overloaded: int
+    """Requests answered 429 or 503."""
+    requests: int
+    """Requests sent."""
+    per_second: float
+    """Requests answered without overload, per second of the run."""
+
+
 class RunReport(BaseModel):
     """The pipeline trace of one batch, in its five stages (docs/architecture.md)."""
 
@@ -196,6 +213,8 @@ class RunReport(BaseModel):
     """Tasks the journal knew under the same id with another text or configuration: re-run."""
     subtasks_reused: int = 0
     """Finished subtasks of unfinished tasks taken from the journal instead of recomputed."""
+    concurrency: ConcurrencyReport | None = None
+    """The watched endpoint's concurrency, when the run watched one."""
 
 
 class ChainStep(BaseModel):

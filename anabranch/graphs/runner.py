@@ -20,7 +20,17 @@ from anabranch.errors import ConfigError, InputError
 from anabranch.graphs.state import Graph, RunContext, StageClock, now
 from anabranch.graphs.sync import iterate
 from anabranch.journal import Journal
-from anabranch.types import RunReport, StageReport, SubtaskError, Task, TaskResult, Usage
+from anabranch.llm.adaptive import SlotStats
+from anabranch.llm.endpoint import Endpoint
+from anabranch.types import (
+    ConcurrencyReport,
+    RunReport,
+    StageReport,
+    SubtaskError,
+    Task,
+    TaskResult,
+    Usage,
+)
 
 
 @dataclass
@@ -48,6 +58,8 @@ class BatchRun:
     """Run again the failed subtasks of tasks an earlier attempt delivered partial or failed."""
     description: str = ""
     """Shown by `anabranch runs` beside the run id."""
+    watch: Endpoint | None = None
+    """An endpoint whose concurrency and 429s the progress bar and the report show."""
     _report: RunReport | None = field(default=None, init=False, repr=False)
 
     @property
@@ -115,7 +127,9 @@ class BatchRun:
             await queue.put(None)  # this worker is done
 
         workers = [asyncio.create_task(worker()) for _ in range(self.concurrency)]
-        bar = _ProgressBar.open(self.progress, self.total or _length(self.tasks))
+        bar = _ProgressBar.open(self.progress, self.total or _length(self.tasks), self.watch)
+        watched = self.watch.slot_stats if self.watch is not None else None
+        base = (watched.requests, watched.overloads) if watched is not None else (0, 0)
         results: Counter[str] = Counter()
         subtasks = received = 0
         usage = Usage()
@@ -185,6 +199,7 @@ class BatchRun:
             tasks_from_journal=counts["from_journal"],
             tasks_changed=counts["changed"],
             subtasks_reused=ledger.reused if ledger is not None else 0,
+            concurrency=_concurrency(watched, base, now() - started),
         )
         if ledger is not None:
             await asyncio.to_thread(ledger.finish, self._report)
@@ -215,6 +230,7 @@ def run_batch(
     fresh: bool = False,
     retry_failed: bool = False,
     description: str = "",
+    watch: Endpoint | None = None,
 ) -> BatchRun:
     """Run `graph` once per task, `concurrency` runs at a time; iterate the result for TaskResults.
 
@@ -224,7 +240,19 @@ def run_batch(
     """
     return BatchRun(tasks, graph, concurrency=concurrency, progress=progress, total=total,
                     journal=journal, run_id=run_id, fingerprint=fingerprint, fresh=fresh,
-                    retry_failed=retry_failed, description=description)  # fmt: skip
+                    retry_failed=retry_failed, description=description,
+                    watch=watch)  # fmt: skip
+
+
+def _concurrency(
+    stats: SlotStats | None, base: tuple[int, int], seconds: float
+) -> ConcurrencyReport | None:
+    if stats is None:
+        return None
+    requests, overloads = stats.requests - base[0], stats.overloads - base[1]
+    return ConcurrencyReport(low=stats.low, high=stats.high, final=stats.limit,
+                             overloaded=overloads, requests=requests,
+                             per_second=(requests - overloads) / max(seconds, 1e-9))  # fmt: skip
 
 
 def _minus(spent: Usage, earlier: Usage) -> Usage:
@@ -260,7 +288,8 @@ def _length(tasks: Iterable) -> int | None:
 class _ProgressBar:
     """A rich progress bar on stderr, or nothing when it would only clutter a log."""
 
-    def __init__(self, total: int | None) -> None:
+    def __init__(self, total: int | None, watch: Endpoint | None) -> None:
+        self._watch = watch
         from rich.console import Console
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
@@ -278,13 +307,18 @@ class _ProgressBar:
         self._progress.start()
 
     @classmethod
-    def open(cls, wanted: bool | None, total: int | None) -> _ProgressBar | _NoBar:
+    def open(
+        cls, wanted: bool | None, total: int | None, watch: Endpoint | None
+    ) -> _ProgressBar | _NoBar:
         show = sys.stderr.isatty() if wanted is None else wanted
-        return cls(total) if show else _NoBar()
+        return cls(total, watch) if show else _NoBar()
 
     def advance(self, result: TaskResult) -> None:
         self._errors += result.status != "ok"
         status = f"[yellow]{self._errors} with errors" if self._errors else ""
+        if self._watch is not None:
+            slots = self._watch.slot_stats
+            status += f" LLM concurrency {slots.limit:.0f}, {slots.overloads} x 429/503"
         self._progress.update(self._task, advance=1, status=status)
 
     def close(self) -> None:

@@ -9,8 +9,8 @@ does, within [1, the user's cap]:
   that shows queueing: a smoothed latency over twice the best seen.
 A static cap is the same gate with adaptation off.
 
-`RateLimitHeaders` reads OpenAI's `x-ratelimit-remaining-*` and `x-ratelimit-reset-*`: with none
-left, new requests wait for the reset instead of earning a 429.
+`RateLimitHeaders` reads OpenAI's `x-ratelimit-remaining-*` and `x-ratelimit-reset-*` and spaces
+requests so that what is left lasts until the reset, instead of earning 429s.
 
 `Breaker` stops sending to a server whose calls keep failing or hanging: after N failures in a
 row it opens, lets one probe through at a growing interval, and closes when a probe succeeds;
@@ -31,8 +31,10 @@ from anabranch.errors import LLMUnavailableError
 
 _START = 4
 """Slots an adaptive gate starts with (or the cap, if lower)."""
-_QUEUEING = 2.0
-"""A smoothed latency this many times the best seen means requests are queueing at the server."""
+_QUEUEING = 3.0
+"""A smoothed time per generated token this many times the best seen means requests queue at
+the server. Not 2: a batching server (llama.cpp, vLLM) decodes each request more slowly as its
+batch fills, without any queueing (here about 1.7 times from 4 requests to 8)."""
 
 
 @dataclass
@@ -162,14 +164,24 @@ def parse_duration(text: str) -> float | None:
 
 
 class RateLimitHeaders:
-    """Pauses new requests while the server says none are left until its reset."""
+    """Paces new requests by what the server says of its quota, before it answers 429.
+
+    With OpenAI's headers (limit, remaining, and the time until the quota is whole again), the
+    refill rate is `(limit - remaining) / reset`; once little is left, requests go one per
+    refill, instead of a burst of 429s each time it refills. Without headers, a 429's
+    Retry-After sets that spacing, and each answer that follows loosens it a little, probing for
+    room again.
+    """
 
     def __init__(self) -> None:
-        self._resume_at = 0.0
+        self._next = 0.0
+        self._spacing = 0.0
+        self._heard = False
+        self._lock = asyncio.Lock()
 
     def observe(self, headers: Mapping[str, str]) -> bool:
         """Read a response's headers; True when they say the quota is spent."""
-        spent = False
+        spacing, spent, heard = 0.0, False, False
         for kind in ("requests", "tokens"):
             remaining = headers.get(f"x-ratelimit-remaining-{kind}")
             reset = headers.get(f"x-ratelimit-reset-{kind}")
@@ -177,18 +189,37 @@ class RateLimitHeaders:
                 continue
             try:
                 left = float(remaining)
+                limit = float(headers.get(f"x-ratelimit-limit-{kind}", "nan"))
             except ValueError:
                 continue
             wait = parse_duration(reset)
-            if left < 1 and wait:
-                self._resume_at = max(self._resume_at, time.monotonic() + wait)
-                spent = True
+            if wait is None:
+                continue
+            heard = True
+            if limit == limit and left <= max(2.0, 0.5 * limit):  # half spent: one per refill
+                spacing = max(spacing, wait / max(limit - left, 1.0))
+            spent = spent or left < 1
+        if heard:
+            self._heard = True
+            self._spacing = spacing
+        elif not self._heard:
+            self._spacing *= 0.95  # no word from the server: probe for room, slowly
         return spent
 
+    def pause(self, seconds: float) -> None:
+        """A 429's Retry-After holds back every request, and spaces those that follow."""
+        self._next = max(self._next, time.monotonic() + seconds)
+        if not self._heard:
+            self._spacing = max(self._spacing, seconds)
+
     async def wait(self) -> None:
-        delay = self._resume_at - time.monotonic()
-        if delay > 0:
-            await asyncio.sleep(delay)
+        if self._spacing < 1e-4 and time.monotonic() >= self._next:
+            return
+        async with self._lock:  # one at a time, each `spacing` after the last
+            delay = self._next - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            self._next = time.monotonic() + self._spacing
 
 
 class Breaker:

@@ -27,7 +27,7 @@ from anabranch.errors import ConfigError, LLMOutputError, LLMStatusError
 from anabranch.llm.adaptive import SlotStats
 from anabranch.llm.cache import ResponseCache
 from anabranch.llm.limits import CallLimiter
-from anabranch.llm.retry import Retrier, Tally, short
+from anabranch.llm.retry import Retrier, Tally, retry_after, short
 from anabranch.llm.settings import Limits, RetryPolicy, Sampling, Timeouts
 from anabranch.llm.structured import (
     OutputMode,
@@ -251,7 +251,9 @@ class Endpoint:
                 answer = await send()
             except Exception as exc:
                 if _unhealthy(exc):
-                    limiter.failed(overloaded=_overloaded(exc))
+                    wait = retry_after(exc)
+                    capped = None if wait is None else min(wait, self.retry.max_retry_after)
+                    limiter.failed(overloaded=_overloaded(exc), retry_after=capped)
                 raise
             used = answer.usage.completion_tokens if answer.usage else 0
             limiter.succeeded(time.perf_counter() - began, used or 0)

@@ -85,7 +85,8 @@ class CallLimiter:
         breaker is closed (or this is its probe), its quota headers allow it, and so do the
         rate limits."""
         await self.breaker.admit()
-        await self.headers.wait()
+        if self.limits.adaptive:
+            await self.headers.wait()
         if self._rpm:
             await self._rpm.acquire()
         if self._tpm:
@@ -96,17 +97,20 @@ class CallLimiter:
         self.breaker.succeeded()
         self.slots.succeeded(latency / (completion_tokens + 1))
 
-    def failed(self, overloaded: bool) -> None:
-        """An attempt failed: overloaded (429, 503) or down (timeouts, resets, 5xx)."""
+    def failed(self, overloaded: bool, retry_after: float | None = None) -> None:
+        """An attempt failed: overloaded (429, 503) or down (timeouts, resets, 5xx). An overload's
+        Retry-After holds back every request of the endpoint, not only the one retried."""
         if overloaded:
             self.slots.overloaded()
+            if retry_after and self.limits.adaptive:
+                self.headers.pause(min(retry_after, 60.0))
         else:
             self.slots.failed()
             self.breaker.failed()
 
     def observe(self, headers: Mapping[str, str]) -> None:
         """A response's headers: a spent quota slows down before it costs a 429."""
-        if self.headers.observe(headers):
+        if self.limits.adaptive and self.headers.observe(headers):
             self.slots.back_off()
 
     def settle(self, used_tokens: int, estimated_tokens: int) -> None:

@@ -151,7 +151,8 @@ class FaultApp:
         return {
             "x-ratelimit-limit-requests": f"{quota.rps:g}",
             "x-ratelimit-remaining-requests": str(max(0, int(self._bucket))),
-            "x-ratelimit-reset-requests": f"{(1 - self._bucket % 1) / quota.rps:.3f}s",
+            # As OpenAI's: the time until the quota is whole again.
+            "x-ratelimit-reset-requests": f"{(quota.rps - self._bucket) / quota.rps:.3f}s",
         }
 
     def _pick(self) -> Fault:

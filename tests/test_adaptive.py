@@ -1,0 +1,135 @@
+"""Adaptive concurrency against a server with a real quota, and a server that is down.
+
+The fault server's quota mode is a token bucket of R requests per second that answers 429 with
+Retry-After (and OpenAI's x-ratelimit-* headers) beyond it; its capacity can change mid-run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+import pytest
+from conftest import run_cli
+
+from anabranch import LLMUnavailableError, Task, build_analysis_graph, run_batch
+from anabranch.llm.adaptive import parse_duration
+from anabranch.llm.endpoint import Endpoint
+from anabranch.llm.settings import Limits, RetryPolicy, Timeouts
+from anabranch.testing.fault_server import Quota
+
+HI = [{"role": "user", "content": "hi"}]
+R = 40
+"""The quota, in requests per second."""
+
+
+async def burst(faults, calls: int, limits: Limits) -> tuple[float, int, int]:
+    """`calls` chat calls at once; (seconds, answered, 429s the server sent)."""
+    retry = RetryPolicy(max_attempts=8, backoff_initial=0.05)
+    async with Endpoint(faults.url, "fault", limits=limits, retry=retry) as llm:
+        start = time.perf_counter()
+        done = await asyncio.gather(*(llm.chat(HI) for _ in range(calls)), return_exceptions=True)
+        seconds = time.perf_counter() - start
+    answered = sum(not isinstance(d, BaseException) for d in done)
+    return seconds, answered, faults.stats()["faults"].get("quota", 0)
+
+
+async def test_a_static_cap_hammers_a_quota_and_adaptation_holds_it(faults):
+    faults.configure(latency_ms=20, quota=Quota(rps=R))
+    _, static_ok, static_429 = await burst(faults, 200, Limits(64, adaptive=False))
+    faults.configure(latency_ms=20, quota=Quota(rps=R))
+    seconds, ok, refused = await burst(faults, 200, Limits(64))
+    sent = faults.stats()["requests"]
+    print(
+        f"\nstatic cap 64: {static_ok}/200 answered, {static_429} x 429; adaptive: {ok}/200 "
+        f"in {seconds:.1f} s = {ok / seconds / R:.0%} of the quota, {refused / sent:.1%} 429"
+    )
+    assert static_429 > 100  # the static cap earns 429s by the hundred
+    assert ok == 200 and refused <= 0.05 * sent
+    assert ok / seconds >= 0.9 * R - 2  # goodput: the quota, less the one-second burst's rounding
+
+
+async def test_adaptation_follows_a_quota_that_halves_mid_run(faults):
+    faults.configure(latency_ms=20, quota=Quota(rps=R))
+
+    async def halve() -> None:
+        await asyncio.sleep(2.0)
+        await asyncio.to_thread(faults.set_quota, Quota(rps=R / 2))
+
+    halving = asyncio.create_task(halve())
+    seconds, ok, refused = await burst(faults, 200, Limits(64))
+    await halving
+    sent = faults.stats()["requests"]
+    assert ok == 200 and refused <= 0.05 * sent
+    # 2 s at R, then R/2 for the rest: what the quota allows, give or take the bursts.
+    assert seconds <= 2 + (200 - 2 * R) / (R / 2) * 1.15 + 1
+
+
+async def test_without_headers_adaptation_still_completes(faults):
+    faults.configure(latency_ms=20, quota=Quota(rps=R, headers=False))
+    seconds, ok, refused = await burst(faults, 120, Limits(64))
+    sent = faults.stats()["requests"]
+    print(f"\nno headers: {ok}/120 in {seconds:.1f} s, {refused / sent:.1%} 429")
+    assert ok == 120 and refused <= 0.25 * sent
+
+
+async def test_a_server_that_hangs_is_given_up_on_within_the_bound(faults):
+    faults.configure(rates={"hang": 1.0})
+    limits = Limits(8, give_up_after=3.0)
+    async with Endpoint(faults.url, "fault", limits=limits,
+                        timeouts=Timeouts(attempt=1.0, call=5.0)) as llm:  # fmt: skip
+        tasks = [Task(id=str(i), text=f"Text {i}.") for i in range(300)]
+        start = time.perf_counter()
+        batch = run_batch(tasks, build_analysis_graph(llm), concurrency=32)
+        results = [r async for r in batch]
+        seconds = time.perf_counter() - start
+    assert len(results) == 300 and all(r.status == "partial" for r in results)
+    kinds = {e.type for r in results for e in r.errors}
+    assert "LLMUnavailableError" in kinds
+    assert seconds <= 3.0 + 5.0 + 2.0  # the give-up bound plus one deadline (and start-up)
+    assert faults.stats()["requests"] < 60  # it stopped sending: no 600 hung requests
+
+
+def test_the_cli_shows_concurrency_and_429s(tmp_path, faults):
+    faults.configure(latency_ms=20, quota=Quota(rps=R))
+    tasks = tmp_path / "tasks.jsonl"
+    tasks.write_text("".join(json.dumps({"id": str(i), "text": f"T {i}."}) + "\n"
+                             for i in range(60)))  # fmt: skip
+    proc = run_cli("run", str(tasks), "--llm", faults.url, "--model", "fault", "--no-journal",
+                   "--llm-concurrency", "64", "--out", str(tmp_path / "o.jsonl"))  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "LLM concurrency: " in proc.stdout and "requests/s answered" in proc.stdout
+
+
+def test_unavailable_is_a_connection_error():
+    assert issubclass(LLMUnavailableError, ConnectionError) is False  # ours, not the builtin
+    assert parse_duration("6m0s") == 360 and parse_duration("20ms") == 0.02
+    assert parse_duration("1h2m3.5s") == 3723.5 and parse_duration("0.5") == 0.5
+
+
+@pytest.mark.slow
+async def test_on_the_embedded_server_it_settles_near_the_slot_count():
+    from anabranch.llm.local_server import LocalLLMServer
+
+    async with LocalLLMServer(parallel=8) as server:
+        async with Endpoint(server.url, server.model, limits=Limits(32)) as llm:
+            calls = [llm.chat([{"role": "user", "content": f"Say a word about {i}."}],
+                              max_tokens=24) for i in range(96)]  # fmt: skip
+            start = time.perf_counter()
+            await asyncio.gather(*calls)
+            adaptive = time.perf_counter() - start
+            settled = llm.slot_stats.limit
+        async with Endpoint(server.url, server.model,
+                            limits=Limits(8, adaptive=False)) as llm:  # fmt: skip
+            calls = [llm.chat([{"role": "user", "content": f"Say a word about {i}."}],
+                              max_tokens=24) for i in range(96)]  # fmt: skip
+            start = time.perf_counter()
+            await asyncio.gather(*calls)
+            static = time.perf_counter() - start
+    print(
+        f"\nembedded server: settled at {settled:.1f}; adaptive {adaptive:.1f} s, "
+        f"static 8 {static:.1f} s"
+    )
+    assert 4 <= settled <= 16
+    assert adaptive <= static * 1.3
