@@ -28,6 +28,7 @@ test: llm lint
 
 bench: install
 	$(BIN)/python bench/bench_fanout.py
+	$(BIN)/python bench/bench_adaptive.py
 
 lint: install
 	$(BIN)/ruff check anabranch tests bench examples

@@ -113,6 +113,8 @@ def _step_node(
         messages = _messages(specialist, state["prompt"], state.get("steps", []), context)
         model = specialist.model or endpoint.model
         write(StepStarted(step=index, specialist=specialist.name))
+        about = {"index": index, "specialist": specialist.name, "model": model,
+                "temperature": specialist.temperature}  # fmt: skip
         start = now()
         try:
             completion = await endpoint.stream_chat(
@@ -125,33 +127,22 @@ def _step_node(
             if not completion.text.strip():
                 raise LLMOutputError("the model returned no text")
         except Exception as exc:  # noqa: BLE001 - a failed step is recorded; the chain stops
-            record = ChainStep(
-                index=index,
-                specialist=specialist.name,
-                model=model,
-                temperature=specialist.temperature,
-                seconds=now() - start,
-                status="error",
-                error=SubtaskError(
-                    kind=specialist.name,
-                    type=type(exc).__name__,
-                    message=str(exc) or repr(exc),
-                    attempts=getattr(exc, "attempts", 1),
-                ),
-                usage=getattr(exc, "usage", None) or Usage(),
+            error = SubtaskError(
+                kind=specialist.name,
+                type=type(exc).__name__,
+                message=str(exc) or repr(exc),
+                attempts=getattr(exc, "attempts", 1),
             )
+            record = ChainStep.model_validate(
+                {**about, "seconds": now() - start, "status": "error", "error": error,
+                 "usage": getattr(exc, "usage", None) or Usage()}
+            )  # fmt: skip
         else:
-            record = ChainStep(
-                index=index,
-                specialist=specialist.name,
-                model=model,
-                temperature=specialist.temperature,
-                seconds=now() - start,
-                status="ok",
-                output=completion.text.strip(),
-                truncated=completion.finish_reason == "length",
-                usage=completion.usage,
-            )
+            record = ChainStep.model_validate(
+                {**about, "seconds": now() - start, "status": "ok",
+                 "output": completion.text.strip(), "usage": completion.usage,
+                 "truncated": completion.finish_reason == "length"}
+            )  # fmt: skip
         write(StepEnded(step=index, specialist=specialist.name, status=record.status,
                         seconds=record.seconds))  # fmt: skip
         return {"steps": [record]}

@@ -70,8 +70,11 @@ async def open_endpoint(options: LLMOptions, say: Say = lambda _: None) -> Async
     cache = ResponseCache(options.cache) if options.cache else None
 
     def endpoint_at(url: str, model: str, key: SecretStr | None = None) -> Endpoint:
+        limits = options.limits
+        if options.llm == LOCAL:  # its slots are ours to set: the cap is exact, not a guess
+            limits = replace(limits, adaptive=False)
         return Endpoint(url, model, api_key=key or SecretStr("not-needed"),
-                        timeouts=options.timeouts, limits=options.limits,
+                        timeouts=options.timeouts, limits=limits,
                         retry=options.retry, cache=cache)  # fmt: skip
 
     with contextlib.closing(cache) if cache else contextlib.nullcontext():
