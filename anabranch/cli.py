@@ -284,9 +284,19 @@ async def _run_file(input: Path, options: BatchOptions) -> int:
         raise ConfigError("the llm backend and the llm planner need --llm (local or a URL)")
     if not wants_llm:  # nothing will call an LLM: do not start or reach one
         llm = without_llm(llm)
-    sink = _open_out(options.out)
+    try:  # the output's folder first: the journal lives beside it by default
+        options.out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"cannot write results to {options.out}: {exc.strerror}") from exc
     journal = Journal(options.journal) if options.journal else None
     run_id = run_id_for(input, options.out)
+    if journal is not None and not options.fresh:
+        # What earlier attempts delivered stays in the output while this one runs (but for the
+        # tasks it is about to retry, which it will write again).
+        journal.lock()
+        await asyncio.to_thread(_rewrite_in_input_order, journal, run_id, options.out,
+                                complete_only=options.retry_failed)  # fmt: skip
+    sink = _open_out(options.out, append=journal is not None and not options.fresh)
     with sink, contextlib.closing(journal) if journal else contextlib.nullcontext():
         async with maybe_endpoint(llm, typer.echo) as endpoint:
             graph = build_analysis_graph(endpoint, backend=options.backend,
@@ -316,10 +326,10 @@ async def _run_file(input: Path, options: BatchOptions) -> int:
     return EXIT_PARTIAL if report.tasks_partial or report.tasks_failed else EXIT_OK
 
 
-def _open_out(out: Path) -> IO[str]:
+def _open_out(out: Path, *, append: bool = False) -> IO[str]:
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        return out.open("w", encoding="utf-8")
+        return out.open("a" if append else "w", encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"cannot write results to {out}: {exc.strerror or exc}") from exc
 
@@ -337,6 +347,8 @@ async def _write_results(batch: BatchRun, sink: IO[str], out: Path) -> tuple[Run
         sink.flush()
 
     async for result in batch:
+        if result.task_id in batch.replayed and sink.mode == "a":
+            continue  # already in the output, rebuilt from the journal
         try:
             await asyncio.to_thread(write, result.model_dump_json() + "\n")
         except OSError as exc:
@@ -346,13 +358,15 @@ async def _write_results(batch: BatchRun, sink: IO[str], out: Path) -> tuple[Run
     return batch.report, rejections
 
 
-def _rewrite_in_input_order(journal: Journal, run_id: str, out: Path) -> None:
+def _rewrite_in_input_order(
+    journal: Journal, run_id: str, out: Path, *, complete_only: bool = False
+) -> None:
     """The output as the journal holds it, in input order, replacing the file at once: never a
     partial line, never a task twice, and two runs of one input can be diffed."""
     partial = out.with_name(out.name + ".partial")
     try:
         with partial.open("w", encoding="utf-8") as f:
-            for result in journal.results(run_id):
+            for result in journal.results(run_id, complete_only=complete_only):
                 f.write(result.model_dump_json() + "\n")
         os.replace(partial, out)
     except OSError as exc:

@@ -155,10 +155,13 @@ class Journal:
             raise JournalError(f"no run {run_id!r} in {self.path}")
         return RunReport.model_validate_json(row[0]) if row[0] else None
 
-    def results(self, run_id: str) -> Iterator[TaskResult]:
-        """The run's delivered task results, in input order (read as they are iterated)."""
+    def results(self, run_id: str, *, complete_only: bool = False) -> Iterator[TaskResult]:
+        """The run's delivered task results, in input order (read as they are iterated);
+        `complete_only` leaves out those delivered partial or failed."""
+        where = " AND status NOT IN ('partial', 'error')" if complete_only else ""
         for (text,) in self._db.execute(
-            "SELECT result FROM tasks WHERE run_id = ? ORDER BY position", (run_id,)
+            f"SELECT result FROM tasks WHERE run_id = ?{where} ORDER BY position",
+            (run_id,),
         ):
             yield TaskResult.model_validate_json(text)
 
@@ -193,7 +196,7 @@ class Journal:
         retry_failed: bool = False,
     ) -> RunLedger:
         """Start (or resume) a run: take the lock, load what is done, open the writer."""
-        self._acquire()
+        self.lock()
         now = time.time()
         with self._db:
             if fresh:
@@ -223,7 +226,8 @@ class Journal:
                 reusable[(key, result.kind, result.chunk)] = result
         return RunLedger(self, run_id, fingerprint, done, ids, reusable, _Writer(self.path))
 
-    def _acquire(self) -> None:
+    def lock(self) -> None:
+        """Take the journal for one run (`begin` does it too); JournalBusyError if it is taken."""
         if self._lock is not None:
             return
         handle = self.path.open("rb")

@@ -5,6 +5,7 @@ was in flight when the kill landed, and every task is delivered exactly once.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -74,6 +75,15 @@ def start_run(*args: str) -> subprocess.Popen:
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
 
 
+def whole_lines(out: Path) -> list[str]:
+    """The task ids of the output's complete lines (a kill may cut the last one)."""
+    ids = []
+    for line in out.read_text().splitlines():
+        with contextlib.suppress(ValueError):
+            ids.append(json.loads(line)["task_id"])
+    return ids
+
+
 def output_ids(out: Path) -> list[str]:
     return [json.loads(line)["task_id"] for line in out.read_text().splitlines()]
 
@@ -91,6 +101,9 @@ def test_killed_three_times_then_resumed_delivers_each_task_once(tmp_path, fault
     held, redone = [], []  # what the journal held at each kill; what each run sent again
     for fraction in fractions:
         held.append(kill_when(start_run(*command), journal, int(N * fraction)))
+        # An interrupted resume never shrinks the output: what was delivered stays, each once.
+        lines = whole_lines(out)
+        assert len(lines) == len(set(lines)) and len(lines) >= (held[-2] if len(held) > 1 else 0)
         now = faults.stats()["prompts"]
         redone.append(repeats(seen, now))
         seen = now

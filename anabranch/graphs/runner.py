@@ -60,6 +60,9 @@ class BatchRun:
     """Shown by `anabranch runs` beside the run id."""
     watch: Endpoint | None = None
     """An endpoint whose concurrency and 429s the progress bar and the report show."""
+    replayed: set[str] = field(default_factory=set, init=False, repr=False)
+    """Ids of the results delivered from the journal (done by an earlier attempt), so that a
+    consumer which already has them, the CLI's output file, skips them."""
     _report: RunReport | None = field(default=None, init=False, repr=False)
 
     @property
@@ -116,6 +119,7 @@ class BatchRun:
                 key = ledger.key(item)
                 if key in ledger.done:  # delivered by an earlier attempt: delivered again as is
                     counts["from_journal"] += 1
+                    self.replayed.add(item.id)
                     await queue.put((await asyncio.to_thread(ledger.delivered, key), True))
                     continue
                 counts["tasks"] += 1
