@@ -133,3 +133,19 @@ async def test_on_the_embedded_server_it_settles_near_the_slot_count():
     )
     assert 4 <= settled <= 16
     assert adaptive <= static * 1.3
+
+
+async def test_a_tokens_per_minute_quota_completes(faults):
+    """Token quotas are not paced yet (only requests quotas are, one per refill): the batch
+    completes through its retries and the halving on 429s, with many 429s on the way."""
+    # "hi" + max_tokens 9 = 10 tokens a request; 24,000 a minute = 400 a second = 40 requests/s.
+    faults.configure(latency_ms=20, quota=Quota(tpm=24_000))
+    retry = RetryPolicy(max_attempts=12, backoff_initial=0.05)
+    async with Endpoint(faults.url, "fault", limits=Limits(64), retry=retry) as llm:
+        start = time.perf_counter()
+        done = await asyncio.gather(*(llm.chat(HI, max_tokens=9) for _ in range(120)))
+        seconds = time.perf_counter() - start
+    stats = faults.stats()
+    refused = stats["faults"].get("quota", 0)
+    print(f"\ntpm quota: 120 in {seconds:.1f} s, {refused / stats['requests']:.1%} 429")
+    assert len(done) == 120 and refused > 0

@@ -196,8 +196,8 @@ class RateLimitHeaders:
             if wait is None:
                 continue
             heard = True
-            if limit == limit and left <= max(2.0, 0.5 * limit):  # half spent: one per refill
-                spacing = max(spacing, wait / max(limit - left, 1.0))
+            if kind == "requests" and limit == limit and left <= max(2.0, 0.5 * limit):
+                spacing = max(spacing, wait / max(limit - left, 1.0))  # half spent: one a refill
             spent = spent or left < 1
         if heard:
             self._heard = True

@@ -44,6 +44,9 @@ class Quota(BaseModel):
 
     rps: float | None = None
     """Requests per second (a token bucket holding one second's worth)."""
+    tpm: float | None = None
+    """Tokens per minute (a request's words plus its max_tokens; a bucket holding one second's
+    worth)."""
     in_flight: int | None = None
     """Requests at once; one more gets 429 at once."""
     headers: bool = True
@@ -116,24 +119,34 @@ class FaultApp:
         """A new capacity, counters kept (a provider's limit changing during a run)."""
         self.config.quota = quota
         self._bucket = quota.rps if quota and quota.rps else 0.0
+        self._tokens = quota.tpm / 60 if quota and quota.tpm else 0.0
         self._stamp = time.monotonic()
 
-    def _over_quota(self) -> tuple[int, dict[str, str], bytes] | None:
+    def _over_quota(self, body: bytes) -> tuple[int, dict[str, str], bytes] | None:
         """A 429 if this request is beyond the quota; else None, and the request is counted."""
         quota = self.config.quota
         if quota is None:
             return None
-        wait = 0.0
+        wait, now = 0.0, time.monotonic()
+        elapsed, self._stamp = now - self._stamp, now
         if quota.rps:
-            now = time.monotonic()
-            self._bucket = min(quota.rps, self._bucket + (now - self._stamp) * quota.rps)
-            self._stamp = now
+            self._bucket = min(quota.rps, self._bucket + elapsed * quota.rps)
             if self._bucket < 1:
                 wait = (1 - self._bucket) / quota.rps
+        cost = 0
+        if quota.tpm:
+            rate = quota.tpm / 60
+            self._tokens = min(rate, self._tokens + elapsed * rate)
+            request = json.loads(body or b"{}")
+            cost = sum(len(str(m.get("content", "")).split()) for m in request.get("messages", []))
+            cost += int(request.get("max_tokens") or 0)
+            if self._tokens < min(cost, rate):
+                wait = max(wait, (min(cost, rate) - self._tokens) / rate)
         busy = quota.in_flight is not None and self.stats.in_flight > quota.in_flight
         if wait == 0 and not busy:
             if quota.rps:
                 self._bucket -= 1
+            self._tokens -= cost
             return None
         self.stats.faults["quota"] += 1
         status, headers, payload = _error(429, None, None)
@@ -146,9 +159,19 @@ class FaultApp:
     def quota_headers(self) -> dict[str, str]:
         """The x-ratelimit-* headers an answer carries, when the quota sends them."""
         quota = self.config.quota
-        if quota is None or not quota.headers or not quota.rps:
+        if quota is None or not quota.headers:
             return {}
-        return {
+        headers = {}
+        if quota.tpm:
+            rate = quota.tpm / 60
+            headers = {
+                "x-ratelimit-limit-tokens": f"{rate:g}",
+                "x-ratelimit-remaining-tokens": str(max(0, int(self._tokens))),
+                "x-ratelimit-reset-tokens": f"{max(0.0, rate - self._tokens) / rate:.3f}s",
+            }
+        if not quota.rps:
+            return headers
+        return headers | {
             "x-ratelimit-limit-requests": f"{quota.rps:g}",
             "x-ratelimit-remaining-requests": str(max(0, int(self._bucket))),
             # As OpenAI's: the time until the quota is whole again.
@@ -203,7 +226,7 @@ class FaultApp:
         stats.in_flight += 1
         stats.max_in_flight = max(stats.max_in_flight, stats.in_flight)
         try:
-            if (refused := self._over_quota()) is not None:
+            if (refused := self._over_quota(body)) is not None:
                 return refused
             fault = self._pick()
             stats.faults[fault] += 1
