@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic import BaseModel, ConfigDict, Field
 
 from anabranch.types import SubtaskStatus, Usage
 
@@ -93,6 +93,4 @@ Event = Annotated[
     StepStarted | TextDelta | StepEnded | Planned | AgentDone | NodeDone | UsageTotal | Custom,
     Field(discriminator="type"),
 ]
-"""Any event; `EVENTS.validate_python(data)` reads one back from JSON data."""
-
-EVENTS: TypeAdapter[Event] = TypeAdapter(Event)
+"""Any event; `TypeAdapter(Event).validate_python(data)` reads one back from JSON data."""

@@ -139,11 +139,12 @@ class Journal:
             counts: dict[str, int] = dict(self._db.execute(
                 "SELECT status, COUNT(*) FROM tasks WHERE run_id = ? GROUP BY status", (run_id,)
             ).fetchall())  # fmt: skip
-            usage = Usage()
-            for (text,) in self._db.execute(
-                "SELECT json_extract(result, '$.usage') FROM tasks WHERE run_id = ?", (run_id,)
-            ):
-                usage += Usage.model_validate_json(text)
+            totals = self._db.execute(  # summed by SQLite: no result is parsed to list runs
+                "SELECT " + ", ".join(f"COALESCE(SUM(json_extract(result, '$.usage.{f}')), 0)"
+                                      for f in Usage.model_fields) +
+                " FROM tasks WHERE run_id = ?", (run_id,),
+            ).fetchone()  # fmt: skip
+            usage = Usage(**dict(zip(Usage.model_fields, totals, strict=True)))
             infos.append(RunInfo(run_id, description, created, updated, counts, usage,
                                  report is not None))  # fmt: skip
         return infos

@@ -100,6 +100,15 @@ def test_no_output_carries_an_echoed_key(echoing, run_dir):
                        env=env)  # fmt: skip
         _proc(seen, f"chain {i}", proc)
 
+    # `runs`: the journal's listing and one run's trace.
+    listing = run_cli("runs", str(run_dir / "results.jsonl.journal"))
+    _proc(seen, "runs", listing)
+    _proc(seen, "runs show", run_cli("runs", "show", listing.stdout.split()[0],
+                                     str(run_dir / "results.jsonl.journal")))  # fmt: skip
+    # A retry of the failed subtasks, against the same echoing server.
+    _proc(seen, "run --retry-failed", run_cli("run", tasks, *llm, "--retry-failed", "--out",
+                                              str(run_dir / "results.jsonl"), env=env))  # fmt: skip
+
     # `serve`: both graphs, streamed and not, with and without a thread.
     db = run_dir / "threads.sqlite"
     process, url = start_server(*llm, "--threads-db", str(db), token=TOKEN_CANARY, env=env)

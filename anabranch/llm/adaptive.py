@@ -25,7 +25,7 @@ import collections
 import re
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from anabranch.errors import LLMUnavailableError
 
@@ -49,7 +49,6 @@ class SlotStats:
     """The highest limit so far."""
     overloads: int = 0
     """429 and 503 answers seen."""
-    started: float = field(default_factory=time.monotonic)
     requests: int = 0
     """Requests sent (attempts)."""
 
@@ -79,15 +78,12 @@ class AdaptiveSlots:
             await waiter
         except BaseException:
             if waiter.done() and not waiter.cancelled():
-                self._release_slot()  # it was handed a slot it will not use
+                self.release()  # it was handed a slot it will not use
             else:
                 self._waiters.remove(waiter)
             raise
 
     def release(self) -> None:
-        self._release_slot()
-
-    def _release_slot(self) -> None:
         self.in_flight -= 1
         self._wake()
 
@@ -234,10 +230,6 @@ class Breaker:
         self._next_probe = 0.0
         self._interval = 1.0
         self._probing = False
-
-    @property
-    def open(self) -> bool:
-        return self._opened is not None
 
     async def admit(self) -> None:
         """Wait until a request may go: at once when closed; as the probe, or never, when open."""
