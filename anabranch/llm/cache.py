@@ -16,7 +16,7 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
-from anabranch.llm.transport import Answer
+from anabranch.llm.transport import Answer, Tokens
 from anabranch.store import StoreError, Writer, connect
 
 _SCHEMA = """
@@ -29,14 +29,6 @@ CREATE TABLE IF NOT EXISTS answers (
 
 _RECENT = 4096
 """Answers kept in memory after a put: more than the writer can have pending."""
-
-
-class _Usage:
-    """The usage a cached answer had, in the shape the transport's answers carry."""
-
-    def __init__(self, prompt_tokens: int, completion_tokens: int) -> None:
-        self.prompt_tokens = prompt_tokens
-        self.completion_tokens = completion_tokens
 
 
 class ResponseCache:
@@ -74,7 +66,7 @@ class ResponseCache:
         if row is None:
             return None
         text, prompt, completion, finish = row
-        return Answer(text, _Usage(prompt, completion), finish)
+        return Answer(text, Tokens(prompt, completion), finish)
 
     def _lookup(self, key: str) -> tuple[str, int, int, str | None] | None:
         found: tuple[str, int, int, str | None] | None = self._db.execute(
@@ -87,12 +79,13 @@ class ResponseCache:
     def put(self, key: str, answer: Answer) -> None:
         """Store an answer (written by the cache's own thread)."""
         self._remember(key, answer)
-        usage = answer.usage
-        self._writer.put((
-            "INSERT OR REPLACE INTO answers VALUES (?, ?, ?, ?, ?)",
-            (key, answer.text, getattr(usage, "prompt_tokens", 0) or 0,
-             getattr(usage, "completion_tokens", 0) or 0, answer.finish_reason),
-        ))  # fmt: skip
+        tokens = answer.tokens or Tokens(0, 0)
+        self._writer.put(
+            (
+                "INSERT OR REPLACE INTO answers VALUES (?, ?, ?, ?, ?)",
+                (key, answer.text, tokens.prompt, tokens.completion, answer.finish_reason),
+            )
+        )
 
     def discard(self, key: str) -> None:
         """Forget an answer that turned out unusable, so that a retry asks the model again."""

@@ -1,24 +1,43 @@
-"""The transport layer: one attempt at one request, through the openai client, with a timeout.
+"""The transport layer: one attempt at one request, with a timeout.
 
-The client runs with `max_retries=0` (the retry layer above is the only one). An attempt either
-returns what the server said or raises what the client raised; the layers above decide what that
-means.
+The openai client's HTTP client (httpx2) carries every request, with the client's own retries off
+(the retry layer above is the only one). A chat completion, the hot path of a batch, is posted
+straight through that HTTP client with a body serialized by orjson and read back as a dict:
+the SDK's request transformation and response models cost about as much CPU per call as the HTTP
+exchange itself, and a batch's client is CPU-bound. The connections are spread over several
+HTTP clients of at most `_PER_POOL` each, taken in turn: a pool looks at each of its idle
+connections (a poll on its socket) for every request it places, so one pool of 256 connections
+spends more CPU per request on that than on the request itself. Failures come back as the
+openai client's own exceptions, so the layers above speak one vocabulary whichever path a
+request took. Streams and the server's other routes go through the SDK.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import httpx
+import httpx2
 import openai
+import orjson
 from pydantic import SecretStr
 
-from anabranch.errors import LLMConnectionError
+from anabranch.errors import LLMConnectionError, LLMOutputError
 from anabranch.llm.retry import short
 from anabranch.llm.settings import Timeouts
+
+
+@dataclass(slots=True)
+class Tokens:
+    """What the server counted for one answer."""
+
+    prompt: int
+    """Tokens of the request's messages."""
+    completion: int
+    """Tokens of the answer."""
 
 
 @dataclass(slots=True)
@@ -27,10 +46,27 @@ class Answer:
 
     text: str
     """The answer's text ("" when the server sent none)."""
-    usage: Any
-    """The server's `usage` object, or None when it sent none."""
+    tokens: Tokens | None
+    """The server's token counts, or None when it sent none."""
     finish_reason: str | None
     """Why the model stopped: `stop`, `length` (cut at max_tokens), ..."""
+
+
+_PER_POOL = 16
+"""Connections per HTTP client. Measured on 6,000 bare posts to a loopback server with 20 ms
+latency: with 64 in flight, one pool costs 0.93 ms per request and pools of 16 cost 0.69; with
+256 in flight, 1.82 against 0.81."""
+
+_STATUS_ERRORS: dict[int, type[openai.APIStatusError]] = {
+    400: openai.BadRequestError,
+    401: openai.AuthenticationError,
+    403: openai.PermissionDeniedError,
+    404: openai.NotFoundError,
+    409: openai.ConflictError,
+    422: openai.UnprocessableEntityError,
+    429: openai.RateLimitError,
+}
+"""The openai client's exception for each status, as its own requests raise them."""
 
 
 class Transport:
@@ -42,34 +78,53 @@ class Transport:
         api_key: SecretStr,
         timeouts: Timeouts,
         on_headers: Callable[[Mapping[str, str]], None] | None = None,
+        connections: int = _PER_POOL,
     ) -> None:
         self.timeouts = timeouts
 
-        async def heard(response: httpx.Response) -> None:
+        async def heard(response: httpx2.Response) -> None:
             if on_headers is not None:
                 on_headers(response.headers)
 
+        # Every response's headers, errors included: a server's quota headers reach the limits
+        # layer whatever the call was.
+        self._pools = [
+            openai.DefaultAsyncHttpxClient(
+                timeout=timeouts.attempt, event_hooks={"response": [heard]}
+            )
+            for _ in range(max(1, -(-connections // _PER_POOL)))
+        ]
+        self._next_pool = itertools.cycle(self._pools)
         self.client = openai.AsyncOpenAI(
             base_url=base_url,
             api_key=api_key.get_secret_value(),
             max_retries=0,  # one retry layer: ours
             timeout=timeouts.attempt,
-            # Every response's headers, errors included: a server's quota headers reach the
-            # limits layer whatever the call was.
-            http_client=openai.DefaultAsyncHttpxClient(
-                timeout=timeouts.attempt, event_hooks={"response": [heard]}
-            ),
+            http_client=self._pools[0],
         )
+        self._chat_url = f"{base_url}/chat/completions"
+        self._request = httpx2.Request("POST", self._chat_url)
+        self._headers = {
+            "Authorization": f"Bearer {api_key.get_secret_value()}",
+            "Content-Type": "application/json",
+            "Accept": "application/json",
+            "User-Agent": "anabranch",
+        }
 
     async def chat(self, params: dict[str, Any]) -> Answer:
-        async with asyncio.timeout(self.timeouts.attempt):
-            response = await self.client.chat.completions.create(**params)
-        choice = response.choices[0] if response.choices else None
-        return Answer(
-            text=(choice.message.content or "") if choice else "",
-            usage=response.usage,
-            finish_reason=choice.finish_reason if choice else None,
-        )
+        """One chat completion, posted straight through the HTTP client."""
+        try:
+            async with asyncio.timeout(self.timeouts.attempt):
+                response = await next(self._next_pool).post(
+                    self._chat_url, content=orjson.dumps(params), headers=self._headers
+                )
+        except httpx2.TimeoutException as exc:
+            raise openai.APITimeoutError(request=self._request) from exc
+        except httpx2.TransportError as exc:
+            raise openai.APIConnectionError(message=short(exc), request=self._request) from exc
+        if response.status_code >= 400:
+            raise _status_error(response)
+        return _answer(orjson.loads(response.content))
 
     async def stream(self, params: dict[str, Any], on_text: Callable[[str], None]) -> Answer:
         """A streamed answer; the attempt timeout is an idle timeout (no new piece for that
@@ -77,7 +132,8 @@ class Transport:
         is a broken connection that is not retried (an LLMConnectionError, not one of openai's
         errors): the text was already shown."""
         parts: list[str] = []
-        usage = finish = None
+        usage: Any = None
+        finish = None
         idle_for = self.timeouts.attempt
         params = {**params, "stream": True, "stream_options": {"include_usage": True}}
         try:
@@ -97,7 +153,8 @@ class Transport:
                     f"stream broke after {len(parts)} piece(s): {short(exc) or repr(exc)}"
                 ) from exc
             raise
-        return Answer("".join(parts), usage, finish)
+        tokens = Tokens(usage.prompt_tokens, usage.completion_tokens) if usage else None
+        return Answer("".join(parts), tokens, finish)
 
     async def post(self, url: str, body: dict[str, Any]) -> Any:
         """A JSON POST to one of the server's own routes (llama.cpp's /tokenize, say)."""
@@ -106,3 +163,37 @@ class Transport:
 
     async def aclose(self) -> None:
         await self.client.close()
+        for pool in self._pools[1:]:
+            await pool.aclose()
+
+
+def _answer(data: Any) -> Answer:
+    """The answer in a chat completion's JSON; a body of another shape is not an answer."""
+    try:
+        choices = data.get("choices") or [{}]
+        choice = choices[0]
+        usage = data.get("usage")
+        tokens = None
+        if usage:
+            tokens = Tokens(usage.get("prompt_tokens") or 0, usage.get("completion_tokens") or 0)
+        message = choice.get("message") or {}
+        return Answer(message.get("content") or "", tokens, choice.get("finish_reason"))
+    except (AttributeError, IndexError, KeyError, TypeError) as exc:
+        raise LLMOutputError(f"not a chat completion: {short(data, 120)}") from exc
+
+
+def _status_error(response: httpx2.Response) -> openai.APIStatusError:
+    """The openai client's exception for an error status, with the server's message."""
+    try:
+        body: Any = orjson.loads(response.content)
+    except orjson.JSONDecodeError:
+        body = response.text or None
+    message = f"Error code: {response.status_code}"
+    if body:
+        detail = body.get("error", body) if isinstance(body, dict) else body
+        if isinstance(detail, dict) and "message" in detail:
+            detail = detail["message"]
+        message += f" - {detail}"
+    status = response.status_code
+    kind = _STATUS_ERRORS.get(status, openai.InternalServerError if status >= 500 else None)
+    return (kind or openai.APIStatusError)(message, response=response, body=body)
