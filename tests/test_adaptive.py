@@ -14,7 +14,6 @@ import pytest
 from conftest import run_cli
 
 from anabranch import (
-    LLMRateLimitError,
     Task,
     build_analysis_graph,
     run_batch,
@@ -143,9 +142,9 @@ async def test_on_the_embedded_server_adaptation_stays_within_its_slots():
     assert adaptive <= static * 1.3
 
 
-async def test_a_tokens_per_minute_quota_completes(faults):
-    """Token quotas are not paced yet (only requests quotas are, one per refill): the batch
-    ends through its retries and the halving on 429s, with many 429s on the way (a known gap)."""
+async def test_a_tokens_per_minute_quota_is_paced(faults):
+    """The tokens headers pace requests by their token estimate (prompt and max_tokens, as the
+    server counts them): the batch runs at the quota with few 429s (before the pacing: 43-61 %)."""
     # "hi" + max_tokens 9 = 10 tokens a request; 24,000 a minute = 400 a second = 40 requests/s.
     faults.configure(latency_ms=20, quota=Quota(tpm=24_000))
     retry = RetryPolicy(max_attempts=12, backoff_initial=0.05)
@@ -159,6 +158,7 @@ async def test_a_tokens_per_minute_quota_completes(faults):
     refused = stats["faults"].get("quota", 0)
     answered = sum(not isinstance(d, BaseException) for d in done)
     print(f"\ntpm quota: {answered}/120 in {seconds:.1f} s, {refused / stats['requests']:.1%} 429")
-    # Every call ends, answered or as a rate-limit error (data, never a hang or a crash).
-    assert all(not isinstance(d, BaseException) or isinstance(d, LLMRateLimitError) for d in done)
-    assert answered >= 60
+    assert answered == 120
+    # 0 % in runs here; the margin is for a busy machine, where a late request bunches with the
+    # next one.
+    assert refused <= 0.15 * stats["requests"]

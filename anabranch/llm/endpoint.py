@@ -36,7 +36,7 @@ from anabranch.llm.structured import (
     validate,
     with_schema_prompt,
 )
-from anabranch.llm.transport import Answer, Transport
+from anabranch.llm.transport import Answer, Tokens, Transport
 from anabranch.redact import public_url, register_secret
 from anabranch.tools.tokenizer import count_tokens, readable_pieces
 from anabranch.types import Usage
@@ -58,7 +58,8 @@ class Completion:
     @property
     def answer(self) -> Answer:
         """The answer as the transport gave it, for the cache."""
-        return Answer(self.text, self.usage, self.finish_reason)
+        tokens = Tokens(self.usage.prompt_tokens, self.usage.completion_tokens)
+        return Answer(self.text, tokens, self.finish_reason)
 
 
 @dataclass(slots=True)
@@ -116,7 +117,11 @@ class Endpoint:
         self.base_url = normalize_base_url(self.base_url)
         self._limiter = CallLimiter(self.limits, public_url(self.base_url))
         self._transport = Transport(
-            self.base_url, self.api_key, self.timeouts, on_headers=self._limiter.observe
+            self.base_url,
+            self.api_key,
+            self.timeouts,
+            on_headers=self._limiter.observe,
+            connections=self.limits.concurrency,
         )
         self._retrier = Retrier(self.retry, self.timeouts)
         self._output_mode: OutputMode = "json_schema"
@@ -236,14 +241,13 @@ class Endpoint:
     ) -> Completion:
         """Run `send` through the layers (limits -> retry -> transport); account for its cost."""
         limiter = self._limiter
-        estimate = (
-            _estimate_tokens(params["messages"]) + params["max_tokens"]
-            if limiter.counts_tokens
-            else 0
-        )
+        estimate = 0
         tally = Tally()
 
         async def attempt() -> Answer:
+            nonlocal estimate
+            if not estimate and limiter.counts_tokens:  # known once a slot is held
+                estimate = _estimate_tokens(params["messages"]) + params["max_tokens"]
             await limiter.pace(estimate)
             tally.sent += 1
             began = time.perf_counter()
@@ -255,17 +259,17 @@ class Endpoint:
                     capped = None if wait is None else min(wait, self.retry.max_retry_after)
                     limiter.failed(overloaded=_overloaded(exc), retry_after=capped)
                 raise
-            used = answer.usage.completion_tokens if answer.usage else 0
-            limiter.succeeded(time.perf_counter() - began, used or 0)
+            used = answer.tokens.completion if answer.tokens else 0
+            limiter.succeeded(time.perf_counter() - began, used)
             return answer
 
         async with limiter.slot():
             start = time.perf_counter()
             await limiter.breaker.admit()  # a server that is down: wait here, off the deadline
             answer = await self._retrier.run(attempt, tally)
-        prompt = answer.usage.prompt_tokens if answer.usage else 0
-        completion = answer.usage.completion_tokens if answer.usage else 0
-        if answer.usage:
+        tokens = answer.tokens
+        prompt, completion = (tokens.prompt, tokens.completion) if tokens else (0, 0)
+        if tokens:
             limiter.settle(prompt + completion, estimate)
         return Completion(
             text=answer.text,

@@ -68,8 +68,9 @@ class CallLimiter:
 
     @property
     def counts_tokens(self) -> bool:
-        """A tokens-per-minute limit needs an estimate of each request's tokens."""
-        return self._tpm is not None
+        """A tokens-per-minute limit, ours or the server's, needs an estimate of each request's
+        tokens (counted only then: it costs CPU on every call)."""
+        return self._tpm is not None or self.headers.heard_tokens
 
     @asynccontextmanager
     async def slot(self) -> AsyncIterator[None]:
@@ -86,7 +87,7 @@ class CallLimiter:
         rate limits."""
         await self.breaker.admit()
         if self.limits.adaptive:
-            await self.headers.wait()
+            await self.headers.wait(estimated_tokens)
         if self._rpm:
             await self._rpm.acquire()
         if self._tpm:
@@ -95,7 +96,7 @@ class CallLimiter:
     def succeeded(self, latency: float, completion_tokens: int) -> None:
         """An attempt got an answer: judge the load by its time per generated token."""
         self.breaker.succeeded()
-        self.slots.succeeded(latency / (completion_tokens + 1))
+        self.slots.succeeded(latency, completion_tokens)
 
     def failed(self, overloaded: bool, retry_after: float | None = None) -> None:
         """An attempt failed: overloaded (429, 503) or down (timeouts, resets, 5xx). An overload's
