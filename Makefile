@@ -27,7 +27,6 @@ test: llm lint
 	$(BIN)/python -m pytest -q
 
 bench: install
-	$(BIN)/python -m pip install --quiet -e '.[bench]'
 	$(BIN)/python bench/bench_fanout.py
 	$(BIN)/python bench/bench_adaptive.py
 
