@@ -128,6 +128,8 @@ class KeywordsOutput(BaseModel):
         description="The most important words or short phrases of the text, most relevant first, "
         "each with a relevance score between 0 and 1."
     )
+    invented: int = 0
+    """Keywords the model gave that do not occur in the text, dropped (LLM keywords only)."""
 
 
 class SentimentOutput(BaseModel):

@@ -51,7 +51,8 @@ def test_models_lists_the_graphs(client):
 def test_sync_non_streaming_answer(client):
     response = client.chat.completions.create(model="analyze", messages=HI)
     content = response.choices[0].message.content
-    assert content.startswith("Sentiment: ") and "Keywords: ok" in content  # the LLM's keyword
+    # The fault server's keyword, "ok", is not in the text: dropped, and YAKE's fill in.
+    assert content.startswith("Sentiment: ") and "Keywords: great phone" in content
     assert response.usage.prompt_tokens > 0 and response.choices[0].finish_reason == "stop"
 
 

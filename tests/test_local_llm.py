@@ -9,11 +9,17 @@ import time
 import pytest
 
 from anabranch import Task, build_fanout_graph, run_batch
-from anabranch.agents.analysts import DESCRIPTIONS, make_agents
+from anabranch.agents.analysts import (
+    DESCRIPTIONS,
+    LLMKeywordAgent,
+    LLMLabelProbabilities,
+    make_agents,
+)
 from anabranch.agents.planner import LLMPlanner, RulePlanner
 from anabranch.llm.endpoint import Endpoint
 from anabranch.llm.local_server import LocalLLMServer
 from anabranch.llm.settings import Limits
+from anabranch.tools.keywords import occurs_in
 from anabranch.types import Subtask
 
 TEXTS = [
@@ -40,6 +46,32 @@ async def test_the_three_agents_return_schema_valid_output(server):
             assert 0 < len(answer.output.keywords) <= keywords.top_k
             assert answer.usage.prompt_tokens > 0 and answer.usage.completion_tokens > 0
             mood = (await sentiment.run(subtask)).output
+            assert mood.label in ("positive", "negative", "neutral") and -1 <= mood.score <= 1
+
+
+async def test_llm_keywords_are_grounded_in_the_text(server):
+    """Inventions are dropped and counted; what is kept occurs in the text; YAKE fills in."""
+    texts = [*TEXTS, "Shipping was slow, but the quality of the rug made up for the wait."]
+    async with Endpoint(server.url, server.model, limits=Limits(concurrency=4)) as llm:
+        for text in texts:
+            subtask = Subtask(task_id="t", kind="keywords", text=text)
+            raw = (await LLMKeywordAgent(llm, grounded=False).run(subtask)).output
+            kept = (await LLMKeywordAgent(llm).run(subtask)).output
+            assert raw.invented == 0
+            invented = [k.term for k in raw.keywords if not occurs_in(k.term, text)]
+            # The same deterministic request (temperature 0): the same inventions, dropped.
+            assert kept.invented == len(invented)
+            assert all(occurs_in(k.term, text) for k in kept.keywords)
+            assert len(kept.keywords) >= 3
+
+
+async def test_the_label_probabilities_backend_reads_the_models_first_token(server):
+    async with Endpoint(server.url, server.model, limits=Limits(concurrency=4)) as llm:
+        agent = LLMLabelProbabilities(llm)
+        for text in TEXTS:
+            answer = await agent.run(Subtask(task_id="t", kind="sentiment", text=text))
+            assert answer.usage.completion_tokens == 1  # one token generated, no JSON
+            mood = answer.output
             assert mood.label in ("positive", "negative", "neutral") and -1 <= mood.score <= 1
 
 

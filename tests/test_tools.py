@@ -57,3 +57,13 @@ async def test_vader_labels():
     assert label_for(await vader.score("I love it, this is wonderful!")) == "positive"
     assert label_for(await vader.score("This is awful, broken and useless.")) == "negative"
     assert label_for(await vader.score("")) == "neutral"
+
+
+def test_a_keyword_occurs_in_a_text_whatever_its_case_and_inflection():
+    from anabranch.tools.keywords import occurs_in
+
+    text = "The chargers CRASHED twice; customer support didn't reply."
+    for term in ("charger", "crash", "Customer Support", "support customers", "didn't"):
+        assert occurs_in(term, text), term
+    for term in ("refund", "cat", "", "charge cable"):
+        assert not occurs_in(term, text), term

@@ -6,16 +6,17 @@ LLM-backed ones are interchangeable, per agent.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Annotated, Literal, Protocol
 
 from pydantic import BaseModel, Field, StringConstraints, create_model
 
 from anabranch.agents.base import Agent, Answer
-from anabranch.errors import ConfigError
+from anabranch.errors import ConfigError, LLMOutputError
 from anabranch.llm.endpoint import Endpoint
-from anabranch.tools.keywords import YakeKeywords
+from anabranch.tools.keywords import YakeKeywords, occurs_in
 from anabranch.tools.sentiment import VaderSentiment, label_for
 from anabranch.tools.tokenizer import TiktokenTokenizer
 from anabranch.types import (
@@ -25,6 +26,7 @@ from anabranch.types import (
     SentimentOutput,
     Subtask,
     TokensOutput,
+    Usage,
 )
 
 Backend = Literal["local", "llm"]
@@ -111,12 +113,19 @@ def _messages(system: str, subtask: Subtask) -> list[dict[str, str]]:
 
 @dataclass
 class LLMKeywordAgent:
-    """Asks the model for a ranked list of keywords; ranks become scores in (0, 1]."""
+    """Asks the model for a ranked list of keywords; ranks become scores in (0, 1].
+
+    Grounded: a keyword that does not occur in the text (ignoring case and inflection) is an
+    invention, dropped and counted; when fewer than `min_keywords` remain, YAKE's fill in."""
 
     endpoint: Endpoint
     top_k: int = 6
     max_tokens: int = 200
     """Room for top_k terms of up to 40 characters plus the JSON around them."""
+    grounded: bool = True
+    """Drop keywords that do not occur in the text."""
+    min_keywords: int = 3
+    """Fewer grounded keywords than this, and the lexical extractor's fill in."""
     name: str = "keywords"
 
     def __post_init__(self) -> None:
@@ -150,10 +159,20 @@ class LLMKeywordAgent:
         found: list[str] = parsed.value.model_dump()["keywords"]  # a model built at run time
         terms = list(dict.fromkeys(t.strip() for t in found if t.strip()))
         terms = terms[: self.top_k]
+        invented = 0
+        if self.grounded:
+            kept = [t for t in terms if occurs_in(t, subtask.text)]
+            invented = len(terms) - len(kept)
+            if len(kept) < min(self.min_keywords, self.top_k):
+                known = {t.lower() for t in kept}
+                lexical = await YakeKeywords(top_k=self.top_k).extract(subtask.text)
+                kept += [k.term for k in lexical if k.term.lower() not in known]
+            terms = kept[: self.top_k]
         keywords = [
             Keyword(term=t, score=round(1 - i / len(terms), 6)) for i, t in enumerate(terms)
         ]
-        return Answer(KeywordsOutput(keywords=keywords), parsed.usage, parsed.attempts)
+        output = KeywordsOutput(keywords=keywords, invented=invented)
+        return Answer(output, parsed.usage, parsed.attempts)
 
 
 @dataclass
@@ -181,6 +200,79 @@ class LLMSentimentAgent:
         score = sign * _CONFIDENCE[judgement.confidence]
         output = SentimentOutput(label=judgement.label, score=score)
         return Answer(output, parsed.usage, parsed.attempts)
+
+
+_LABEL_PROMPT = """Classify the sentiment of the user's text. Answer with one word.
+positive: the writer is pleased, praises, thanks or recommends.
+negative: the writer complains, criticises, is upset or disappointed (sarcasm counts for what it \
+means).
+neutral: facts, questions or requests without feeling either way.
+
+Text: The soup was wonderful and the staff were so kind.
+Sentiment: positive
+Text: My parcel arrived broken and nobody answers my emails.
+Sentiment: negative
+Text: The store opens at nine on weekdays.
+Sentiment: neutral"""
+"""Label definitions and three examples written for the prompt (none from an evaluation set)."""
+
+
+@dataclass
+class LLMLabelProbabilities:
+    """Reads the label off the model's probabilities for the first token of its answer, instead
+    of letting it write JSON: one token generated, no grammar, and a confidence that is the
+    model's own. The score is P(positive) - P(negative)."""
+
+    endpoint: Endpoint
+    top_logprobs: int = 20
+    """Alternatives asked for: enough to find the three labels' spellings among them."""
+    name: str = "sentiment"
+
+    async def run(self, subtask: Subtask) -> Answer:
+        if not subtask.text.strip():
+            return Answer(SentimentOutput(label="neutral", score=0.0))
+        odds, usage, attempts = await self._odds(subtask)
+        label = max(odds, key=odds.__getitem__)
+        score = round(odds["positive"] - odds["negative"], 6)
+        return Answer(SentimentOutput(label=label, score=score), usage, attempts)
+
+    async def _odds(self, subtask: Subtask) -> tuple[dict[SentimentLabel, float], Usage, int]:
+        messages = _messages(_LABEL_PROMPT, subtask)
+        # The answer begun for the model: a small model otherwise starts "The sentiment of...",
+        # and its first token says nothing. Servers that continue a final assistant message
+        # (llama.cpp, vLLM) go on from it; others answer afresh, with the word first.
+        messages.append({"role": "assistant", "content": "Sentiment:"})
+        completion = await self.endpoint.chat(
+            messages, max_tokens=1, temperature=0.0, top_logprobs=self.top_logprobs
+        )
+        odds = label_probabilities(completion.alternatives)
+        if odds is None:
+            raise LLMOutputError(
+                "the server sent no probabilities for the labels (it needs `logprobs` support; "
+                f"first tokens: {[t for t, _ in completion.alternatives[:5]]})",
+                attempts=completion.attempts,
+                usage=completion.usage,
+            )
+        return odds, completion.usage, completion.attempts
+
+
+def label_probabilities(
+    alternatives: Sequence[tuple[str, float]],
+) -> dict[SentimentLabel, float] | None:
+    """Each label's share of the probability the first tokens give the three labels (a token
+    counts for a label when it starts the label's word: `pos`, `Positive`, ` negative`)."""
+    mass: dict[SentimentLabel, float] = {"positive": 0.0, "negative": 0.0, "neutral": 0.0}
+    for token, logprob in alternatives:
+        piece = token.strip().lower()
+        if len(piece) < 3:  # `ne` could start `negative` or `neutral`
+            continue
+        for label in mass:
+            if label.startswith(piece):
+                mass[label] += math.exp(logprob)
+    total = sum(mass.values())
+    if total <= 0:
+        return None
+    return {label: p / total for label, p in mass.items()}
 
 
 DESCRIPTIONS = {
@@ -235,6 +327,26 @@ def make_agents(
         LLMKeywordAgent(endpoint) if on_llm["keywords"] else KeywordAgent(),
         LLMSentimentAgent(endpoint) if on_llm["sentiment"] else SentimentAgent(),
     ]
+
+
+SENTIMENT_BACKENDS = ("local", "llm", "llm-probs")
+"""The sentiment analysers `sentiment_agent` builds: VADER; the model's JSON judgement; the
+label read off the model's token probabilities."""
+
+
+def sentiment_agent(backend: str, endpoint: Endpoint | None = None) -> Agent:
+    """The sentiment analyst on one of `SENTIMENT_BACKENDS` (what `anabranch eval` compares)."""
+    if backend not in SENTIMENT_BACKENDS:
+        raise ConfigError(
+            f"unknown sentiment backend {backend!r}; known: {', '.join(SENTIMENT_BACKENDS)}"
+        )
+    if backend == "local":
+        return SentimentAgent()
+    if endpoint is None:
+        raise ConfigError(f"the {backend} backend needs an LLM (--llm local or a URL)")
+    if backend == "llm-probs":
+        return LLMLabelProbabilities(endpoint)
+    return LLMSentimentAgent(endpoint)
 
 
 def local_agents() -> list[Agent]:

@@ -4,7 +4,7 @@ Opt-in (`Endpoint(..., cache=ResponseCache(path))`, `--cache PATH`). The key is 
 (server, model, messages, response format, sampling settings), and only deterministic requests
 (temperature 0) are cached unless `any_temperature` says otherwise: a sampled answer is one draw,
 not the answer. A hit sends no request and takes no slot; it is counted as cached in the usage.
-Streams are not cached (their text is shown as it comes).
+Streams are not cached (their text is shown as it comes), nor requests for token probabilities.
 """
 
 from __future__ import annotations
@@ -53,7 +53,9 @@ class ResponseCache:
 
     def key(self, server: str, params: dict[str, Any]) -> str | None:
         """The request's key, or None when it is not to be cached."""
-        if params.get("stream") or (params.get("temperature") and not self.any_temperature):
+        if params.get("stream") or params.get("logprobs"):
+            return None  # shown as it came, or probabilities the cache does not keep
+        if params.get("temperature") and not self.any_temperature:
             return None
         payload = json.dumps([server, params], sort_keys=True, default=str)
         return hashlib.sha256(payload.encode()).hexdigest()

@@ -54,6 +54,8 @@ class Completion:
     """Requests sent for it, the first included."""
     latency_s: float
     finish_reason: str | None = None
+    alternatives: tuple[tuple[str, float], ...] = ()
+    """The likeliest first tokens and their log probabilities (asked for with `top_logprobs`)."""
 
     @property
     def answer(self) -> Answer:
@@ -172,9 +174,16 @@ class Endpoint:
         temperature: float | None = None,
         max_tokens: int | None = None,
         model: str | None = None,
+        top_logprobs: int | None = None,
     ) -> Completion:
-        """One chat completion, retried on transient failures within the deadline."""
+        """One chat completion, retried on transient failures within the deadline.
+
+        `top_logprobs`: also ask for the likeliest first tokens and their log probabilities
+        (`Completion.alternatives`); such requests are not cached (the cache keeps text)."""
         params = self._params(messages, temperature, max_tokens, model, response_format)
+        if top_logprobs:
+            params["logprobs"] = True
+            params["top_logprobs"] = top_logprobs
         key = self.cache.key(self.base_url, params) if self.cache is not None else None
         if self.cache is not None and key is not None:
             start = time.perf_counter()
@@ -277,6 +286,7 @@ class Endpoint:
             attempts=tally.sent,
             latency_s=time.perf_counter() - start,
             finish_reason=answer.finish_reason,
+            alternatives=answer.alternatives,
         )
 
     # -- structured output ----------------------------------------------------------------------

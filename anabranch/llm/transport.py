@@ -50,6 +50,9 @@ class Answer:
     """The server's token counts, or None when it sent none."""
     finish_reason: str | None
     """Why the model stopped: `stop`, `length` (cut at max_tokens), ..."""
+    alternatives: tuple[tuple[str, float], ...] = ()
+    """The likeliest first tokens and their log probabilities, when the request asked for them
+    (`top_logprobs`) and the server sent them."""
 
 
 _PER_POOL = 16
@@ -177,8 +180,13 @@ def _answer(data: Any) -> Answer:
         if usage:
             tokens = Tokens(usage.get("prompt_tokens") or 0, usage.get("completion_tokens") or 0)
         message = choice.get("message") or {}
-        return Answer(message.get("content") or "", tokens, choice.get("finish_reason"))
-    except (AttributeError, IndexError, KeyError, TypeError) as exc:
+        first = ((choice.get("logprobs") or {}).get("content") or [{}])[0]
+        alternatives = tuple(
+            (str(t["token"]), float(t["logprob"])) for t in first.get("top_logprobs") or ()
+        )
+        text = message.get("content") or ""
+        return Answer(text, tokens, choice.get("finish_reason"), alternatives)
+    except (AttributeError, IndexError, KeyError, TypeError, ValueError) as exc:
         raise LLMOutputError(f"not a chat completion: {short(data, 120)}") from exc
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 from dataclasses import dataclass
 
 import yake
@@ -33,3 +34,23 @@ class YakeKeywords:
     async def extract(self, text: str) -> list[Keyword]:
         # YAKE is pure Python and slow on long texts: keep it off the event loop.
         return await asyncio.to_thread(self.extract_sync, text)
+
+
+_WORD = re.compile("[^\\W_]+(?:['\u2019][^\\W_]+)*")
+_SUFFIXES = ("ings", "ing", "ies", "ied", "es", "ed", "ly", "s")
+
+
+def _stem(word: str) -> str:
+    """A word without its commonest English inflection: enough to match `chargers` with
+    `charger` or `crashed` with `crash`, not a linguist's stemmer."""
+    for suffix in _SUFFIXES:
+        if word.endswith(suffix) and len(word) - len(suffix) >= 3:
+            return word[: -len(suffix)]
+    return word
+
+
+def occurs_in(term: str, text: str) -> bool:
+    """Whether every word of `term` occurs in `text`, ignoring case and inflection."""
+    words = {_stem(w) for w in _WORD.findall(text.lower())}
+    wanted = [_stem(w) for w in _WORD.findall(term.lower())]
+    return bool(wanted) and all(w in words for w in wanted)
