@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,ray]'
 	touch $@
 
 install: $(STAMP)
@@ -29,6 +29,7 @@ test: llm lint
 bench: install
 	$(BIN)/python bench/bench_fanout.py
 	$(BIN)/python bench/bench_adaptive.py
+	$(BIN)/python bench/bench_ray.py
 
 lint: install
 	$(BIN)/ruff check anabranch tests bench examples

@@ -9,6 +9,7 @@ import importlib.metadata
 from anabranch.agents.analysts import (
     KeywordAgent,
     LLMKeywordAgent,
+    LLMLabelProbabilities,
     LLMSentimentAgent,
     SentimentAgent,
     ServerTokenizer,
@@ -43,8 +44,11 @@ from anabranch.errors import (
     SetupError,
 )
 from anabranch.graphs.chain import build_chain_graph, chain_result, run_chain, run_specialists
+from anabranch.graphs.cluster import RayExecutor
 from anabranch.graphs.fanout import build_analysis_graph, build_fanout_graph
 from anabranch.graphs.runner import BatchRun, run_batch
+from anabranch.graphs.spec import GraphSpec, Share
+from anabranch.graphs.state import Graph
 from anabranch.inputs import example_tasks, read_tasks
 from anabranch.journal import Journal, RunInfo
 from anabranch.llm.cache import ResponseCache
@@ -89,6 +93,8 @@ __all__ = [
     "Endpoint",
     "FaultConfig",
     "FaultServer",
+    "Graph",
+    "GraphSpec",
     "InputError",
     "Journal",
     "Keyword",
@@ -96,6 +102,7 @@ __all__ = [
     "LLMConnectionError",
     "LLMError",
     "LLMKeywordAgent",
+    "LLMLabelProbabilities",
     "LLMOptions",
     "LLMOutputError",
     "LLMPlanner",
@@ -106,6 +113,7 @@ __all__ = [
     "LLMUnavailableError",
     "Limits",
     "LocalLLMServer",
+    "RayExecutor",
     "Reducer",
     "ResponseCache",
     "RetryPolicy",
@@ -116,6 +124,7 @@ __all__ = [
     "SentimentAgent",
     "ServerTokenizer",
     "SetupError",
+    "Share",
     "Specialist",
     "StageReport",
     "Subtask",

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import inspect
 import os
+import random
 import sys
 import time
 import traceback
@@ -23,13 +24,18 @@ import typer
 from pydantic import SecretStr
 
 from anabranch import __version__
-from anabranch.agents.analysts import needs_llm, parse_backend
+from anabranch.agents.analysts import SENTIMENT_BACKENDS, needs_llm, parse_backend
 from anabranch.errors import AnabranchError, ConfigError
+from anabranch.evaluation import builtin_set, evaluate, read_labelled, render, write_figures
+from anabranch.graphs.cluster import RayExecutor
 from anabranch.graphs.fanout import PlannerKind, build_analysis_graph
 from anabranch.graphs.runner import BatchRun, run_batch
+from anabranch.graphs.spec import GraphSpec
+from anabranch.graphs.state import Graph
 from anabranch.inputs import count_task_lines, example_tasks, read_tasks
 from anabranch.journal import Journal, fingerprint, run_id_for
 from anabranch.llm.connect import LLMOptions, maybe_endpoint, open_endpoint, without_llm
+from anabranch.llm.endpoint import Endpoint
 from anabranch.llm.settings import Limits, Timeouts
 from anabranch.redact import redact
 from anabranch.report import render_trace
@@ -159,6 +165,12 @@ class BatchOptions:
     """Forget what the journal holds for this run and start over."""
     retry_failed: bool
     """Run again the failed subtasks of tasks an earlier run delivered with errors."""
+    executor: Literal["local", "ray"] = "local"
+    """Where the graphs run: this process, or the workers of a Ray cluster."""
+    ray_address: str | None = None
+    """The Ray cluster: None starts a local one; `auto`, or `ray://host:10001`."""
+    workers: int = 2
+    """Ray workers."""
 
 
 @app.command()
@@ -220,6 +232,18 @@ def run(
             "(the journal resumes them later).",
         ),
     ] = 300.0,
+    executor: Annotated[
+        str,
+        typer.Option(
+            help="Where the graphs run: `local` (this process) or `ray` (the workers of a Ray "
+            "cluster; pip install 'anabranch[ray]'). Limits are the whole cluster's."
+        ),
+    ] = "local",
+    ray_address: Annotated[
+        str | None,
+        typer.Option(help="The Ray cluster: `auto`, `ray://host:10001`; default a local one."),
+    ] = None,
+    workers: Annotated[int, typer.Option(min=1, help="Ray workers (with --executor ray).")] = 2,
 ) -> None:
     """Run the fan-out analysis (tokens, keywords, sentiment) over a JSONL file of tasks.
 
@@ -247,7 +271,17 @@ def run(
         journal=None if no_journal else journal or out.with_name(out.name + ".journal"),
         fresh=not resume,
         retry_failed=retry_failed,
+        executor="ray" if executor == "ray" else "local",
+        ray_address=ray_address,
+        workers=workers,
     )
+    if executor not in ("local", "ray"):
+        raise ConfigError(f"unknown executor {executor!r}; use local or ray")
+    if executor == "ray" and llm == "local" and (ray_address or "").startswith("ray://"):
+        raise ConfigError(
+            "the embedded LLM runs on this machine, out of a remote cluster's reach: give its "
+            "workers a server they can reach (--llm URL)"
+        )
     if no_journal and (retry_failed or not resume):
         raise ConfigError("--retry-failed and --fresh work on a journal: drop --no-journal")
     raise typer.Exit(asyncio.run(_run_file(input, options)))
@@ -307,11 +341,14 @@ async def _run_file(input: Path, options: BatchOptions) -> int:
                 "chunk_tokens": options.chunk_tokens, "model": endpoint and endpoint.model,
             }  # fmt: skip
             total = await asyncio.to_thread(count_task_lines, input)
-            batch = run_batch(read_tasks(input), graph, concurrency=options.concurrency,
+            executor, target = _executor(options, endpoint, graph)
+            batch = run_batch(read_tasks(input), target, concurrency=options.concurrency,
                               total=total, journal=journal, run_id=run_id,
                               fingerprint=fingerprint(config), fresh=options.fresh,
-                              retry_failed=options.retry_failed, watch=endpoint,
-                              description=f"{input} -> {options.out}")  # fmt: skip
+                              retry_failed=options.retry_failed,
+                              watch=endpoint if executor is None else None,
+                              description=f"{input} -> {options.out}",
+                              executor=executor)  # fmt: skip
             report, rejections = await _write_results(batch, sink, options.out)
         if journal is not None:  # the journal is the truth: the output is its view, in order
             await asyncio.to_thread(_rewrite_in_input_order, journal, run_id, options.out)
@@ -324,6 +361,24 @@ async def _run_file(input: Path, options: BatchOptions) -> int:
     if report.tasks_rejected:
         return EXIT_USAGE
     return EXIT_PARTIAL if report.tasks_partial or report.tasks_failed else EXIT_OK
+
+
+def _executor(
+    options: BatchOptions, endpoint: Endpoint | None, graph: Graph
+) -> tuple[RayExecutor | None, Graph | GraphSpec]:
+    """Where the batch runs: `graph` here, or its recipe on a Ray cluster's workers (each with
+    its own endpoint to the same server, on its share of the limits)."""
+    if options.executor == "local":
+        return None, graph
+    llm = options.llm
+    spec = GraphSpec("anabranch.graphs.spec:analysis_graph", {
+        "base_url": endpoint.base_url if endpoint else None,
+        "model": endpoint.model if endpoint else None, "api_key": llm.api_key,
+        "timeouts": llm.timeouts, "limits": llm.limits, "backend": options.backend,
+        "planner": options.planner, "chunk_tokens": options.chunk_tokens,
+    })  # fmt: skip
+    per_worker = max(1, -(-options.concurrency // options.workers))
+    return RayExecutor(options.ray_address, options.workers, per_worker), spec
 
 
 def _open_out(out: Path, *, append: bool = False) -> IO[str]:
@@ -421,6 +476,117 @@ def _show_run(journal: Journal, run_id: str) -> None:
     (info,) = [r for r in journal.runs() if r.run_id == run_id]
     typer.echo(f"run {run_id} did not finish; re-run its command to resume it")
     typer.echo(f"delivered so far: {info.tasks}")
+
+
+# -- eval ----------------------------------------------------------------------------------------
+
+
+@app.command("eval")
+def eval_(
+    labelled: Annotated[
+        Path | None,
+        typer.Argument(
+            help="Labelled texts, one JSON object per line with `id`, `text` and a `label` or a "
+            "`human_mean`. Default: the project's own set, its held-out part."
+        ),
+    ] = None,
+    backend: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="A sentiment backend to measure; repeat to compare several side by side. "
+            f"Known: {', '.join(SENTIMENT_BACKENDS)}. Default: local, and llm with --llm."
+        ),
+    ] = None,
+    llm: Llm = None,
+    model: Model = None,
+    split: Annotated[
+        str | None,
+        typer.Option(help="Only the lines of this split (`tune` or `held-out`); `all` for all."),
+    ] = None,
+    band: Annotated[
+        float,
+        typer.Option(
+            min=0, help="A `human_mean` counts when at least this far from 0, labelled by sign."
+        ),
+    ] = 1.0,
+    sample: Annotated[
+        int | None,
+        typer.Option(min=1, help="Measure on this many texts drawn at random (seed 0), not all."),
+    ] = None,
+    out: Annotated[Path | None, typer.Option(help="Write the figures as JSON here.")] = None,
+    concurrency: Concurrency = 16,
+    llm_concurrency: LlmConcurrency = 8,
+    timeout: Timeout = 60.0,
+    deadline: Deadline = 180.0,
+) -> None:
+    """Measure sentiment backends against human labels: agreement with a 95 % interval, per-class
+    precision / recall / F1, the confusion matrix, failed outputs, tokens and time."""
+    source = labelled or builtin_set()
+    if not source.is_file():
+        raise ConfigError(f"no such labelled file: {source}")
+    if split is None:
+        split = "held-out" if labelled is None else "all"
+    backends = backend or (["local", "llm"] if llm else ["local"])
+    if unknown := [b for b in backends if b not in SENTIMENT_BACKENDS]:
+        raise ConfigError(f"unknown backends {unknown}; known: {', '.join(SENTIMENT_BACKENDS)}")
+    if any(b != "local" for b in backends) and llm is None:
+        raise ConfigError("the llm backends need --llm (local or a URL)")
+    options = _llm_options(llm, model, concurrency=llm_concurrency, timeout=timeout,
+                           deadline=deadline)  # fmt: skip
+    if all(b == "local" for b in backends):
+        options = without_llm(options)
+    chosen = None if split == "all" else split
+    asked = EvalOptions(source, backends, chosen, band, sample, out, concurrency)
+    raise typer.Exit(asyncio.run(_eval(asked, options)))
+
+
+@dataclass(frozen=True, slots=True)
+class EvalOptions:
+    """What `eval` is told, gathered once."""
+
+    source: Path
+    """The labelled file."""
+    backends: list[str]
+    """The sentiment backends to compare."""
+    split: str | None
+    """Only the lines of this split; None for all."""
+    band: float
+    """How far from 0 a `human_mean` must lie to count."""
+    sample: int | None
+    """How many texts to draw at random; None for all."""
+    out: Path | None
+    """Where the figures go as JSON, if anywhere."""
+    concurrency: int
+    """Texts in flight at once."""
+
+
+async def _eval(asked: EvalOptions, options: LLMOptions) -> int:
+    source, split, band = asked.source, asked.split, asked.band
+    labelled = await asyncio.to_thread(read_labelled, source, band=band, split=split)
+    for problem in labelled.problems:
+        typer.echo(f"rejected: {source}: {problem}", err=True)
+    items = labelled.items
+    if asked.sample is not None and asked.sample < len(items):
+        drawn = set(random.Random(0).sample(range(len(items)), asked.sample))
+        items = [item for i, item in enumerate(items) if i in drawn]
+    if not items:
+        raise ConfigError(f"{source}: no labelled texts to measure on (split {split}, band {band})")
+    results = []
+    async with maybe_endpoint(options, typer.echo) as endpoint:
+        for name in asked.backends:
+            results.append(await evaluate(items, name, endpoint, concurrency=asked.concurrency))
+    notes = [f"{labelled.in_band} inside the band left out"] if labelled.in_band else []
+    if labelled.other_split:
+        notes.append(f"{labelled.other_split} of other splits left out")
+    if len(items) < len(labelled.items):
+        notes.append(f"a sample of {len(items)} of {len(labelled.items)}")
+    title = f"{source.name}" + (f", {split}" if split else "") + (
+        f" ({'; '.join(notes)})" if notes else "")  # fmt: skip
+    typer.echo(render(results, title))
+    if asked.out is not None:
+        write_figures(asked.out, results, str(source), split, band)
+        typer.echo(f"figures: {asked.out}")
+    return EXIT_USAGE if labelled.problems else EXIT_OK
 
 
 # -- setup ---------------------------------------------------------------------------------------

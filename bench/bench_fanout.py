@@ -28,32 +28,17 @@ import resource
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, TypedDict
+from typing import Annotated, TypedDict
 
 from langgraph.graph import END, START, StateGraph
 from langgraph.types import Send
 
-from anabranch import Answer
-from anabranch.types import SentimentOutput
+from anabranch.testing.load_graph import AGENTS, MESSAGES, ChatAgent
 
-MESSAGES = [{"role": "user", "content": "Analyse this short text."}]
-KINDS = ("first", "second", "third")
+KINDS = AGENTS
 MODES = ("floor", "langgraph", "anabranch", "journal", "bare")
 RESULTS = Path(__file__).parent / "results"
-
-
-@dataclass
-class ChatAgent:
-    """One LLM call per subtask: the framework's own cost is everything around it."""
-
-    endpoint: Any
-    name: str
-
-    async def run(self, subtask: Any) -> Answer:
-        completion = await self.endpoint.chat(MESSAGES, max_tokens=16)
-        return Answer(SentimentOutput(label="neutral", score=0.0), completion.usage)
 
 
 async def floor(url: str, n: int, c: int) -> int:

@@ -19,7 +19,7 @@ def run_example(name: str, *args: str, cwd=ROOT) -> str:
 
 def test_every_example_has_a_test():
     tested = {"batch_on_embedded_model.py", "own_agent.py", "chain_of_specialists.py",
-              "chat_backend.py"}  # fmt: skip
+              "chat_backend.py", "ray_batch.py"}  # fmt: skip
     assert {p.name for p in EXAMPLES.glob("*.py")} == tested
 
 
@@ -46,3 +46,8 @@ def test_chain_of_specialists(tmp_path):
 def test_chat_backend_mounted_in_fastapi():
     out = run_example("chat_backend.py")
     assert out.startswith("Sentiment: positive")
+
+
+def test_own_graph_on_a_ray_cluster():
+    out = run_example("ray_batch.py")
+    assert out.startswith("40 tasks delivered by the cluster; words in t0..t4: [7, 14, 21, 28, 35]")

@@ -17,6 +17,8 @@ from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass, field
 
 from anabranch.errors import ConfigError, InputError
+from anabranch.graphs.cluster import RayExecutor
+from anabranch.graphs.spec import GraphSpec
 from anabranch.graphs.state import Graph, RunContext, StageClock, now
 from anabranch.graphs.sync import iterate
 from anabranch.journal import Journal
@@ -38,8 +40,9 @@ class BatchRun:
     """`async for result in run_batch(...)` yields TaskResults; `.report` is ready once it ends."""
 
     tasks: Iterable[Task | InputError]
-    graph: Graph
-    """The graph run once per task: input `{"task": Task}`, output `{"result": TaskResult}`."""
+    graph: Graph | GraphSpec
+    """The graph run once per task: input `{"task": Task}`, output `{"result": TaskResult}`; or
+    its recipe, which an executor's workers build it from (or this process, without one)."""
     concurrency: int = 16
     progress: bool | None = None
     """Show a progress bar on stderr; None means only when stderr is a terminal."""
@@ -60,6 +63,9 @@ class BatchRun:
     """Shown by `anabranch runs` beside the run id."""
     watch: Endpoint | None = None
     """An endpoint whose concurrency and 429s the progress bar and the report show."""
+    executor: RayExecutor | None = None
+    """Where the graph runs: None for this process; a `RayExecutor` for a Ray cluster's workers
+    (then `graph` is a GraphSpec and the concurrency is the executor's)."""
     replayed: set[str] = field(default_factory=set, init=False, repr=False)
     """Ids of the results delivered from the journal (done by an earlier attempt), so that a
     consumer which already has them, the CLI's output file, skips them."""
@@ -83,6 +89,29 @@ class BatchRun:
     async def _run(self) -> AsyncIterator[TaskResult]:
         if self.concurrency < 1:
             raise ConfigError(f"concurrency must be at least 1, got {self.concurrency}")
+        executor, graph = self.executor, self.graph
+        if executor is not None:
+            if not isinstance(graph, GraphSpec):
+                raise ConfigError(
+                    "a compiled graph cannot travel to Ray workers: give run_batch a "
+                    "GraphSpec('package.module:factory', {...}) instead"
+                )
+            await executor.start(graph)
+            concurrency = executor.concurrency
+        else:
+            if isinstance(graph, GraphSpec):
+                graph = await asyncio.to_thread(graph.build)
+            concurrency = self.concurrency
+        try:
+            async for result in self._deliver(graph, executor, concurrency):
+                yield result
+        finally:
+            if executor is not None:
+                await executor.close()
+
+    async def _deliver(
+        self, graph: Graph | GraphSpec, executor: RayExecutor | None, concurrency: int
+    ) -> AsyncIterator[TaskResult]:
         clock = StageClock()
         started = now()
         ledger = None
@@ -95,10 +124,18 @@ class BatchRun:
         source = iter(self.tasks)
         # Bounded: a slow consumer holds back the workers, so memory holds only the runs in
         # flight and at most `concurrency` results waiting to be taken.
-        queue: asyncio.Queue[tuple[TaskResult, bool] | None] = asyncio.Queue(
-            maxsize=self.concurrency
-        )
+        queue: asyncio.Queue[tuple[TaskResult, bool] | None] = asyncio.Queue(maxsize=concurrency)
         counts: Counter[str] = Counter()
+
+        async def run_one(task: Task) -> TaskResult:
+            if executor is None:
+                assert not isinstance(graph, GraphSpec)
+                return await run_task(graph, task, context)
+            start = now()  # remote: the stages of the task's graph show as one span
+            result = await executor.run(task)
+            for stage in ("split", "execute", "aggregate"):
+                clock.record(stage, start, now())
+            return result
 
         async def worker() -> None:
             for item in source:  # a shared iterator: each next() hands out a distinct task
@@ -114,7 +151,7 @@ class BatchRun:
                     continue
                 if ledger is None:
                     counts["tasks"] += 1
-                    await queue.put((await self._run_one(item, context), False))
+                    await queue.put((await run_one(item), False))
                     continue
                 key = ledger.key(item)
                 if key in ledger.done:  # delivered by an earlier attempt: delivered again as is
@@ -125,12 +162,12 @@ class BatchRun:
                 counts["tasks"] += 1
                 counts["changed"] += ledger.changed(item, key)
                 ledger.start(item, key)
-                result = await self._run_one(item, context)
+                result = await run_one(item)
                 ledger.record_task(key, position, result)
                 await queue.put((result, False))
             await queue.put(None)  # this worker is done
 
-        workers = [asyncio.create_task(worker()) for _ in range(self.concurrency)]
+        workers = [asyncio.create_task(worker()) for _ in range(concurrency)]
         bar = _ProgressBar.open(self.progress, self.total or _length(self.tasks), self.watch)
         watched = self.watch.slot_stats if self.watch is not None else None
         base = (watched.requests, watched.overloads) if watched is not None else (0, 0)
@@ -208,22 +245,25 @@ class BatchRun:
         if ledger is not None:
             await asyncio.to_thread(ledger.finish, self._report)
 
-    async def _run_one(self, task: Task, context: RunContext) -> TaskResult:
-        try:
-            output = await self.graph.ainvoke({"task": task}, context=context)
-            return output["result"]
-        except Exception as exc:  # noqa: BLE001 - errors are data (architecture.md, rule 1)
-            return TaskResult(
-                task_id=task.id,
-                status="error",
-                errors=[SubtaskError(kind="graph", type=type(exc).__name__, message=str(exc))],
-                metadata=task.metadata,
-            )
+
+async def run_task(graph: Graph, task: Task, context: RunContext) -> TaskResult:
+    """One task through the graph; a graph that raises still gives a result that says so."""
+    try:
+        output = await graph.ainvoke({"task": task}, context=context)
+        result: TaskResult = output["result"]
+        return result
+    except Exception as exc:  # noqa: BLE001 - errors are data (architecture.md, rule 1)
+        return TaskResult(
+            task_id=task.id,
+            status="error",
+            errors=[SubtaskError(kind="graph", type=type(exc).__name__, message=str(exc))],
+            metadata=task.metadata,
+        )
 
 
 def run_batch(
     tasks: Iterable[Task | InputError],
-    graph: Graph,
+    graph: Graph | GraphSpec,
     *,
     concurrency: int = 16,
     progress: bool | None = None,
@@ -235,17 +275,19 @@ def run_batch(
     retry_failed: bool = False,
     description: str = "",
     watch: Endpoint | None = None,
+    executor: RayExecutor | None = None,
 ) -> BatchRun:
     """Run `graph` once per task, `concurrency` runs at a time; iterate the result for TaskResults.
 
     `tasks` may hold InputErrors (as `read_tasks` yields them): each becomes a rejected TaskResult.
     With a `journal`, finished work is recorded as it happens and the same `run_id` resumes:
     delivered tasks come back from the journal, finished subtasks are reused (see `Journal`).
+    With a `RayExecutor`, `graph` is a GraphSpec and the graph runs on the cluster's workers.
     """
     return BatchRun(tasks, graph, concurrency=concurrency, progress=progress, total=total,
                     journal=journal, run_id=run_id, fingerprint=fingerprint, fresh=fresh,
                     retry_failed=retry_failed, description=description,
-                    watch=watch)  # fmt: skip
+                    watch=watch, executor=executor)  # fmt: skip
 
 
 def _concurrency(

@@ -1,0 +1,134 @@
+"""Past one machine: a batch's graph runs on the workers of a Ray cluster.
+
+`run_batch(tasks, GraphSpec(...), executor=RayExecutor(workers=N))`: N Ray actors each build
+their own graph from the spec (on their share of its limits) and run tasks sent to them, up to
+`per_worker_concurrency` at once. Everything else stays on the driver, in the batch runner: the
+input is read as it goes, results come back in completion order through the same bounded queue,
+the progress bar and the trace are the same, and the journal is written by the driver alone, so
+resuming after a crash of the driver works as in one process.
+
+A worker that dies (its actor killed, its process SIGKILLed, its machine gone) loses nothing: the
+tasks it held fail on the driver with `RayActorError`, a new actor takes its place, and each of
+those tasks is sent again, to the next worker in turn. A task's result is delivered once, when a
+worker returns it; a task a dead worker had half done is run again from its start.
+
+Ray is an optional dependency (`pip install anabranch[ray]`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from dataclasses import dataclass, field
+from typing import Any
+
+from anabranch.errors import ConfigError, SetupError
+from anabranch.graphs.spec import GraphSpec, Share
+from anabranch.graphs.state import RunContext
+from anabranch.types import Task, TaskResult
+
+_RESPAWNS_PER_WORKER = 3
+"""Replacements per worker before the batch gives up on a cluster that keeps losing them."""
+
+
+class GraphWorker:
+    """One Ray actor: builds its graph once, then runs the tasks the driver sends it."""
+
+    def __init__(self, spec: GraphSpec, share: Share) -> None:
+        self.graph = spec.build(share)
+
+    async def run(self, task: Task) -> TaskResult:
+        from anabranch.graphs.runner import run_task
+
+        return await run_task(self.graph, task, RunContext())
+
+    async def ready(self) -> bool:
+        return True
+
+
+@dataclass
+class RayExecutor:
+    """Where `run_batch` sends its tasks instead of running them in this process."""
+
+    address: str | None = None
+    """The cluster: None starts a local one (or uses the one this process already joined),
+    `auto` joins the cluster of this machine, `ray://host:10001` a remote one."""
+    workers: int = 2
+    """Ray actors, each with its own graph and endpoint."""
+    per_worker_concurrency: int = 16
+    """Tasks in flight on one worker at once."""
+    respawned: int = field(default=0, init=False)
+    """Workers replaced after they died."""
+    actors: list[Any] = field(default_factory=list, init=False, repr=False)
+    """The live actor handles, by worker number."""
+    _spec: GraphSpec | None = field(default=None, init=False, repr=False)
+    _started_ray: bool = field(default=False, init=False, repr=False)
+    _turn: itertools.count[int] = field(default_factory=itertools.count, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.workers < 1 or self.per_worker_concurrency < 1:
+            raise ConfigError(f"workers and per_worker_concurrency must be at least 1: {self}")
+
+    @property
+    def concurrency(self) -> int:
+        """Tasks in flight across the cluster."""
+        return self.workers * self.per_worker_concurrency
+
+    async def start(self, spec: GraphSpec) -> None:
+        """Join or start the cluster, and start the workers (each builds its graph)."""
+        ray = _ray()
+        if not ray.is_initialized():
+            try:  # on this thread: Ray sets its signal handlers from the main thread only
+                ray.init(address=self.address, include_dashboard=False, configure_logging=False)
+            except (ConnectionError, RuntimeError, ValueError) as exc:
+                raise SetupError(f"cannot reach the Ray cluster at {self.address}: {exc}") from exc
+            self._started_ray = True
+        self._spec = spec
+        self.actors = [self._spawn(i) for i in range(self.workers)]
+        try:
+            await asyncio.gather(*(actor.ready.remote() for actor in self.actors))
+        except ray.exceptions.RayActorError as exc:
+            raise ConfigError(f"a Ray worker could not build the graph: {exc}") from exc
+
+    def _spawn(self, index: int) -> Any:
+        ray = _ray()
+        worker = ray.remote(GraphWorker).options(max_concurrency=self.per_worker_concurrency)
+        return worker.remote(self._spec, Share(index, self.workers))
+
+    async def run(self, task: Task) -> TaskResult:
+        """The task's result from the next worker in turn; on a worker that died, from the one
+        after it (the dead one replaced)."""
+        ray = _ray()
+        while True:
+            index = next(self._turn) % self.workers
+            actor = self.actors[index]
+            try:
+                result: TaskResult = await actor.run.remote(task)
+                return result
+            except ray.exceptions.RayActorError:
+                if self.actors[index] is actor:  # the first to hear of it replaces it
+                    if self.respawned >= _RESPAWNS_PER_WORKER * self.workers:
+                        raise SetupError(
+                            f"Ray workers keep dying ({self.respawned} replaced): see the "
+                            "cluster's logs"
+                        ) from None
+                    self.respawned += 1
+                    self.actors[index] = self._spawn(index)
+
+    async def close(self) -> None:
+        """Stop the workers, and the cluster if this executor started it."""
+        ray = _ray()
+        for actor in self.actors:
+            ray.kill(actor)
+        self.actors = []
+        if self._started_ray:
+            await asyncio.to_thread(ray.shutdown)
+            self._started_ray = False
+
+
+def _ray() -> Any:
+    try:
+        import ray
+    except ImportError as exc:
+        raise ConfigError("the Ray executor needs Ray: pip install 'anabranch[ray]'") from exc
+    return ray

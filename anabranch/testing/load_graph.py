@@ -1,0 +1,40 @@
+"""A graph that only calls the LLM: for measuring the framework and the server, not an analysis.
+
+Three agents, each one chat call of a fixed short message per subtask, in the fan-out graph (rule
+planner, reducer): everything but the call is the framework's own cost. `bench/` measures with it,
+in one process and on a Ray cluster (`GraphSpec("anabranch.testing.load_graph:load_graph", ...)`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from anabranch.agents.base import Answer
+from anabranch.graphs.fanout import build_fanout_graph
+from anabranch.graphs.spec import Share
+from anabranch.graphs.state import Graph
+from anabranch.llm.endpoint import Endpoint
+from anabranch.llm.settings import Limits
+from anabranch.types import SentimentOutput, Subtask
+
+MESSAGES = [{"role": "user", "content": "Analyse this short text."}]
+AGENTS = ("first", "second", "third")
+
+
+@dataclass
+class ChatAgent:
+    """One chat call per subtask, its answer unread."""
+
+    endpoint: Endpoint
+    name: str
+
+    async def run(self, subtask: Subtask) -> Answer:
+        completion = await self.endpoint.chat(MESSAGES, max_tokens=16)
+        return Answer(SentimentOutput(label="neutral", score=0.0), completion.usage)
+
+
+def load_graph(base_url: str, model: str, concurrency: int, share: Share | None = None) -> Graph:
+    """The three chat agents on one endpoint capped at `concurrency` (this worker's share)."""
+    limits = (share or Share()).limits(Limits(concurrency=concurrency))
+    endpoint = Endpoint(base_url, model, limits=limits)
+    return build_fanout_graph(agents=[ChatAgent(endpoint, name) for name in AGENTS])
