@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import resource
 import subprocess
 import sys
 import time
@@ -45,7 +46,9 @@ async def batch(url: str, n: int, workers: int) -> dict:
     delivered = sum([1 async for _ in run])
     wall = time.perf_counter() - begin
     assert delivered == n and run.report.tasks_ok == n, run.report
-    return {"workers": workers, "n": n, "wall": wall, "cluster_start": started}
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    cpu = usage.ru_utime + usage.ru_stime
+    return {"workers": workers, "n": n, "wall": wall, "cluster_start": started, "driver_cpu": cpu}
 
 
 def child(url: str, n: int, workers: int) -> dict:
@@ -80,6 +83,8 @@ def main() -> None:
     print(f"Ray, 2 workers:      {two['wall']:.1f} s, {calls / two['wall']:.0f} calls/s "
           f"(cluster start {two['cluster_start']:.1f} s, not counted)")  # fmt: skip
     print(f"throughput ratio:    {one['wall'] / two['wall']:.2f}x")
+    print(f"CPU of the driver process: one process {one['driver_cpu']:.1f} s, "
+          f"Ray {two['driver_cpu']:.1f} s")
 
 
 if __name__ == "__main__":

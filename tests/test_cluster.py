@@ -78,13 +78,14 @@ async def test_a_rate_limit_holds_across_workers(cluster, faults):
     """600 rpm for the cluster: each of the two workers takes 300 (see Share.limits)."""
     faults.configure(latency_ms=5)
     executor = RayExecutor(workers=2, per_worker_concurrency=8)
-    batch = run_batch(tasks(70), spec(faults.url, concurrency=16, rpm=600), executor=executor,
+    batch = run_batch(tasks(90), spec(faults.url, concurrency=16, rpm=600), executor=executor,
                       progress=False)  # fmt: skip
-    assert len([r async for r in batch]) == 70
+    assert len([r async for r in batch]) == 90
     arrivals = sorted(faults.stats()["arrivals"])
     # Each worker's bucket holds one second's burst (5), then refills at 5 per second: after
-    # the first second the cluster sends 10 per second, within 10 %.
-    steady = [a for a in arrivals if a >= arrivals[0] + 1.0]
+    # the first second, while both have work (the last second may find one done), the cluster
+    # sends 10 per second, within 10 %.
+    steady = [a for a in arrivals if arrivals[0] + 1.0 <= a <= arrivals[-1] - 1.0]
     rate = (len(steady) - 1) / (steady[-1] - steady[0])
     print(f"\n600 rpm across 2 workers: {rate:.2f} requests/s after the burst")
     assert 9.0 <= rate <= 11.0

@@ -7,9 +7,13 @@ input is read as it goes, results come back in completion order through the same
 the progress bar and the trace are the same, and the journal is written by the driver alone, so
 resuming after a crash of the driver works as in one process.
 
+Tasks travel in small chunks (those the runner hands over in the same turn of the event loop, up
+to `chunk`): one Ray call per task cost the driver and the workers about as much CPU as the task's
+three LLM calls. A worker runs a chunk's tasks at once and returns their results together.
+
 A worker that dies (its actor killed, its process SIGKILLed, its machine gone) loses nothing: the
-tasks it held fail on the driver with `RayActorError`, a new actor takes its place, and each of
-those tasks is sent again, to the next worker in turn. A task's result is delivered once, when a
+chunks it held fail on the driver with `RayActorError`, a new actor takes its place, and each of
+those chunks is sent again, to the next worker in turn. A task's result is delivered once, when a
 worker returns it; a task a dead worker had half done is run again from its start.
 
 Ray is an optional dependency (`pip install anabranch[ray]`).
@@ -37,10 +41,10 @@ class GraphWorker:
     def __init__(self, spec: GraphSpec, share: Share) -> None:
         self.graph = spec.build(share)
 
-    async def run(self, task: Task) -> TaskResult:
+    async def run(self, tasks: list[Task]) -> list[TaskResult]:
         from anabranch.graphs.runner import run_task
 
-        return await run_task(self.graph, task, RunContext())
+        return list(await asyncio.gather(*(run_task(self.graph, t, RunContext()) for t in tasks)))
 
     async def ready(self) -> bool:
         return True
@@ -57,6 +61,8 @@ class RayExecutor:
     """Ray actors, each with its own graph and endpoint."""
     per_worker_concurrency: int = 16
     """Tasks in flight on one worker at once."""
+    chunk: int = 8
+    """Tasks sent to a worker in one call, at most."""
     respawned: int = field(default=0, init=False)
     """Workers replaced after they died."""
     actors: list[Any] = field(default_factory=list, init=False, repr=False)
@@ -64,10 +70,14 @@ class RayExecutor:
     _spec: GraphSpec | None = field(default=None, init=False, repr=False)
     _started_ray: bool = field(default=False, init=False, repr=False)
     _turn: itertools.count[int] = field(default_factory=itertools.count, init=False, repr=False)
+    _waiting: list[tuple[Task, asyncio.Future[TaskResult]]] = field(
+        default_factory=list, init=False, repr=False
+    )
+    _sending: set[asyncio.Task[None]] = field(default_factory=set, init=False, repr=False)
 
     def __post_init__(self) -> None:
-        if self.workers < 1 or self.per_worker_concurrency < 1:
-            raise ConfigError(f"workers and per_worker_concurrency must be at least 1: {self}")
+        if min(self.workers, self.per_worker_concurrency, self.chunk) < 1:
+            raise ConfigError(f"workers, per_worker_concurrency, chunk: at least 1 ({self})")
 
     @property
     def concurrency(self) -> int:
@@ -92,32 +102,70 @@ class RayExecutor:
 
     def _spawn(self, index: int) -> Any:
         ray = _ray()
-        worker = ray.remote(GraphWorker).options(max_concurrency=self.per_worker_concurrency)
+        calls = max(1, -(-self.per_worker_concurrency // self.chunk)) + 1
+        worker = ray.remote(GraphWorker).options(max_concurrency=calls)
         return worker.remote(self._spec, Share(index, self.workers))
 
     async def run(self, task: Task) -> TaskResult:
-        """The task's result from the next worker in turn; on a worker that died, from the one
-        after it (the dead one replaced)."""
+        """The task's result from a worker (sent with the others handed over in this turn of
+        the event loop)."""
+        future: asyncio.Future[TaskResult] = asyncio.get_running_loop().create_future()
+        self._waiting.append((task, future))
+        if len(self._waiting) >= self.chunk:
+            self._flush()
+        elif len(self._waiting) == 1:
+            asyncio.get_running_loop().call_soon(self._flush)
+        return await future
+
+    def _flush(self) -> None:
+        while self._waiting:
+            chunk, self._waiting = self._waiting[: self.chunk], self._waiting[self.chunk :]
+            sending = asyncio.ensure_future(self._send(chunk))
+            self._sending.add(sending)
+            sending.add_done_callback(self._sending.discard)
+
+    async def _send(self, chunk: list[tuple[Task, asyncio.Future[TaskResult]]]) -> None:
+        """One chunk to the next worker in turn; on a worker that died, to the one after it
+        (the dead one replaced)."""
         ray = _ray()
-        while True:
-            index = next(self._turn) % self.workers
-            actor = self.actors[index]
-            try:
-                result: TaskResult = await actor.run.remote(task)
-                return result
-            except ray.exceptions.RayActorError:
-                if self.actors[index] is actor:  # the first to hear of it replaces it
-                    if self.respawned >= _RESPAWNS_PER_WORKER * self.workers:
-                        raise SetupError(
-                            f"Ray workers keep dying ({self.respawned} replaced): see the "
-                            "cluster's logs"
-                        ) from None
-                    self.respawned += 1
-                    self.actors[index] = self._spawn(index)
+        tasks = [task for task, _ in chunk]
+        try:
+            while True:
+                index = next(self._turn) % self.workers
+                actor = self.actors[index]
+                try:
+                    results: list[TaskResult] = await actor.run.remote(tasks)
+                    break
+                except ray.exceptions.RayActorError:
+                    self._replace(index, actor)
+        except asyncio.CancelledError:  # the batch ended: nobody waits for these
+            for _, future in chunk:
+                future.cancel()
+            raise
+        except Exception as exc:  # noqa: BLE001 - handed to the tasks' waiters, not swallowed
+            for _, future in chunk:
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        for (_, future), result in zip(chunk, results, strict=True):
+            if not future.done():
+                future.set_result(result)
+
+    def _replace(self, index: int, dead: Any) -> None:
+        if self.actors[index] is not dead:
+            return  # another chunk heard of it first
+        if self.respawned >= _RESPAWNS_PER_WORKER * self.workers:
+            raise SetupError(
+                f"Ray workers keep dying ({self.respawned} replaced): see the cluster's logs"
+            )
+        self.respawned += 1
+        self.actors[index] = self._spawn(index)
 
     async def close(self) -> None:
         """Stop the workers, and the cluster if this executor started it."""
         ray = _ray()
+        for sending in list(self._sending):
+            sending.cancel()
         for actor in self.actors:
             ray.kill(actor)
         self.actors = []
