@@ -83,8 +83,10 @@ def main() -> None:
     print(f"Ray, 2 workers:      {two['wall']:.1f} s, {calls / two['wall']:.0f} calls/s "
           f"(cluster start {two['cluster_start']:.1f} s, not counted)")  # fmt: skip
     print(f"throughput ratio:    {one['wall'] / two['wall']:.2f}x")
-    print(f"CPU of the driver process: one process {one['driver_cpu']:.1f} s, "
-          f"Ray {two['driver_cpu']:.1f} s")
+    print(
+        f"CPU of the driver process: one process {one['driver_cpu']:.1f} s, "
+        f"Ray {two['driver_cpu']:.1f} s"
+    )
 
 
 if __name__ == "__main__":
