@@ -96,7 +96,8 @@ Model = Annotated[
 Backend = Annotated[
     str | None,
     typer.Option(
-        help="Where the analysts run: `local` (tiktoken, YAKE, VADER), `llm`, or per agent, "
+        help="Where the analysts run: `local` (tiktoken, YAKE, VADER), `llm`, `llm-probs` (llm, "
+        "sentiment read off token probabilities: needs a server with logprobs), or per agent, "
         "e.g. `keywords=llm,sentiment=local`. Default: llm when --llm is given, else local."
     ),
 ]

@@ -107,3 +107,39 @@ def test_eval_compares_backends_on_the_embedded_model(labelled, tmp_path):
 def test_eval_refuses_llm_backends_without_an_llm(labelled):
     done = run_cli("eval", str(labelled), "--backend", "llm")
     assert done.returncode == 2 and "--llm" in done.stderr
+
+
+def test_llm_probs_is_a_sentiment_backend_only():
+    from anabranch.agents.analysts import (
+        LLMKeywordAgent,
+        LLMLabelProbabilities,
+        ServerTokenizer,
+        make_agents,
+        parse_backend,
+    )
+    from anabranch.errors import ConfigError
+    from anabranch.llm.endpoint import Endpoint
+
+    assert parse_backend("llm-probs", True) == "llm-probs"
+    assert parse_backend("keywords=local,sentiment=llm-probs", True)["sentiment"] == "llm-probs"
+    with pytest.raises(ConfigError, match="keywords=llm-probs: use one of local, llm"):
+        parse_backend("keywords=llm-probs", True)
+    tokens, keywords, sentiment = make_agents("llm-probs", Endpoint("http://127.0.0.1:9", "m"))
+    assert type(sentiment) is LLMLabelProbabilities  # and the others on the LLM, as with llm
+    assert type(keywords) is LLMKeywordAgent and type(tokens.tokenizer) is ServerTokenizer
+
+
+@pytest.mark.slow
+def test_run_reads_sentiment_off_token_probabilities(tmp_path):
+    tasks = tmp_path / "tasks.jsonl"
+    texts = ["I love it, wonderful!", "Awful, broken, a waste.", "It opens at nine."]
+    tasks.write_text("".join(json.dumps({"id": f"t{i}", "text": t}) + "\n"
+                             for i, t in enumerate(texts)))  # fmt: skip
+    out = tmp_path / "results.jsonl"
+    done = run_cli("run", str(tasks), "--out", str(out), "--llm", "local",
+                   "--backend", "tokenize=local,keywords=local,sentiment=llm-probs")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    results = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(results) == 3 and all(r["status"] == "ok" and r["sentiment"] for r in results)
+    # One generated token per text: the label's first token, read off its probabilities.
+    assert all(r["usage"]["completion_tokens"] == 1 for r in results)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Annotated, Literal, Protocol
+from typing import Annotated, Literal, Protocol, cast
 
 from pydantic import BaseModel, Field, StringConstraints, create_model
 
@@ -29,8 +29,11 @@ from anabranch.types import (
     Usage,
 )
 
-Backend = Literal["local", "llm"]
-"""`local`: tiktoken, YAKE, VADER in-process. `llm`: an OpenAI-compatible endpoint."""
+Backend = Literal["local", "llm", "llm-probs"]
+"""`local`: tiktoken, YAKE, VADER in-process. `llm`: an OpenAI-compatible endpoint.
+`llm-probs` (sentiment only): the label read off the model's token probabilities."""
+_VALID = {"tokenize": ("local", "llm"), "keywords": ("local", "llm"),
+          "sentiment": ("local", "llm", "llm-probs")}  # fmt: skip
 
 
 class Tokenizer(Protocol):
@@ -285,47 +288,56 @@ AGENT_NAMES = tuple(DESCRIPTIONS)
 
 
 def parse_backend(spec: str | None, has_llm: bool) -> Backend | dict[str, Backend]:
-    """`--backend` as `make_agents` takes it: `local`, `llm`, or `keywords=llm,sentiment=local`.
-    None means llm when there is an LLM, else local."""
+    """`--backend` as `make_agents` takes it: `local`, `llm`, `llm-probs` (llm, with sentiment
+    read off token probabilities), or `keywords=llm,sentiment=llm-probs`. None means llm when
+    there is an LLM, else local."""
     if spec is None:
         return "llm" if has_llm else "local"
     pairs = [part.split("=", 1) for part in spec.split(",") if part.strip()]
     if "=" not in spec:
-        choice: dict[str, str] = dict.fromkeys(AGENT_NAMES, spec.strip())
-    elif any(len(pair) != 2 for pair in pairs):
+        if spec.strip() not in ("local", "llm", "llm-probs"):
+            raise ConfigError(f"unknown backend {spec.strip()!r}; use local, llm or llm-probs")
+        return cast(Backend, spec.strip())
+    if any(len(pair) != 2 for pair in pairs):
         raise ConfigError(f"backend {spec!r}: use local, llm, or agent=backend pairs")
-    else:
-        choice = {name.strip(): value.strip() for name, value in pairs}
+    choice = {name.strip(): value.strip() for name, value in pairs}
+    _check(choice)
+    return {name: cast(Backend, value) for name, value in choice.items()}
+
+
+def _check(choice: Mapping[str, str]) -> None:
     if unknown := set(choice) - set(AGENT_NAMES):
         raise ConfigError(f"unknown agents {sorted(unknown)}; known: {', '.join(AGENT_NAMES)}")
-    if bad := {b for b in choice.values() if b not in ("local", "llm")}:
-        raise ConfigError(f"unknown backends {sorted(bad)}; use local or llm")
-    return {name: "llm" if value == "llm" else "local" for name, value in choice.items()}
+    for name, value in choice.items():
+        if value not in _VALID[name]:
+            raise ConfigError(f"{name}={value}: use one of {', '.join(_VALID[name])}")
 
 
 def needs_llm(backend: Backend | Mapping[str, Backend]) -> bool:
     """Some agent on this backend calls an LLM."""
-    return "llm" in ([backend] if isinstance(backend, str) else backend.values())
+    return any(b != "local" for b in ([backend] if isinstance(backend, str) else backend.values()))
 
 
 def make_agents(
     backend: Backend | Mapping[str, Backend] = "local", endpoint: Endpoint | None = None
 ) -> list[Agent]:
     """The three analysts, each on the backend asked for (one for all, or per agent name)."""
-    choice = dict.fromkeys(AGENT_NAMES, backend) if isinstance(backend, str) else dict(backend)
-    if unknown := set(choice) - set(AGENT_NAMES):
-        raise ConfigError(f"unknown agents {sorted(unknown)}; known: {', '.join(AGENT_NAMES)}")
-    if bad := {b for b in choice.values() if b not in ("local", "llm")}:
-        raise ConfigError(f"unknown backends {sorted(bad)}; use local or llm")
-    if "llm" in choice.values() and endpoint is None:
+    if isinstance(backend, str):  # one backend for all: llm-probs is for sentiment only
+        tokens_and_keywords = "llm" if backend == "llm-probs" else backend
+        choice = {"tokenize": tokens_and_keywords, "keywords": tokens_and_keywords,
+                  "sentiment": backend}  # fmt: skip
+    else:
+        choice = dict(backend)
+    _check(choice)
+    if needs_llm(choice) and endpoint is None:
         raise ConfigError("the llm backend needs an LLM (--llm local or a URL)")
-    if endpoint is None or "llm" not in choice.values():
+    if endpoint is None:
         return [TokenizerAgent(), KeywordAgent(), SentimentAgent()]
-    on_llm = {name: choice.get(name, "local") == "llm" for name in AGENT_NAMES}
+    on = {name: choice.get(name, "local") for name in AGENT_NAMES}
     return [
-        TokenizerAgent(ServerTokenizer(endpoint)) if on_llm["tokenize"] else TokenizerAgent(),
-        LLMKeywordAgent(endpoint) if on_llm["keywords"] else KeywordAgent(),
-        LLMSentimentAgent(endpoint) if on_llm["sentiment"] else SentimentAgent(),
+        TokenizerAgent(ServerTokenizer(endpoint)) if on["tokenize"] == "llm" else TokenizerAgent(),
+        LLMKeywordAgent(endpoint) if on["keywords"] == "llm" else KeywordAgent(),
+        sentiment_agent(on["sentiment"], endpoint),
     ]
 
 
