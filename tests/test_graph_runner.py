@@ -3,6 +3,7 @@ import random
 from dataclasses import dataclass
 from typing import TypedDict
 
+import pytest
 from langgraph.graph import END, START, StateGraph
 
 from anabranch import Answer, Task, TaskResult, build_fanout_graph, run_batch
@@ -158,3 +159,16 @@ def test_graphs_and_batches_work_from_sync_code(faults):
     batch = run_batch([Task(id=str(i), text="Fine.") for i in range(20)], graph, concurrency=4)
     results = list(batch)
     assert len(results) == 20 and batch.report.tasks_ok == 20
+
+
+async def test_an_input_that_breaks_ends_the_batch_with_its_error():
+    """Not data, and never a hang: the error reaches the caller."""
+
+    def tasks():
+        yield from (Task(id=f"t{i}", text="fine") for i in range(3))
+        raise OSError("the disk went away")
+
+    batch = run_batch(tasks(), build_fanout_graph(), concurrency=4)
+    with pytest.raises(OSError, match="disk went away"):
+        async with asyncio.timeout(30):
+            [r async for r in batch]

@@ -124,7 +124,9 @@ class BatchRun:
         source = iter(self.tasks)
         # Bounded: a slow consumer holds back the workers, so memory holds only the runs in
         # flight and at most `concurrency` results waiting to be taken.
-        queue: asyncio.Queue[tuple[TaskResult, bool] | None] = asyncio.Queue(maxsize=concurrency)
+        queue: asyncio.Queue[tuple[TaskResult, bool] | Exception | None] = asyncio.Queue(
+            maxsize=concurrency
+        )
         counts: Counter[str] = Counter()
 
         async def run_one(task: Task) -> TaskResult:
@@ -137,7 +139,7 @@ class BatchRun:
                 clock.record(stage, start, now())
             return result
 
-        async def worker() -> None:
+        async def work() -> None:
             for item in source:  # a shared iterator: each next() hands out a distinct task
                 position = counts["received"]
                 counts["received"] += 1
@@ -165,6 +167,15 @@ class BatchRun:
                 result = await run_one(item)
                 ledger.record_task(key, position, result)
                 await queue.put((result, False))
+
+        async def worker() -> None:
+            try:
+                await work()
+            except Exception as exc:  # noqa: BLE001 - raised by the loop below
+                # Not data: the batch cannot go on (the input cannot be read, a cluster keeps
+                # losing its workers). Before, the worker died silently and the batch hung.
+                await queue.put(exc)
+                return
             await queue.put(None)  # this worker is done
 
         workers = [asyncio.create_task(worker()) for _ in range(concurrency)]
@@ -183,6 +194,8 @@ class BatchRun:
                 if item is None:
                     running -= 1
                     continue
+                if isinstance(item, Exception):
+                    raise item
                 result, from_journal = item
                 results[result.status] += 1
                 error_types.update(e.type for e in result.errors)
