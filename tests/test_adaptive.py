@@ -92,7 +92,10 @@ async def test_a_server_that_hangs_is_given_up_on_within_the_bound(faults):
     assert len(results) == 300 and all(r.status == "partial" for r in results)
     kinds = {e.type for r in results for e in r.errors}
     assert "LLMUnavailableError" in kinds
-    assert seconds <= 3.0 + 5.0 + 2.0  # the give-up bound plus one deadline (and start-up)
+    print(f"\nhanging server: {seconds:.2f} s")  # 8.7 to 10.0 s in runs here
+    # One attempt's timeout to notice the hang (1 s), the give-up bound (3 s), the deadline of a
+    # call let through as the last probe (5 s), and start-up (up to 2 s on a busy machine).
+    assert seconds <= 1.0 + 3.0 + 5.0 + 2.0
     assert faults.stats()["requests"] < 60  # it stopped sending: no 600 hung requests
 
 
