@@ -6,6 +6,10 @@ each worker builds its own graph and endpoint on its share of the limits.
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+
 import pytest
 import ray
 from conftest import run_cli
@@ -69,6 +73,23 @@ async def test_a_killed_worker_loses_nothing(cluster, faults):
         ids.append(result.task_id)
         if len(ids) == 40:  # mid-batch, with tasks in flight on both workers
             ray.kill(executor.actors[0])
+    assert executor.respawned == 1
+    assert sorted(ids) == sorted(t.id for t in tasks(200))  # all of them, each once
+    assert batch.report.tasks_ok == 200
+
+
+async def test_a_worker_process_sigkilled_loses_nothing(cluster, faults):
+    faults.configure(latency_ms=30)
+    executor = RayExecutor(workers=2, per_worker_concurrency=8)
+    batch = run_batch(tasks(200), spec(faults.url, concurrency=16), executor=executor,
+                      progress=False)  # fmt: skip
+    ids = []
+    async for result in batch:
+        ids.append(result.task_id)
+        if len(ids) == 40:  # the process of a worker, as the kernel's OOM killer would
+            found = subprocess.run(["pgrep", "-f", "ray::GraphWorker"], capture_output=True,
+                                   text=True, check=True)  # fmt: skip
+            os.kill(int(found.stdout.split()[0]), signal.SIGKILL)
     assert executor.respawned == 1
     assert sorted(ids) == sorted(t.id for t in tasks(200))  # all of them, each once
     assert batch.report.tasks_ok == 200
