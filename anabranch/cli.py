@@ -334,15 +334,12 @@ async def _run_file(input: Path, options: BatchOptions) -> int:
     sink = _open_out(options.out, append=journal is not None and not options.fresh)
     with sink, contextlib.closing(journal) if journal else contextlib.nullcontext():
         async with maybe_endpoint(llm, typer.echo) as endpoint:
-            graph = build_analysis_graph(endpoint, backend=options.backend,
-                                         planner=options.planner,
-                                         chunk_tokens=options.chunk_tokens)  # fmt: skip
             config = {
                 "backend": choice, "planner": options.planner, "version": __version__,
                 "chunk_tokens": options.chunk_tokens, "model": endpoint and endpoint.model,
             }  # fmt: skip
             total = await asyncio.to_thread(count_task_lines, input)
-            executor, target = _executor(options, endpoint, graph)
+            executor, target = _where(options, endpoint)
             batch = run_batch(read_tasks(input), target, concurrency=options.concurrency,
                               total=total, journal=journal, run_id=run_id,
                               fingerprint=fingerprint(config), fresh=options.fresh,
@@ -364,12 +361,14 @@ async def _run_file(input: Path, options: BatchOptions) -> int:
     return EXIT_PARTIAL if report.tasks_partial or report.tasks_failed else EXIT_OK
 
 
-def _executor(
-    options: BatchOptions, endpoint: Endpoint | None, graph: Graph
+def _where(
+    options: BatchOptions, endpoint: Endpoint | None
 ) -> tuple[RayExecutor | None, Graph | GraphSpec]:
-    """Where the batch runs: `graph` here, or its recipe on a Ray cluster's workers (each with
-    its own endpoint to the same server, on its share of the limits)."""
+    """Where the batch runs: the analysis graph here, or its recipe on a Ray cluster's workers
+    (each with its own endpoint to the same server, on its share of the limits)."""
     if options.executor == "local":
+        graph = build_analysis_graph(endpoint, backend=options.backend, planner=options.planner,
+                                     chunk_tokens=options.chunk_tokens)  # fmt: skip
         return None, graph
     llm = options.llm
     spec = GraphSpec("anabranch.graphs.spec:analysis_graph", {

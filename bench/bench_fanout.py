@@ -36,7 +36,6 @@ from langgraph.types import Send
 
 from anabranch.testing.load_graph import AGENTS, MESSAGES, ChatAgent
 
-KINDS = AGENTS
 MODES = ("floor", "langgraph", "anabranch", "journal", "bare")
 RESULTS = Path(__file__).parent / "results"
 
@@ -94,7 +93,7 @@ async def langgraph(url: str, n: int, c: int) -> int:
     slots = asyncio.Semaphore(c)
 
     async def planner(state: HandState) -> dict:
-        return {"subtasks": list(KINDS)}
+        return {"subtasks": list(AGENTS)}
 
     def fan_out(state: HandState) -> list[Send]:
         return [Send("agent", {"text": state["text"], "kind": k}) for k in state["subtasks"]]
@@ -136,7 +135,7 @@ async def anabranch(url: str, n: int, c: int, journaled: bool = False) -> int:
     with tempfile.TemporaryDirectory() as scratch:
         journal = Journal(Path(scratch) / "journal.sqlite") if journaled else None
         async with Endpoint(url, "m", limits=Limits(concurrency=c)) as endpoint:
-            agents = [ChatAgent(endpoint, name) for name in KINDS]
+            agents = [ChatAgent(endpoint, name) for name in AGENTS]
             graph = build_fanout_graph(agents=agents)
             tasks = (Task(id=str(i), text="Analyse this short text.") for i in range(n))
             batch = run_batch(tasks, graph, concurrency=c, progress=False, journal=journal)

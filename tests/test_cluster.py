@@ -63,7 +63,19 @@ async def test_every_task_comes_back_once_despite_faults(cluster, faults, tmp_pa
         assert len(list(reopened.results("default"))) == 300
 
 
-async def test_a_killed_worker_loses_nothing(cluster, faults):
+def sigkill_a_worker_process(executor: RayExecutor) -> None:
+    """As the kernel's OOM killer would: the process, not the actor, is killed."""
+    found = subprocess.run(["pgrep", "-f", "ray::GraphWorker"], capture_output=True, text=True,
+                           check=True)  # fmt: skip
+    os.kill(int(found.stdout.split()[0]), signal.SIGKILL)
+
+
+def ray_kill_a_worker(executor: RayExecutor) -> None:
+    ray.kill(executor.actors[0])
+
+
+@pytest.mark.parametrize("kill", [ray_kill_a_worker, sigkill_a_worker_process])
+async def test_a_killed_worker_loses_nothing(cluster, faults, kill):
     faults.configure(latency_ms=30)
     executor = RayExecutor(workers=2, per_worker_concurrency=8)
     batch = run_batch(tasks(200), spec(faults.url, concurrency=16), executor=executor,
@@ -72,24 +84,7 @@ async def test_a_killed_worker_loses_nothing(cluster, faults):
     async for result in batch:
         ids.append(result.task_id)
         if len(ids) == 40:  # mid-batch, with tasks in flight on both workers
-            ray.kill(executor.actors[0])
-    assert executor.respawned == 1
-    assert sorted(ids) == sorted(t.id for t in tasks(200))  # all of them, each once
-    assert batch.report.tasks_ok == 200
-
-
-async def test_a_worker_process_sigkilled_loses_nothing(cluster, faults):
-    faults.configure(latency_ms=30)
-    executor = RayExecutor(workers=2, per_worker_concurrency=8)
-    batch = run_batch(tasks(200), spec(faults.url, concurrency=16), executor=executor,
-                      progress=False)  # fmt: skip
-    ids = []
-    async for result in batch:
-        ids.append(result.task_id)
-        if len(ids) == 40:  # the process of a worker, as the kernel's OOM killer would
-            found = subprocess.run(["pgrep", "-f", "ray::GraphWorker"], capture_output=True,
-                                   text=True, check=True)  # fmt: skip
-            os.kill(int(found.stdout.split()[0]), signal.SIGKILL)
+            kill(executor)
     assert executor.respawned == 1
     assert sorted(ids) == sorted(t.id for t in tasks(200))  # all of them, each once
     assert batch.report.tasks_ok == 200
@@ -120,14 +115,14 @@ def test_shares_divide_the_clusters_limits():
     assert sum(p.tpm or 0 for p in parts) == 90_000
 
 
-async def test_a_compiled_graph_is_refused_with_a_clear_error(faults):
+async def test_a_compiled_graph_is_refused_with_a_clear_error():
     graph = analysis_graph(base_url=None, model=None)
     batch = run_batch(tasks(1), graph, executor=RayExecutor())
     with pytest.raises(ConfigError, match="GraphSpec"):
         [r async for r in batch]
 
 
-async def test_a_spec_also_runs_in_this_process(faults):
+async def test_a_spec_also_runs_in_this_process():
     batch = run_batch(tasks(5), GraphSpec("anabranch.graphs.spec:analysis_graph",
                                           {"base_url": None, "model": None}))  # fmt: skip
     assert sorted([r.task_id async for r in batch]) == sorted(t.id for t in tasks(5))

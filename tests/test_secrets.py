@@ -7,10 +7,11 @@ every file under the run's directory (results, reports, the threads database, an
 later feature writes there), and every HTTP reply the chat server sent.
 
 A new output is covered by writing it under `run_dir` (scanned whole) or by one `seen.add(...)`.
-Scanned today: stdout and stderr of `run`, `chain` and `serve`; results.jsonl, its journal, the
-response cache, the chain reports and the threads database (all under `run_dir`); every HTTP reply
-of the chat server, headers included; and in the Python API, every result, the report and the
-text of the exception a failed call raises.
+Scanned today: stdout and stderr of `run` (in process and on a Ray cluster), `runs`, `eval`,
+`chain` and `serve`; results.jsonl, its journal, the response cache, the eval figures, the chain
+reports and the threads database (all under `run_dir`); the logs of the Ray cluster the run
+started; every HTTP reply of the chat server, headers included; and in the Python API, every
+result, the report and the text of the exception a failed call raises.
 """
 
 from __future__ import annotations
@@ -69,6 +70,10 @@ def run_dir(tmp_path):
     texts = ["I love this phone.", "The battery died. Awful.", "It is a phone.", "Great value!"]
     tasks.write_text("".join(json.dumps({"id": f"t{i}", "text": t}) + "\n"
                              for i, t in enumerate(texts * 3)))  # fmt: skip
+    labels = ["positive", "negative", "neutral", "positive"]
+    (tmp_path / "labelled.jsonl").write_text("".join(
+        json.dumps({"id": f"l{i}", "text": t, "label": label}) + "\n"
+        for i, (t, label) in enumerate(zip(texts, labels, strict=True))))  # fmt: skip
     return tmp_path
 
 
@@ -108,6 +113,23 @@ def test_no_output_carries_an_echoed_key(echoing, run_dir):
     # A retry of the failed subtasks, against the same echoing server.
     _proc(seen, "run --retry-failed", run_cli("run", tasks, *llm, "--retry-failed", "--out",
                                               str(run_dir / "results.jsonl"), env=env))  # fmt: skip
+
+    # `eval`: the LLM backends' figures, on stdout and as JSON.
+    proc = run_cli("eval", str(run_dir / "labelled.jsonl"), *llm, "--backend", "llm",
+                   "--backend", "llm-probs", "--out", str(run_dir / "figures.json"),
+                   env=env)  # fmt: skip
+    _proc(seen, "eval", proc)
+    assert proc.returncode == 0, proc.stderr
+
+    # `run` on a local Ray cluster: the key travels to the workers inside the graph's recipe,
+    # so Ray's own logs of that cluster are scanned too.
+    proc = run_cli("run", tasks, *llm, "--executor", "ray", "--no-journal",
+                   "--out", str(run_dir / "results-ray.jsonl"), env=env)  # fmt: skip
+    _proc(seen, "run --executor ray", proc)
+    assert proc.returncode == 4, proc.stderr
+    ray_logs = Path("/tmp/ray/session_latest/logs").resolve()
+    assert any(ray_logs.glob("*")), ray_logs
+    seen.add_tree(ray_logs)
 
     # `serve`: both graphs, streamed and not, with and without a thread.
     db = run_dir / "threads.sqlite"

@@ -16,7 +16,7 @@ from pydantic import BaseModel, Field, StringConstraints, create_model
 from anabranch.agents.base import Agent, Answer
 from anabranch.errors import ConfigError, LLMOutputError
 from anabranch.llm.endpoint import Endpoint
-from anabranch.tools.keywords import YakeKeywords, occurs_in
+from anabranch.tools.keywords import YakeKeywords, grounded
 from anabranch.tools.sentiment import VaderSentiment, label_for
 from anabranch.tools.tokenizer import TiktokenTokenizer
 from anabranch.types import (
@@ -32,8 +32,13 @@ from anabranch.types import (
 Backend = Literal["local", "llm", "llm-probs"]
 """`local`: tiktoken, YAKE, VADER in-process. `llm`: an OpenAI-compatible endpoint.
 `llm-probs` (sentiment only): the label read off the model's token probabilities."""
-_VALID = {"tokenize": ("local", "llm"), "keywords": ("local", "llm"),
-          "sentiment": ("local", "llm", "llm-probs")}  # fmt: skip
+SENTIMENT_BACKENDS: tuple[Backend, ...] = ("local", "llm", "llm-probs")
+"""The sentiment analysers `sentiment_agent` builds: VADER; the model's JSON judgement; the
+label read off the model's token probabilities."""
+_VALID: dict[str, tuple[Backend, ...]] = {
+    "tokenize": ("local", "llm"), "keywords": ("local", "llm"), "sentiment": SENTIMENT_BACKENDS,
+}  # fmt: skip
+"""What each analyst can run on (`llm-probs` is sentiment's alone)."""
 
 
 class Tokenizer(Protocol):
@@ -164,7 +169,7 @@ class LLMKeywordAgent:
         terms = terms[: self.top_k]
         invented = 0
         if self.grounded:
-            kept = [t for t in terms if occurs_in(t, subtask.text)]
+            kept = grounded(terms, subtask.text)
             invented = len(terms) - len(kept)
             if len(kept) < min(self.min_keywords, self.top_k):
                 known = {t.lower() for t in kept}
@@ -295,8 +300,10 @@ def parse_backend(spec: str | None, has_llm: bool) -> Backend | dict[str, Backen
         return "llm" if has_llm else "local"
     pairs = [part.split("=", 1) for part in spec.split(",") if part.strip()]
     if "=" not in spec:
-        if spec.strip() not in ("local", "llm", "llm-probs"):
-            raise ConfigError(f"unknown backend {spec.strip()!r}; use local, llm or llm-probs")
+        if spec.strip() not in SENTIMENT_BACKENDS:  # one for all: any sentiment's backend
+            raise ConfigError(
+                f"unknown backend {spec.strip()!r}; use one of {', '.join(SENTIMENT_BACKENDS)}"
+            )
         return cast(Backend, spec.strip())
     if any(len(pair) != 2 for pair in pairs):
         raise ConfigError(f"backend {spec!r}: use local, llm, or agent=backend pairs")
@@ -339,11 +346,6 @@ def make_agents(
         LLMKeywordAgent(endpoint) if on["keywords"] == "llm" else KeywordAgent(),
         sentiment_agent(on["sentiment"], endpoint),
     ]
-
-
-SENTIMENT_BACKENDS = ("local", "llm", "llm-probs")
-"""The sentiment analysers `sentiment_agent` builds: VADER; the model's JSON judgement; the
-label read off the model's token probabilities."""
 
 
 def sentiment_agent(backend: str, endpoint: Endpoint | None = None) -> Agent:

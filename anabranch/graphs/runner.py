@@ -129,15 +129,22 @@ class BatchRun:
         )
         counts: Counter[str] = Counter()
 
-        async def run_one(task: Task) -> TaskResult:
-            if executor is None:
-                assert not isinstance(graph, GraphSpec)
-                return await run_task(graph, task, context)
-            start = now()  # remote: the stages of the task's graph show as one span
-            result = await executor.run(task)
-            for stage in ("split", "execute", "aggregate"):
-                clock.record(stage, start, now())
-            return result
+        if executor is None:
+            assert not isinstance(graph, GraphSpec)  # built in _run
+            here = graph
+
+            async def run_one(task: Task) -> TaskResult:
+                return await run_task(here, task, context)
+
+        else:
+            there = executor
+
+            async def run_one(task: Task) -> TaskResult:
+                start = now()  # remote: the stages of the task's graph show as one span
+                result = await there.run(task)
+                for stage in ("split", "execute", "aggregate"):
+                    clock.record(stage, start, now())
+                return result
 
         async def work() -> None:
             for item in source:  # a shared iterator: each next() hands out a distinct task

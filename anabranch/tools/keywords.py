@@ -51,6 +51,15 @@ def _stem(word: str) -> str:
 
 def occurs_in(term: str, text: str) -> bool:
     """Whether every word of `term` occurs in `text`, ignoring case and inflection."""
+    return bool(grounded([term], text))
+
+
+def grounded(terms: list[str], text: str) -> list[str]:
+    """The terms whose every word occurs in `text` (its words read once for all of them)."""
     words = {_stem(w) for w in _WORD.findall(text.lower())}
-    wanted = [_stem(w) for w in _WORD.findall(term.lower())]
-    return bool(wanted) and all(w in words for w in wanted)
+    kept = []
+    for term in terms:
+        wanted = [_stem(w) for w in _WORD.findall(term.lower())]
+        if wanted and all(w in words for w in wanted):
+            kept.append(term)
+    return kept
