@@ -24,7 +24,12 @@ import typer
 from pydantic import SecretStr
 
 from anabranch import __version__
-from anabranch.agents.analysts import SENTIMENT_BACKENDS, needs_llm, parse_backend
+from anabranch.agents.analysts import (
+    DEFAULT_LLM_BACKEND,
+    SENTIMENT_BACKENDS,
+    needs_llm,
+    parse_backend,
+)
 from anabranch.errors import AnabranchError, ConfigError
 from anabranch.evaluation import builtin_set, evaluate, read_labelled, render, write_figures
 from anabranch.graphs.cluster import RayExecutor
@@ -96,9 +101,10 @@ Model = Annotated[
 Backend = Annotated[
     str | None,
     typer.Option(
-        help="Where the analysts run: `local` (tiktoken, YAKE, VADER), `llm`, `llm-probs` (llm, "
-        "sentiment read off token probabilities: needs a server with logprobs), or per agent, "
-        "e.g. `keywords=llm,sentiment=local`. Default: llm when --llm is given, else local."
+        help="Where the analysts run: `local` (tiktoken, YAKE, VADER), `llm` (sentiment as the "
+        "model's JSON judgement), `llm-probs` (llm, sentiment read off token probabilities), "
+        "`llm-blend` (llm, those probabilities blended with VADER), or per agent, e.g. "
+        "`keywords=llm,sentiment=local`. Default: llm-blend when --llm is given, else local."
     ),
 ]
 Planner = Annotated[
@@ -494,7 +500,8 @@ def eval_(
         list[str] | None,
         typer.Option(
             help="A sentiment backend to measure; repeat to compare several side by side. "
-            f"Known: {', '.join(SENTIMENT_BACKENDS)}. Default: local, and llm with --llm."
+            f"Known: {', '.join(SENTIMENT_BACKENDS)}. Default: local, and "
+            f"{DEFAULT_LLM_BACKEND['sentiment']} with --llm."
         ),
     ] = None,
     llm: Llm = None,
@@ -526,7 +533,7 @@ def eval_(
         raise ConfigError(f"no such labelled file: {source}")
     if split is None:
         split = "held-out" if labelled is None else "all"
-    backends = backend or (["local", "llm"] if llm else ["local"])
+    backends = backend or (["local", DEFAULT_LLM_BACKEND["sentiment"]] if llm else ["local"])
     if unknown := [b for b in backends if b not in SENTIMENT_BACKENDS]:
         raise ConfigError(f"unknown backends {unknown}; known: {', '.join(SENTIMENT_BACKENDS)}")
     if any(b != "local" for b in backends) and llm is None:

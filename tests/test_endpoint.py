@@ -250,6 +250,33 @@ async def test_a_cached_answer_costs_no_request_and_says_so(faults, tmp_path):
             assert (await llm.parse(HI, SentimentOutput)).usage.cached == 1
 
 
+async def test_token_probabilities_are_cached_with_their_answer(faults, tmp_path):
+    with ResponseCache(tmp_path / "cache.sqlite") as cache:
+        async with Endpoint(faults.url, "fault", cache=cache) as llm:
+            first = await llm.chat(HI, max_tokens=1, temperature=0.0, top_logprobs=3)
+    with ResponseCache(tmp_path / "cache.sqlite") as cache:
+        async with Endpoint(faults.url, "fault", cache=cache) as llm:
+            again = await llm.chat(HI, max_tokens=1, temperature=0.0, top_logprobs=3)
+    assert len(first.alternatives) == 3 and again.alternatives == first.alternatives
+    assert again.usage.cached == 1 and faults.stats()["requests"] == 1
+
+
+def test_a_cache_written_before_probabilities_were_kept_still_opens(tmp_path):
+    import sqlite3
+
+    old = sqlite3.connect(tmp_path / "old.sqlite")
+    old.execute(
+        "CREATE TABLE answers (key TEXT PRIMARY KEY, text TEXT NOT NULL, prompt_tokens INTEGER "
+        "NOT NULL, completion_tokens INTEGER NOT NULL, finish_reason TEXT)"
+    )
+    old.execute("INSERT INTO answers VALUES ('k', 'an old answer', 3, 2, 'stop')")
+    old.commit()
+    old.close()
+    with ResponseCache(tmp_path / "old.sqlite") as cache:
+        found = asyncio.run(cache.get("k"))
+        assert found is not None and (found.text, found.alternatives) == ("an old answer", ())
+
+
 async def test_an_answer_that_fails_validation_is_not_replayed(faults, tmp_path):
     faults.configure(rates={"invalid": 1.0})
     with ResponseCache(tmp_path / "cache.sqlite") as cache:

@@ -84,7 +84,8 @@ def test_the_shipped_set_has_both_parts_and_every_label():
 def test_eval_compares_backends_on_the_embedded_model(labelled, tmp_path):
     out = tmp_path / "figures.json"
     done = run_cli("eval", str(labelled), "--llm", "local", "--backend", "local",
-                   "--backend", "llm", "--backend", "llm-probs", "--out", str(out))  # fmt: skip
+                   "--backend", "llm", "--backend", "llm-probs", "--backend", "llm-blend",
+                   "--out", str(out))  # fmt: skip
     # Exit 2: lines were rejected (named on stderr), and the rest was measured.
     assert done.returncode == 2, done.stderr
     assert "line 3" in done.stderr and "line 8" in done.stderr
@@ -92,16 +93,17 @@ def test_eval_compares_backends_on_the_embedded_model(labelled, tmp_path):
     figures = json.loads(out.read_text())
     assert figures["band"] == 1.0
     by_name = {b["backend"]: b for b in figures["backends"]}
-    assert set(by_name) == {"local", "llm", "llm-probs"}
+    assert set(by_name) == {"local", "llm", "llm-probs", "llm-blend"}
     for name, backend in by_name.items():
         assert backend["texts"] == 5
         assert sum(sum(row.values()) for row in backend["confusion"].values()) == 5
         correct = sum(backend["confusion"][g][g] for g in backend["confusion"])
         assert backend["agreement"] == pytest.approx(correct / 5)
         assert (backend["usage"]["requests"] > 0) == (name != "local")
-    # One token per text is all the probabilities backend generates.
-    assert by_name["llm-probs"]["usage"]["completion_tokens"] <= 5
-    assert by_name["llm-probs"]["failed"] == 0
+    # One token per text is all the probabilities backends generate.
+    for name in ("llm-probs", "llm-blend"):
+        assert by_name[name]["usage"]["completion_tokens"] <= 5
+        assert by_name[name]["failed"] == 0
 
 
 def test_eval_refuses_llm_backends_without_an_llm(labelled):
@@ -109,8 +111,10 @@ def test_eval_refuses_llm_backends_without_an_llm(labelled):
     assert done.returncode == 2 and "--llm" in done.stderr
 
 
-def test_llm_probs_is_a_sentiment_backend_only():
+def test_llm_probs_and_llm_blend_are_sentiment_backends_only():
     from anabranch.agents.analysts import (
+        DEFAULT_LLM_BACKEND,
+        BlendedSentiment,
         LLMKeywordAgent,
         LLMLabelProbabilities,
         ServerTokenizer,
@@ -127,6 +131,59 @@ def test_llm_probs_is_a_sentiment_backend_only():
     tokens, keywords, sentiment = make_agents("llm-probs", Endpoint("http://127.0.0.1:9", "m"))
     assert type(sentiment) is LLMLabelProbabilities  # and the others on the LLM, as with llm
     assert type(keywords) is LLMKeywordAgent and type(tokens.tokenizer) is ServerTokenizer
+    with pytest.raises(ConfigError, match="tokenize=llm-blend: use one of local, llm"):
+        parse_backend("tokenize=llm-blend", True)
+    # With an LLM and no --backend, sentiment is the blend and the others run on the LLM.
+    assert parse_backend(None, True) == DEFAULT_LLM_BACKEND
+    assert DEFAULT_LLM_BACKEND["sentiment"] == "llm-blend" and parse_backend(None, False) == "local"
+    tokens, keywords, sentiment = make_agents(DEFAULT_LLM_BACKEND, Endpoint("http://x:9", "m"))
+    assert type(sentiment) is BlendedSentiment and type(keywords) is LLMKeywordAgent
+
+
+async def test_the_blend_reads_probabilities_and_vader_with_one_request(faults):
+    from anabranch.agents.analysts import BlendedSentiment
+    from anabranch.llm.endpoint import Endpoint
+    from anabranch.tools.sentiment import VaderSentiment, label_for
+    from anabranch.types import Subtask
+
+    texts = ["The meeting is at noon.", "I love it, wonderful!", "Awful, a waste of money."]
+    async with Endpoint(faults.url, "fault") as llm:
+        blend = BlendedSentiment(llm)
+        answers = [await blend.run(Subtask(task_id="t", kind="sentiment", text=t)) for t in texts]
+    assert faults.stats()["requests"] == 3 and all(a.usage.requests == 1 for a in answers)
+    # The fault server gives every answer the same first-token odds (positive ahead).
+    odds = label_probabilities([(" positive", -1.2), (" negative", -2.0), (" neutral", -2.3)])
+    assert odds is not None
+    model = odds["positive"] - odds["negative"] - blend.model_lean
+    for text, answer in zip(texts, answers, strict=True):
+        blended = (await VaderSentiment().score(text) + model) / 2
+        expected = "neutral" if abs(blended) < blend.band else label_for(blended)
+        assert answer.output.label == expected, text  # type: ignore[attr-defined]
+        assert label_for(answer.output.score) == expected  # type: ignore[attr-defined]
+    assert [a.output.label for a in answers] == ["neutral", "positive", "negative"]  # type: ignore[attr-defined]
+
+
+async def test_the_blend_falls_back_to_json_when_a_server_sends_no_probabilities(faults, caplog):
+    from anabranch.agents.analysts import BlendedSentiment
+    from anabranch.llm.endpoint import Endpoint
+    from anabranch.types import Subtask
+
+    faults.configure(logprobs=False)
+    async with Endpoint(faults.url, "fault") as llm:
+        blend = BlendedSentiment(llm)
+        first, second = [
+            await blend.run(Subtask(task_id="t", kind="sentiment", text="The meeting is at noon."))
+            for _ in range(2)
+        ]
+    # One request finds out; from then on the JSON judgement alone is asked.
+    assert (first.usage.requests, second.usage.requests) == (2, 1)
+    assert faults.stats()["requests"] == 3
+    assert [r.message for r in caplog.records if "JSON judgement" in r.message] == [
+        f"{faults.url}: the server sent no token probabilities (it needs `logprobs` support); "
+        "sentiment blends the model's JSON judgement instead"
+    ]
+    # The fault server's judgement is `positive, low` (0.34): half of it, past the band.
+    assert first.output.label == second.output.label == "positive"  # type: ignore[attr-defined]
 
 
 @pytest.mark.slow

@@ -10,7 +10,7 @@ NOTEBOOKS = sorted((Path(__file__).resolve().parent.parent / "notebooks").glob("
 SHOWS = {  # what each notebook's output must contain when it ran for real
     "01_quickstart.ipynb": "100 delivered",
     "02_chain_of_specialists.ipynb": "# Chain Execution Results",
-    "03_evaluation.ipynb": "llm-probs  agreement",
+    "03_evaluation.ipynb": "llm-blend  agreement",
 }
 
 

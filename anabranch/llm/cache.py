@@ -4,7 +4,8 @@ Opt-in (`Endpoint(..., cache=ResponseCache(path))`, `--cache PATH`). The key is 
 (server, model, messages, response format, sampling settings), and only deterministic requests
 (temperature 0) are cached unless `any_temperature` says otherwise: a sampled answer is one draw,
 not the answer. A hit sends no request and takes no slot; it is counted as cached in the usage.
-Streams are not cached (their text is shown as it comes), nor requests for token probabilities.
+Streams are not cached (their text is shown as it comes). Token probabilities asked for with the
+answer are kept with it.
 """
 
 from __future__ import annotations
@@ -22,9 +23,10 @@ from anabranch.store import StoreError, Writer, connect
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS answers (
     key TEXT PRIMARY KEY, text TEXT NOT NULL, prompt_tokens INTEGER NOT NULL,
-    completion_tokens INTEGER NOT NULL, finish_reason TEXT
+    completion_tokens INTEGER NOT NULL, finish_reason TEXT, alternatives TEXT
 )
 """
+_COLUMNS = "key, text, prompt_tokens, completion_tokens, finish_reason, alternatives"
 
 
 _RECENT = 4096
@@ -43,6 +45,9 @@ class ResponseCache:
             self._db = connect(self.path)
             with self._db:
                 self._db.execute(_SCHEMA)
+                columns = {row[1] for row in self._db.execute("PRAGMA table_info(answers)")}
+                if "alternatives" not in columns:  # a cache written before probabilities were kept
+                    self._db.execute("ALTER TABLE answers ADD COLUMN alternatives TEXT")
         except OSError as exc:
             raise StoreError(f"cannot open a cache at {self.path}: {exc.strerror}") from exc
         except Exception as exc:
@@ -53,8 +58,8 @@ class ResponseCache:
 
     def key(self, server: str, params: dict[str, Any]) -> str | None:
         """The request's key, or None when it is not to be cached."""
-        if params.get("stream") or params.get("logprobs"):
-            return None  # shown as it came, or probabilities the cache does not keep
+        if params.get("stream"):
+            return None  # shown as it came
         if params.get("temperature") and not self.any_temperature:
             return None
         payload = json.dumps([server, params], sort_keys=True, default=str)
@@ -67,13 +72,14 @@ class ResponseCache:
         row = await asyncio.to_thread(self._lookup, key)
         if row is None:
             return None
-        text, prompt, completion, finish = row
-        return Answer(text, Tokens(prompt, completion), finish)
+        text, prompt, completion, finish, alternatives = row
+        kept = tuple((str(t), float(p)) for t, p in json.loads(alternatives or "[]"))
+        return Answer(text, Tokens(prompt, completion), finish, kept)
 
-    def _lookup(self, key: str) -> tuple[str, int, int, str | None] | None:
-        found: tuple[str, int, int, str | None] | None = self._db.execute(
-            "SELECT text, prompt_tokens, completion_tokens, finish_reason FROM answers "
-            "WHERE key = ?",
+    def _lookup(self, key: str) -> tuple[str, int, int, str | None, str | None] | None:
+        found: tuple[str, int, int, str | None, str | None] | None = self._db.execute(
+            "SELECT text, prompt_tokens, completion_tokens, finish_reason, alternatives "
+            "FROM answers WHERE key = ?",
             (key,),
         ).fetchone()
         return found
@@ -84,8 +90,15 @@ class ResponseCache:
         tokens = answer.tokens or Tokens(0, 0)
         self._writer.put(
             (
-                "INSERT OR REPLACE INTO answers VALUES (?, ?, ?, ?, ?)",
-                (key, answer.text, tokens.prompt, tokens.completion, answer.finish_reason),
+                f"INSERT OR REPLACE INTO answers ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    key,
+                    answer.text,
+                    tokens.prompt,
+                    tokens.completion,
+                    answer.finish_reason,
+                    json.dumps(answer.alternatives) if answer.alternatives else None,
+                ),
             )
         )
 

@@ -61,7 +61,7 @@ class Completion:
     def answer(self) -> Answer:
         """The answer as the transport gave it, for the cache."""
         tokens = Tokens(self.usage.prompt_tokens, self.usage.completion_tokens)
-        return Answer(self.text, tokens, self.finish_reason)
+        return Answer(self.text, tokens, self.finish_reason, self.alternatives)
 
 
 @dataclass(slots=True)
@@ -179,7 +179,7 @@ class Endpoint:
         """One chat completion, retried on transient failures within the deadline.
 
         `top_logprobs`: also ask for the likeliest first tokens and their log probabilities
-        (`Completion.alternatives`); such requests are not cached (the cache keeps text)."""
+        (`Completion.alternatives`)."""
         params = self._params(messages, temperature, max_tokens, model, response_format)
         if top_logprobs:
             params["logprobs"] = True
@@ -194,6 +194,7 @@ class Endpoint:
                     attempts=0,
                     latency_s=time.perf_counter() - start,
                     finish_reason=hit.finish_reason,
+                    alternatives=hit.alternatives,
                 )
         completion = await self._call(params, lambda: self._transport.chat(params))
         if self.cache is not None and key is not None:

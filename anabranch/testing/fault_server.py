@@ -71,6 +71,9 @@ class FaultConfig(BaseModel):
     """A real capacity: requests beyond it get 429, as a provider's quota or a busy server."""
     models: list[str] = Field(default_factory=lambda: ["fault"])
     """What GET /v1/models lists."""
+    logprobs: bool = True
+    """Send the first token's likeliest alternatives when a request asks (`logprobs`), as
+    llama.cpp, vLLM and OpenAI do; False ignores the ask, as servers without them do."""
     tokenize: bool = False
     """Serve llama.cpp's `/tokenize` (one piece per word), under the same faults as chat."""
     echo_credentials: bool = False
@@ -259,6 +262,8 @@ class FaultApp:
                 )
             content = "I am not JSON at all." if fault == "invalid" else _answer(request)
             completion = _completion(request, content)
+            if request.get("logprobs") and self.config.logprobs and fault != "invalid":
+                completion["choices"][0]["logprobs"] = _logprobs(content, request)
             if request.get("stream"):
                 return 200, {"content-type": "text/event-stream"}, _sse(completion)
             return _json(200, completion, self.quota_headers())
@@ -355,6 +360,15 @@ def _completion(request: dict[str, Any], content: str) -> dict[str, Any]:
             "total_tokens": prompt + completion,
         },
     }
+
+
+def _logprobs(content: str, request: dict[str, Any]) -> dict[str, Any]:
+    """OpenAI's `logprobs` for the answer's first word: itself most likely, then the three
+    sentiment labels (a model's first token is often not a label), cut to `top_logprobs`."""
+    first = content.split(" ", 1)[0]
+    ranked = [(first, -0.4), (" positive", -1.2), (" negative", -2.0), (" neutral", -2.3)]
+    top = [{"token": t, "logprob": p} for t, p in ranked[: int(request.get("top_logprobs") or 0)]]
+    return {"content": [{"token": first, "logprob": -0.4, "top_logprobs": top}]}
 
 
 def _sse(completion: dict[str, Any]) -> bytes:
