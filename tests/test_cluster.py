@@ -6,17 +6,21 @@ each worker builds its own graph and endpoint on its share of the limits.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
 import signal
 import subprocess
+import sys
 
 import pytest
 import ray
-from conftest import run_cli
+from conftest import ROOT, run_cli
+from test_durability import kill_when, output_ids, write_tasks
 
 from anabranch import Journal, Task, run_batch
 from anabranch.errors import ConfigError
-from anabranch.graphs.cluster import RayExecutor
+from anabranch.graphs.cluster import RayExecutor, init_ray
 from anabranch.graphs.spec import GraphSpec, Share, analysis_graph
 from anabranch.llm.settings import Limits
 
@@ -25,7 +29,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def cluster():
-    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False)
+    init_ray(num_cpus=2)
     yield
     ray.shutdown()
 
@@ -108,6 +112,12 @@ async def test_a_rate_limit_holds_across_workers(cluster, faults):
     assert max(sum(1 for b in arrivals if a <= b < a + 1.0) for a in arrivals) <= 21
 
 
+def test_the_workers_of_a_cluster_we_start_run_at_normal_priority(cluster):
+    niceness = ray.remote(lambda: os.nice(0))
+    assert ray.get(niceness.remote()) == 0  # Ray's own default is 15
+    assert "RAY_worker_niceness" not in os.environ  # set for the raylet's start alone
+
+
 def test_shares_divide_the_clusters_limits():
     limits = Limits(concurrency=9, rpm=600, tpm=90_000)
     parts = [Share(i, 4).limits(limits) for i in range(4)]
@@ -142,3 +152,28 @@ def test_the_command_runs_a_batch_on_a_cluster(tmp_path):
     assert done.returncode == 2, done.stderr  # the bad line is rejected; the rest ran
     lines = out.read_text().splitlines()
     assert (len(lines) == 31 and "31 tasks" in done.stdout) or "-> 31 delivered" in done.stdout
+
+
+def test_a_killed_driver_resumes_from_its_journal(tmp_path, faults):
+    faults.configure(latency_ms=100)
+    tasks_file, out = tmp_path / "tasks.jsonl", tmp_path / "out.jsonl"
+    ids = write_tasks(tasks_file, 150)
+    command = [str(tasks_file), "--out", str(out), "--llm", faults.url, "--model", "fault",
+               "--backend", "tokenize=local,keywords=local,sentiment=llm",
+               "--executor", "ray", "--workers", "2", "--concurrency", "16"]  # fmt: skip
+    # In a session of its own, so that the local cluster it starts can be cleared away after.
+    driver = subprocess.Popen([sys.executable, "-m", "anabranch", "run", *command], cwd=ROOT,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                              start_new_session=True)  # fmt: skip
+    held = kill_when(driver, out.with_name(out.name + ".journal"), 50)
+    with contextlib.suppress(ProcessLookupError):  # Ray's agents outlive a killed driver
+        os.killpg(driver.pid, signal.SIGKILL)
+    final = run_cli("run", *command)
+    assert final.returncode == 0, final.stderr
+    # What the journal held at the kill (or a little more: its writer had answers in hand)
+    # comes from it; only the rest runs again.
+    found = re.search(r"150 tasks -> (\d+) from the journal -> (\d+) run", final.stdout)
+    assert found, final.stdout
+    reused, ran = map(int, found.groups())
+    assert held <= reused < 150 and reused + ran == 150
+    assert output_ids(out) == ids  # each exactly once, in input order

@@ -18,6 +18,11 @@ chunks it held fail on the driver with `RayActorError`, a new actor takes its pl
 those chunks is sent again, to the next worker in turn. A task's result is delivered once, when a
 worker returns it; a task a dead worker had half done is run again from its start.
 
+A local cluster that the executor starts runs its workers at normal priority, where Ray would nice
+them to 15: the batch is the machine's work, and niced workers yield to every wake-up of what
+shares their cores (the driver, a local LLM server). On this project's 2-core benchmark machine
+that was 4-5 % of throughput (`bench/bench_ray.py`).
+
 Ray is an optional dependency (`pip install anabranch[ray]`).
 """
 
@@ -25,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,6 +41,8 @@ from anabranch.types import Task, TaskResult
 
 _RESPAWNS_PER_WORKER = 3
 """Replacements per worker before the batch gives up on a cluster that keeps losing them."""
+_NICENESS = "RAY_worker_niceness"
+"""Ray's setting for its workers' niceness, read by a raylet when it starts."""
 
 
 class GraphWorker:
@@ -65,6 +73,9 @@ class RayExecutor:
     """Tasks in flight on one worker at once."""
     chunk: int = 8
     """Tasks sent to a worker in one call, at most."""
+    worker_niceness: int | None = 0
+    """The workers' niceness on a local cluster this executor starts (None: Ray's, 15). An
+    existing cluster keeps its own."""
     respawned: int = field(default=0, init=False)
     """Workers replaced after they died."""
     actors: list[Any] = field(default_factory=list, init=False, repr=False)
@@ -91,7 +102,7 @@ class RayExecutor:
         ray = _ray()
         if not ray.is_initialized():
             try:  # on this thread: Ray sets its signal handlers from the main thread only
-                ray.init(address=self.address, include_dashboard=False, configure_logging=False)
+                init_ray(self.address, worker_niceness=self.worker_niceness)
             except (ConnectionError, RuntimeError, ValueError) as exc:
                 raise SetupError(f"cannot reach the Ray cluster at {self.address}: {exc}") from exc
             self._started_ray = True
@@ -174,6 +185,22 @@ class RayExecutor:
         if self._started_ray:
             await asyncio.to_thread(ray.shutdown)
             self._started_ray = False
+
+
+def init_ray(
+    address: str | None = None, *, worker_niceness: int | None = 0, **options: Any
+) -> None:
+    """Join the cluster at `address`, or start a local one whose workers run at
+    `worker_niceness` (unless the environment already says). `options` go to `ray.init`."""
+    ray = _ray()
+    chosen = os.environ.get(_NICENESS)
+    if worker_niceness is not None and chosen is None:
+        os.environ[_NICENESS] = str(worker_niceness)  # the raylet ray.init starts reads it
+    try:
+        ray.init(address=address, include_dashboard=False, configure_logging=False, **options)
+    finally:
+        if chosen is None:
+            os.environ.pop(_NICENESS, None)
 
 
 def _ray() -> Any:
