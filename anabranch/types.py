@@ -149,6 +149,8 @@ class TaskResult(BaseModel):
     tokenizer: str | None = None
     """Which tokenizer produced `tokens` (e.g. `tiktoken:cl100k_base`, `llama.cpp:/tokenize`)."""
     keywords: list[Keyword] = Field(default_factory=list)
+    keywords_invented: int = 0
+    """Keywords the model gave that do not occur in the text, dropped (over all chunks)."""
     sentiment: SentimentLabel | None = None
     sentiment_score: float | None = None
     """In [-1, 1], weighted by chunk length."""

@@ -67,12 +67,15 @@ def test_reducer_merges_chunks_in_order():
     results = [  # delivered out of order, as concurrent branches do
         _ok("tokenize", 1, {"tokens": [" c"], "count": 1, "tokenizer": "x"}),
         _ok("sentiment", 1, {"label": "negative", "score": -0.5}, tokens=30),
-        _ok("keywords", 0, {"keywords": [{"term": "Battery", "score": 0.9}]}),
+        _ok("keywords", 0, {"keywords": [{"term": "Battery", "score": 0.9}], "invented": 2}),
         _ok("tokenize", 0, {"tokens": ["a", " b"], "count": 2, "tokenizer": "x"}),
         _ok(
             "keywords",
             1,
-            {"keywords": [{"term": "battery", "score": 0.5}, {"term": "screen", "score": 0.8}]},
+            {
+                "keywords": [{"term": "battery", "score": 0.5}, {"term": "screen", "score": 0.8}],
+                "invented": 1,
+            },
         ),
         _ok("sentiment", 0, {"label": "positive", "score": 0.9}, tokens=10),
     ]
@@ -80,6 +83,7 @@ def test_reducer_merges_chunks_in_order():
     assert result.status == "ok" and result.chunks == 2 and result.subtasks == result.results == 6
     assert result.tokens == ["a", " b", " c"] and result.token_count == 3
     assert [(k.term, k.score) for k in result.keywords] == [("Battery", 0.7), ("screen", 0.4)]
+    assert result.keywords_invented == 3  # the model's inventions, dropped, still counted
     assert result.sentiment_score == pytest.approx((0.9 * 10 - 0.5 * 30) / 40)
     assert result.sentiment == "negative"
 

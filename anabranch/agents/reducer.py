@@ -92,6 +92,7 @@ class Reducer:
         result.errors = errors
         result.status = _status(len(subtasks), len(errors))
         result.keywords = merge_keywords(keyword_chunks, chunks, self.top_keywords)
+        result.keywords_invented = sum(out.invented for out in keyword_chunks)
         if sentiments:
             result.sentiment_score = weighted_sentiment(sentiments)
             result.sentiment = label_for(result.sentiment_score)
