@@ -330,7 +330,7 @@ class BlendedSentiment:
             try:
                 odds, usage, attempts = await self._probabilities.odds(subtask)
             except NoProbabilities as exc:
-                if self._judgement is None:
+                if self._judgement is None:  # not found out by a call in flight beside this one
                     logger.warning("%s: %s; sentiment blends the model's JSON judgement instead",
                                    self.endpoint.base_url, exc)  # fmt: skip
                     self._judgement = LLMSentimentAgent(self.endpoint)

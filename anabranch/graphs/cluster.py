@@ -21,7 +21,7 @@ worker returns it; a task a dead worker had half done is run again from its star
 A local cluster that the executor starts runs its workers at normal priority, where Ray would nice
 them to 15: the batch is the machine's work, and niced workers yield to every wake-up of what
 shares their cores (the driver, a local LLM server). On this project's 2-core benchmark machine
-that was 4-5 % of throughput (`bench/bench_ray.py`).
+that was 4-5 % of throughput (`bench/bench_ray.py`'s Ray batch, run alternately both ways).
 
 Ray is an optional dependency (`pip install anabranch[ray]`).
 """
