@@ -104,7 +104,8 @@ Backend = Annotated[
         help="Where the analysts run: `local` (tiktoken, YAKE, VADER), `llm` (sentiment as the "
         "model's JSON judgement), `llm-probs` (llm, sentiment read off token probabilities), "
         "`llm-blend` (llm, those probabilities blended with VADER), or per agent, e.g. "
-        "`keywords=llm,sentiment=local`. Default: llm-blend when --llm is given, else local."
+        "`keywords=llm,sentiment=local`. Default with --llm: sentiment on "
+        f"{DEFAULT_LLM_BACKEND['sentiment']}, the others on llm; without it, local."
     ),
 ]
 Planner = Annotated[

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
+import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -72,3 +75,50 @@ def fault_server():
 def faults(fault_server):
     fault_server.configure()
     return fault_server
+
+
+# -- runs killed and resumed (durability, on one machine and on a cluster) --------------------
+
+
+def write_tasks(path: Path, n: int) -> list[str]:
+    """`n` tasks `t0000`, `t0001`, ... as a tasks file; their ids."""
+    ids = [f"t{i:04d}" for i in range(n)]
+    path.write_text("".join(json.dumps({"id": i, "text": f"Review {i}: it works well."}) + "\n"
+                            for i in ids))  # fmt: skip
+    return ids
+
+
+def delivered(journal: Path) -> int:
+    """Tasks the journal holds, read as another process would while the run writes."""
+    if not journal.exists():
+        return 0
+    try:
+        with sqlite3.connect(f"file:{journal}?mode=ro", uri=True, timeout=5) as db:
+            return db.execute("SELECT COUNT(*) FROM tasks").fetchone()[0]
+    except sqlite3.OperationalError:  # the tables are not there yet
+        return 0
+
+
+def kill_when(process: subprocess.Popen, journal: Path, tasks: int, limit: float = 120) -> int:
+    """SIGKILL `process` once the journal holds `tasks` tasks; return how many it held."""
+    deadline = time.monotonic() + limit
+    while delivered(journal) < tasks:
+        assert process.poll() is None, process.communicate()
+        assert time.monotonic() < deadline, "the run made no progress"
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    return delivered(journal)
+
+
+def start_run(*args: str, new_session: bool = False) -> subprocess.Popen:
+    """`anabranch run ARGS` in the background; `new_session` puts it and what it starts (a local
+    Ray cluster) in a process group of their own, to be cleared away together."""
+    return subprocess.Popen([sys.executable, "-m", "anabranch", "run", *args], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            start_new_session=new_session)  # fmt: skip
+
+
+def output_ids(out: Path) -> list[str]:
+    """The task ids of the output, line by line."""
+    return [json.loads(line)["task_id"] for line in out.read_text().splitlines()]

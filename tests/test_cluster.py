@@ -11,12 +11,10 @@ import os
 import re
 import signal
 import subprocess
-import sys
 
 import pytest
 import ray
-from conftest import ROOT, run_cli
-from test_durability import kill_when, output_ids, write_tasks
+from conftest import kill_when, output_ids, run_cli, start_run, write_tasks
 
 from anabranch import Journal, Task, run_batch
 from anabranch.errors import ConfigError
@@ -162,9 +160,7 @@ def test_a_killed_driver_resumes_from_its_journal(tmp_path, faults):
                "--backend", "tokenize=local,keywords=local,sentiment=llm",
                "--executor", "ray", "--workers", "2", "--concurrency", "16"]  # fmt: skip
     # In a session of its own, so that the local cluster it starts can be cleared away after.
-    driver = subprocess.Popen([sys.executable, "-m", "anabranch", "run", *command], cwd=ROOT,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                              start_new_session=True)  # fmt: skip
+    driver = start_run(*command, new_session=True)
     held = kill_when(driver, out.with_name(out.name + ".journal"), 50)
     with contextlib.suppress(ProcessLookupError):  # Ray's agents outlive a killed driver
         os.killpg(driver.pid, signal.SIGKILL)

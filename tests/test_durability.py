@@ -17,7 +17,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, run_cli
+from conftest import kill_when, output_ids, run_cli, start_run, write_tasks
 
 from anabranch import Task, build_analysis_graph, run_batch
 from anabranch.journal import Journal, JournalBusyError, JournalError
@@ -33,46 +33,11 @@ but still on their way to the journal (its writer commits every 100 ms: at this 
 about 107 answers a second, some 11)."""
 
 
-def write_tasks(path: Path, n: int = N) -> list[str]:
-    ids = [f"t{i:04d}" for i in range(n)]
-    path.write_text("".join(json.dumps({"id": i, "text": f"Review {i}: it works well."}) + "\n"
-                            for i in ids))  # fmt: skip
-    return ids
-
-
-def delivered(journal: Path) -> int:
-    """Tasks the journal holds, read as another process would while the run writes."""
-    if not journal.exists():
-        return 0
-    try:
-        with sqlite3.connect(f"file:{journal}?mode=ro", uri=True, timeout=5) as db:
-            return db.execute("SELECT COUNT(*) FROM tasks").fetchone()[0]
-    except sqlite3.OperationalError:  # the tables are not there yet
-        return 0
-
-
-def kill_when(process: subprocess.Popen, journal: Path, tasks: int, limit: float = 120) -> int:
-    """SIGKILL `process` once the journal holds `tasks` tasks; return how many it held."""
-    deadline = time.monotonic() + limit
-    while delivered(journal) < tasks:
-        assert process.poll() is None, process.communicate()
-        assert time.monotonic() < deadline, "the run made no progress"
-        time.sleep(0.02)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    return delivered(journal)
-
-
 def repeats(before: dict[str, int], after: dict[str, int]) -> int:
     """Requests for conversations that had been sent before: the work a crash made us redo."""
     return sum(n for prompt, n in after.items() if prompt in before) - sum(
         n for prompt, n in before.items() if prompt in after
     )
-
-
-def start_run(*args: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "anabranch", "run", *args], cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
 
 
 def whole_lines(out: Path) -> list[str]:
@@ -84,16 +49,12 @@ def whole_lines(out: Path) -> list[str]:
     return ids
 
 
-def output_ids(out: Path) -> list[str]:
-    return [json.loads(line)["task_id"] for line in out.read_text().splitlines()]
-
-
 @pytest.mark.slow
 def test_killed_three_times_then_resumed_delivers_each_task_once(tmp_path, faults):
     faults.configure(latency_ms=150)
     tasks, out = tmp_path / "tasks.jsonl", tmp_path / "out.jsonl"
     journal = tmp_path / "out.jsonl.journal"
-    ids = write_tasks(tasks)
+    ids = write_tasks(tasks, N)
     command = [str(tasks), "--out", str(out), "--llm", faults.url, "--model", "fault",
                "--llm-concurrency", str(LLM_CONCURRENCY), "--concurrency", "16"]  # fmt: skip
     fractions = (0.25, 0.5, 0.75)

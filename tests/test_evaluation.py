@@ -140,27 +140,42 @@ def test_llm_probs_and_llm_blend_are_sentiment_backends_only():
     assert type(sentiment) is BlendedSentiment and type(keywords) is LLMKeywordAgent
 
 
-async def test_the_blend_reads_probabilities_and_vader_with_one_request(faults):
+def test_the_blend_takes_the_lean_off_then_averages_then_reads_its_band():
+    from anabranch.agents.analysts import Blend
+    from anabranch.tools.sentiment import label_for
+
+    blend = Blend(weight=1.0, lean=0.5, band=0.15)
+    # (0 + (0.9 - 0.5)) / 2 = 0.2, past the band: positive, its score moved 0.1 toward 0.
+    assert blend.output(0.0, 0.9).model_dump() == {"label": "positive", "score": 0.1}
+    # (0 + (0.7 - 0.5)) / 2 = 0.1, within the band: neutral, however sure VADER's cut-off is.
+    assert blend.output(0.0, 0.7).label == "neutral"
+    # (-0.6 + (0.5 - 0.5)) / 2 = -0.3: the model's lean alone does not pull it positive.
+    assert blend.output(-0.6, 0.5).model_dump() == {"label": "negative", "score": -0.2}
+    for vader, model in [(0.3, -0.4), (-0.05, 0.95), (1.0, 1.0), (-1.0, -1.0)]:
+        out = blend.output(vader, model)
+        assert label_for(out.score) == out.label and -1.0 <= out.score <= 1.0
+
+
+async def test_the_blend_reads_the_servers_probabilities_with_one_request(faults):
     from anabranch.agents.analysts import BlendedSentiment
     from anabranch.llm.endpoint import Endpoint
-    from anabranch.tools.sentiment import VaderSentiment, label_for
+    from anabranch.testing.fault_server import LABEL_LOGPROBS
+    from anabranch.tools.sentiment import VaderSentiment
     from anabranch.types import Subtask
 
     texts = ["The meeting is at noon.", "I love it, wonderful!", "Awful, a waste of money."]
     async with Endpoint(faults.url, "fault") as llm:
-        blend = BlendedSentiment(llm)
-        answers = [await blend.run(Subtask(task_id="t", kind="sentiment", text=t)) for t in texts]
+        agent = BlendedSentiment(llm)
+        answers = [await agent.run(Subtask(task_id="t", kind="sentiment", text=t)) for t in texts]
     assert faults.stats()["requests"] == 3 and all(a.usage.requests == 1 for a in answers)
     # The fault server gives every answer the same first-token odds (positive ahead).
-    odds = label_probabilities([(" positive", -1.2), (" negative", -2.0), (" neutral", -2.3)])
+    odds = label_probabilities(LABEL_LOGPROBS)
     assert odds is not None
-    model = odds["positive"] - odds["negative"] - blend.model_lean
     for text, answer in zip(texts, answers, strict=True):
-        blended = (await VaderSentiment().score(text) + model) / 2
-        expected = "neutral" if abs(blended) < blend.band else label_for(blended)
-        assert answer.output.label == expected, text  # type: ignore[attr-defined]
-        assert label_for(answer.output.score) == expected  # type: ignore[attr-defined]
-    assert [a.output.label for a in answers] == ["neutral", "positive", "negative"]  # type: ignore[attr-defined]
+        vader = await VaderSentiment().score(text)
+        assert answer.output == agent.blend.output(vader, odds["positive"] - odds["negative"])
+    labels = [a.output.label for a in answers]  # type: ignore[attr-defined]
+    assert labels == ["neutral", "positive", "negative"]
 
 
 async def test_the_blend_falls_back_to_json_when_a_server_sends_no_probabilities(faults, caplog):

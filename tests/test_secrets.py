@@ -120,6 +120,14 @@ def test_no_output_carries_an_echoed_key(echoing, run_dir):
                    env=env)  # fmt: skip
     _proc(seen, "eval", proc)
     assert proc.returncode == 0, proc.stderr
+    # A server without token probabilities: the blend warns, naming the server, and falls back.
+    # From here on the server sends none (Ray's workers and `serve` take the same path).
+    echoing.configure(echo_credentials=True, rates=ECHOED, retry_after=0, seed=7, logprobs=False)
+    # 20 texts: with a fifth of requests answered, some reach the fallback (all miss it: 3e-4).
+    proc = run_cli("eval", "--sample", "20", "--llm", url_with_key, "--model", "fault",
+                   "--backend", "llm-blend", env=env)  # fmt: skip
+    _proc(seen, "eval without probabilities", proc)
+    assert "JSON judgement instead" in proc.stderr and "LLM: fault at" in proc.stdout
 
     # `run` on a local Ray cluster: the key travels to the workers inside the graph's recipe,
     # so Ray's own logs of that cluster are scanned too.

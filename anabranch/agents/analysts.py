@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Annotated, Literal, Protocol, cast
 
 from pydantic import BaseModel, Field, StringConstraints, create_model
@@ -283,27 +283,46 @@ class NoProbabilities(LLMOutputError):
     """The server answered without token probabilities: it does not support `logprobs`."""
 
 
+@dataclass(frozen=True, slots=True)
+class Blend:
+    """How `BlendedSentiment` combines VADER's compound score with the model's opinion.
+
+    The defaults were chosen on the tuning part of the project's set alone
+    (`bench/tune_ensemble.py`, which tries this class over a grid), in the middle of a plateau,
+    not at its best point; another model may want others."""
+
+    weight: float = 1.0
+    """The model's weight beside VADER's 1."""
+    lean: float = 0.5
+    """Taken off the model's opinion first: SmolLM2-135M leans toward positive."""
+    band: float = 0.15
+    """Blended scores within this distance of zero are neutral."""
+
+    def output(self, vader: float, model: float) -> SentimentOutput:
+        """The blend of a VADER compound score and the model's P(positive) - P(negative)."""
+        blended = (vader + self.weight * (model - self.lean)) / (1 + self.weight)
+        # Moved toward 0 by the band less VADER's cut-off, so that the cut-offs every score is
+        # read with (a task's merged chunks included) give the blend's label.
+        shift = min(abs(blended), self.band - POSITIVE_AT)
+        score = round(max(-1.0, min(1.0, math.copysign(abs(blended) - shift, blended))), 6)
+        return SentimentOutput(label=label_for(score), score=score)
+
+
 @dataclass
 class BlendedSentiment:
-    """VADER's compound score and the model's P(positive) - P(negative), averaged.
+    """VADER's compound score and the model's P(positive) - P(negative), averaged (`Blend`).
 
     Neither alone is as good: VADER misses what its lexicon lacks (sarcasm, domain words), and a
     small model leans positive (SmolLM2-135M calls 121 of the 151 tuning texts positive) yet
-    often tells the sign right where VADER sees no feeling. The lean is taken off the model's
-    difference before the two are averaged. The three settings were chosen on the tuning part of
-    the project's set alone (`bench/tune_ensemble.py`), in the middle of a plateau, not at its
-    best point; another model may want others.
+    often tells the sign right where VADER sees no feeling.
 
     A server without token probabilities gets the model's JSON judgement (its signed
-    confidence, no lean) in their place, with a warning, after one request that finds out."""
+    confidence, no lean taken off) in their place, with a warning, after one request that finds
+    out."""
 
     endpoint: Endpoint
-    model_weight: float = 1.0
-    """The model's weight beside VADER's 1."""
-    model_lean: float = 0.5
-    """Taken off the model's P(positive) - P(negative): its lean toward positive."""
-    band: float = 0.15
-    """Blended scores within this distance of zero are neutral."""
+    blend: Blend = field(default_factory=Blend)
+    """How the two are combined."""
     name: str = "sentiment"
 
     def __post_init__(self) -> None:
@@ -314,17 +333,7 @@ class BlendedSentiment:
     async def run(self, subtask: Subtask) -> Answer:
         if not subtask.text.strip():
             return Answer(SentimentOutput(label="neutral", score=0.0))
-        model, usage, attempts = await self._model(subtask)
         vader = await VaderSentiment().score(subtask.text)
-        blended = (vader + self.model_weight * model) / (1 + self.model_weight)
-        # Moved toward 0 by the band less VADER's cut-off, so that the cut-offs every score is
-        # read with (a task's merged chunks included) give the blend's label.
-        shift = min(abs(blended), self.band - POSITIVE_AT)
-        score = round(max(-1.0, min(1.0, math.copysign(abs(blended) - shift, blended))), 6)
-        return Answer(SentimentOutput(label=label_for(score), score=score), usage, attempts)
-
-    async def _model(self, subtask: Subtask) -> tuple[float, Usage, int]:
-        """The model's signed opinion in [-1.5, 1], what it cost, and the requests sent."""
         spent = Usage()
         if self._judgement is None:
             try:
@@ -332,14 +341,17 @@ class BlendedSentiment:
             except NoProbabilities as exc:
                 if self._judgement is None:  # not found out by a call in flight beside this one
                     logger.warning("%s: %s; sentiment blends the model's JSON judgement instead",
-                                   self.endpoint.base_url, exc)  # fmt: skip
+                                   self.endpoint.public_url, exc)  # fmt: skip
                     self._judgement = LLMSentimentAgent(self.endpoint)
                 spent = exc.usage
             else:
-                return odds["positive"] - odds["negative"] - self.model_lean, usage, attempts
+                model = odds["positive"] - odds["negative"]
+                return Answer(self.blend.output(vader, model), usage, attempts)
         judged = await self._judgement.run(subtask)
         assert isinstance(judged.output, SentimentOutput)
-        return judged.output.score, spent + judged.usage, spent.requests + judged.attempts
+        blend = replace(self.blend, lean=0.0)  # no lean measured for the JSON judgement
+        output = blend.output(vader, judged.output.score)
+        return Answer(output, spent + judged.usage, spent.requests + judged.attempts)
 
 
 def label_probabilities(

@@ -362,11 +362,15 @@ def _completion(request: dict[str, Any], content: str) -> dict[str, Any]:
     }
 
 
+LABEL_LOGPROBS = ((" positive", -1.2), (" negative", -2.0), (" neutral", -2.3))
+"""The first-token alternatives every answer offers after its own first word."""
+
+
 def _logprobs(content: str, request: dict[str, Any]) -> dict[str, Any]:
     """OpenAI's `logprobs` for the answer's first word: itself most likely, then the three
     sentiment labels (a model's first token is often not a label), cut to `top_logprobs`."""
     first = content.split(" ", 1)[0]
-    ranked = [(first, -0.4), (" positive", -1.2), (" negative", -2.0), (" neutral", -2.3)]
+    ranked = [(first, -0.4), *LABEL_LOGPROBS]
     top = [{"token": t, "logprob": p} for t, p in ranked[: int(request.get("top_logprobs") or 0)]]
     return {"content": [{"token": first, "logprob": -0.4, "top_logprobs": top}]}
 
