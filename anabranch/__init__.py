@@ -2,153 +2,99 @@
 
 A planner splits each task into subtasks, agents run them at the same time, and a reducer joins
 their outputs into one result per task.
+
+The top level holds what a newcomer needs, by concept; the rest lives in subpackages, each with
+its own `__all__`: `anabranch.analysis` (the text analysis built on the core), `anabranch.chat`
+(graphs served as chat models), `anabranch.testing` (the fault-injecting server),
+`anabranch.errors` (every exception), `anabranch.events` (stream events). Names are imported when
+first used, so `import anabranch` does not pay for LangGraph, the openai SDK or Ray up front.
 """
 
-import importlib.metadata
+from __future__ import annotations
 
-from anabranch.agents.analysts import (
-    KeywordAgent,
-    LLMKeywordAgent,
-    LLMLabelProbabilities,
-    LLMSentimentAgent,
-    SentimentAgent,
-    ServerTokenizer,
-    TokenizerAgent,
-    local_agents,
-    make_agents,
-)
-from anabranch.agents.base import Agent, Answer
-from anabranch.agents.planner import LLMPlanner, RulePlanner
-from anabranch.agents.reducer import Reducer
-from anabranch.agents.specialists import (
-    BUILTIN as BUILTIN_SPECIALISTS,
-)
-from anabranch.agents.specialists import (
-    DEFAULT_CHAIN,
-    Specialist,
-    load_specialists,
-)
-from anabranch.chain_report import render_chain_report
-from anabranch.errors import (
-    AnabranchError,
-    ChatGraphError,
-    ConfigError,
-    InputError,
-    LLMConnectionError,
-    LLMError,
-    LLMOutputError,
-    LLMRateLimitError,
-    LLMStatusError,
-    LLMTimeoutError,
-    LLMUnavailableError,
-    SetupError,
-)
-from anabranch.graphs.chain import build_chain_graph, chain_result, run_chain, run_specialists
-from anabranch.graphs.cluster import RayExecutor
-from anabranch.graphs.fanout import build_analysis_graph, build_fanout_graph
-from anabranch.graphs.runner import BatchRun, run_batch
-from anabranch.graphs.spec import GraphSpec, Share
-from anabranch.graphs.state import Graph
-from anabranch.inputs import example_tasks, read_tasks
-from anabranch.journal import Journal, RunInfo
-from anabranch.llm.cache import ResponseCache
-from anabranch.llm.connect import LLMOptions, open_endpoint
-from anabranch.llm.endpoint import Endpoint
-from anabranch.llm.local_server import LocalLLMServer
-from anabranch.llm.settings import Limits, RetryPolicy, Sampling, Timeouts
-from anabranch.report import render_trace
-from anabranch.testing.fault_server import FaultConfig, FaultServer
-from anabranch.types import (
-    ChainResult,
-    ChainStep,
-    Keyword,
-    RunReport,
-    StageReport,
-    Subtask,
-    SubtaskError,
-    SubtaskResult,
-    Task,
-    TaskResult,
-    Usage,
-)
+import importlib
+import importlib.metadata
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from anabranch.agents.base import Agent, Answer
+    from anabranch.agents.planner import LLMPlanner, RulePlanner
+    from anabranch.agents.reducer import Reducer
+    from anabranch.agents.specialists import Specialist
+    from anabranch.errors import AnabranchError, ConfigError, LLMError
+    from anabranch.graphs.chain import build_chain_graph, run_chain
+    from anabranch.graphs.fanout import build_fanout_graph
+    from anabranch.graphs.runner import run_batch
+    from anabranch.graphs.spec import GraphSpec
+    from anabranch.inputs import read_tasks
+    from anabranch.journal import Journal
+    from anabranch.llm.connect import LLMOptions, open_endpoint
+    from anabranch.llm.endpoint import Endpoint
+    from anabranch.llm.settings import Limits, RetryPolicy, Sampling, Timeouts
+    from anabranch.types import RunReport, Subtask, SubtaskResult, Task, TaskResult, Usage
+
+_WHERE = {
+    # tasks and results
+    "Task": "anabranch.types",
+    "Subtask": "anabranch.types",
+    "SubtaskResult": "anabranch.types",
+    "TaskResult": "anabranch.types",
+    "Usage": "anabranch.types",
+    "RunReport": "anabranch.types",
+    # agents
+    "Agent": "anabranch.agents.base",
+    "Answer": "anabranch.agents.base",
+    "RulePlanner": "anabranch.agents.planner",
+    "LLMPlanner": "anabranch.agents.planner",
+    "Reducer": "anabranch.agents.reducer",
+    "Specialist": "anabranch.agents.specialists",
+    # graphs and the runner
+    "build_fanout_graph": "anabranch.graphs.fanout",
+    "build_chain_graph": "anabranch.graphs.chain",
+    "run_chain": "anabranch.graphs.chain",
+    "run_batch": "anabranch.graphs.runner",
+    "GraphSpec": "anabranch.graphs.spec",
+    "Journal": "anabranch.journal",
+    "read_tasks": "anabranch.inputs",
+    # the endpoint and its settings
+    "Endpoint": "anabranch.llm.endpoint",
+    "LLMOptions": "anabranch.llm.connect",
+    "open_endpoint": "anabranch.llm.connect",
+    "Timeouts": "anabranch.llm.settings",
+    "RetryPolicy": "anabranch.llm.settings",
+    "Limits": "anabranch.llm.settings",
+    "Sampling": "anabranch.llm.settings",
+    # errors (all of them: anabranch.errors)
+    "AnabranchError": "anabranch.errors",
+    "LLMError": "anabranch.errors",
+    "ConfigError": "anabranch.errors",
+}
+"""Each public name and the module that defines it."""
+
+__all__ = [  # noqa: RUF022 - grouped by concept, as above
+    "Task", "Subtask", "SubtaskResult", "TaskResult", "Usage", "RunReport",
+    "Agent", "Answer", "RulePlanner", "LLMPlanner", "Reducer", "Specialist",
+    "build_fanout_graph", "build_chain_graph", "run_chain", "run_batch", "GraphSpec", "Journal",
+    "read_tasks",
+    "Endpoint", "LLMOptions", "open_endpoint", "Timeouts", "RetryPolicy", "Limits", "Sampling",
+    "AnabranchError", "LLMError", "ConfigError",
+]  # fmt: skip
 
 try:
     __version__ = importlib.metadata.version("anabranch")
-except (
-    importlib.metadata.PackageNotFoundError
-):  # running from a source tree that was never installed
+except importlib.metadata.PackageNotFoundError:  # a source tree that was never installed
     __version__ = "0+unknown"
 
-__all__ = [
-    "BUILTIN_SPECIALISTS",
-    "DEFAULT_CHAIN",
-    "Agent",
-    "AnabranchError",
-    "Answer",
-    "BatchRun",
-    "ChainResult",
-    "ChainStep",
-    "ChatGraphError",
-    "ConfigError",
-    "Endpoint",
-    "FaultConfig",
-    "FaultServer",
-    "Graph",
-    "GraphSpec",
-    "InputError",
-    "Journal",
-    "Keyword",
-    "KeywordAgent",
-    "LLMConnectionError",
-    "LLMError",
-    "LLMKeywordAgent",
-    "LLMLabelProbabilities",
-    "LLMOptions",
-    "LLMOutputError",
-    "LLMPlanner",
-    "LLMRateLimitError",
-    "LLMSentimentAgent",
-    "LLMStatusError",
-    "LLMTimeoutError",
-    "LLMUnavailableError",
-    "Limits",
-    "LocalLLMServer",
-    "RayExecutor",
-    "Reducer",
-    "ResponseCache",
-    "RetryPolicy",
-    "RulePlanner",
-    "RunInfo",
-    "RunReport",
-    "Sampling",
-    "SentimentAgent",
-    "ServerTokenizer",
-    "SetupError",
-    "Share",
-    "Specialist",
-    "StageReport",
-    "Subtask",
-    "SubtaskError",
-    "SubtaskResult",
-    "Task",
-    "TaskResult",
-    "Timeouts",
-    "TokenizerAgent",
-    "Usage",
-    "__version__",
-    "build_analysis_graph",
-    "build_chain_graph",
-    "build_fanout_graph",
-    "chain_result",
-    "example_tasks",
-    "load_specialists",
-    "local_agents",
-    "make_agents",
-    "open_endpoint",
-    "read_tasks",
-    "render_chain_report",
-    "render_trace",
-    "run_batch",
-    "run_chain",
-    "run_specialists",
-]
+
+def __getattr__(name: str) -> Any:
+    """Import a public name on first use (PEP 562), then keep it as a plain attribute."""
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module 'anabranch' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *__all__])

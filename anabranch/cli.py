@@ -24,16 +24,24 @@ import typer
 from pydantic import SecretStr
 
 from anabranch import __version__
-from anabranch.agents.analysts import (
+from anabranch.analysis import (
     DEFAULT_LLM_BACKEND,
     SENTIMENT_BACKENDS,
+    AnalysisRecord,
+    PlannerKind,
+    build_analysis_graph,
     needs_llm,
     parse_backend,
 )
+from anabranch.analysis.evaluation import (
+    builtin_set,
+    evaluate,
+    read_labelled,
+    render,
+    write_figures,
+)
 from anabranch.errors import AnabranchError, ConfigError
-from anabranch.evaluation import builtin_set, evaluate, read_labelled, render, write_figures
 from anabranch.graphs.cluster import RayExecutor
-from anabranch.graphs.fanout import PlannerKind, build_analysis_graph
 from anabranch.graphs.runner import BatchRun, run_batch
 from anabranch.graphs.spec import GraphSpec
 from anabranch.graphs.state import Graph
@@ -412,7 +420,7 @@ async def _write_results(batch: BatchRun, sink: IO[str], out: Path) -> tuple[Run
         if result.task_id in batch.replayed and sink.mode == "a":
             continue  # already in the output, rebuilt from the journal
         try:
-            await asyncio.to_thread(write, result.model_dump_json() + "\n")
+            await asyncio.to_thread(write, AnalysisRecord.of(result).model_dump_json() + "\n")
         except OSError as exc:
             raise ConfigError(f"cannot write results to {out}: {exc.strerror or exc}") from exc
         if result.status == "rejected":
@@ -429,7 +437,7 @@ def _rewrite_in_input_order(
     try:
         with partial.open("w", encoding="utf-8") as f:
             for result in journal.results(run_id, complete_only=complete_only):
-                f.write(result.model_dump_json() + "\n")
+                f.write(AnalysisRecord.of(result).model_dump_json() + "\n")
         os.replace(partial, out)
     except OSError as exc:
         raise ConfigError(f"cannot write results to {out}: {exc.strerror or exc}") from exc

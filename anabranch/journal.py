@@ -167,15 +167,13 @@ class Journal:
             yield TaskResult.model_validate_json(text)
 
     def records(self, run_id: str) -> list[dict[str, Any]]:
-        """The run's results as flat records (one dict per task), ready for a DataFrame."""
+        """The run's results as flat records (one dict per task), ready for a DataFrame: each
+        agent's merged output spread into `agent.field` columns, per-chunk outputs kept whole."""
         return [
             {
                 "task_id": r.task_id,
                 "status": r.status,
-                "sentiment": r.sentiment,
-                "sentiment_score": r.sentiment_score,
-                "keywords": [k.term for k in r.keywords],
-                "token_count": r.token_count,
+                **_columns(r.outputs),
                 "errors": len(r.errors),
                 "requests": r.usage.requests,
                 "prompt_tokens": r.usage.prompt_tokens,
@@ -365,3 +363,15 @@ def run_id_for(input: Path, out: Path) -> str:
 def fingerprint(config: Mapping[str, Any]) -> str:
     """A short hash of a graph's configuration, for `task_key`."""
     return hashlib.sha256(json.dumps(dict(config), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _columns(outputs: Mapping[str, Any]) -> dict[str, Any]:
+    """An agent's merged output (an object) as `agent.field` columns; per-chunk outputs (a list)
+    as one `agent` column."""
+    columns: dict[str, Any] = {}
+    for agent, output in outputs.items():
+        if isinstance(output, dict):
+            columns.update({f"{agent}.{key}": value for key, value in output.items()})
+        else:
+            columns[agent] = output
+    return columns

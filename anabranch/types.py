@@ -6,14 +6,15 @@ checkpoints, and returned to users; inside the framework the same objects are pa
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+import importlib
+from typing import Annotated, Any, Literal, TypeVar, overload
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
 from anabranch.redact import redact
 
-SentimentLabel = Literal["positive", "negative", "neutral"]
-"""The three sentiment classes every sentiment tool must map to."""
+M = TypeVar("M", bound=BaseModel)
+"""An agent's output model."""
 
 SubtaskStatus = Literal["ok", "error"]
 """`ok`: the agent produced an output; `error`: it did not, and the result says why."""
@@ -31,7 +32,7 @@ class Task(BaseModel):
     id: str
     """Unique within a batch; results carry it back."""
     text: str
-    """The text to analyse. May be empty (the result is then empty, not an error)."""
+    """The text to work on. May be empty (agents then give an empty output, not an error)."""
     instruction: str | None = None
     """Free-form guidance for LLM-backed agents and the LLM planner."""
     metadata: dict[str, Any] = Field(default_factory=dict)
@@ -43,7 +44,7 @@ class Subtask(BaseModel):
 
     task_id: str
     kind: str
-    """The name of the agent that runs it (`tokenize`, `keywords`, `sentiment`, or a user's own)."""
+    """The name of the agent that runs it."""
     chunk: int = 0
     """Index of the chunk in the task's text; the reducer merges chunks in this order."""
     chunks: int = 1
@@ -106,56 +107,21 @@ class SubtaskResult(BaseModel):
     usage: Usage = Field(default_factory=Usage)
 
 
-class Keyword(BaseModel):
-    term: str
-    score: float
-    """Relevance in [0, 1]; higher is more relevant, whatever the tool's own scale."""
-
-
-class TokensOutput(BaseModel):
-    """The tokenizer agent's output for one chunk."""
-
-    tokens: list[str]
-    """Readable pieces; a character split across tokens is one piece, so this may be shorter
-    than `count`."""
-    count: int
-    tokenizer: str
-    """Which tokenizer: `tiktoken:<encoding>` or `server:/tokenize` (the model's own)."""
-
-
-class KeywordsOutput(BaseModel):
-    keywords: list[Keyword] = Field(
-        description="The most important words or short phrases of the text, most relevant first, "
-        "each with a relevance score between 0 and 1."
-    )
-    invented: int = 0
-    """Keywords the model gave that do not occur in the text, dropped (LLM keywords only)."""
-
-
-class SentimentOutput(BaseModel):
-    label: SentimentLabel = Field(description="The overall sentiment of the text.")
-    score: float = Field(
-        ge=-1.0, le=1.0, description="-1 is very negative, 0 neutral, 1 very positive."
-    )
-
-
 class TaskResult(BaseModel):
-    """Everything the reducer knows about one task: always delivered, partial if need be."""
+    """Everything the reducer knows about one task: always delivered, partial if need be.
+
+    `outputs` holds each agent's output in its JSON form (what files and journals keep): one
+    object when the agent merges its chunks, a list of one object per chunk when it does not.
+    `output(name)` gives it back as the agent's own model.
+    """
 
     task_id: str
     status: TaskStatus
-    tokens: list[str] = Field(default_factory=list)
-    token_count: int = 0
-    tokenizer: str | None = None
-    """Which tokenizer produced `tokens` (e.g. `tiktoken:cl100k_base`, `llama.cpp:/tokenize`)."""
-    keywords: list[Keyword] = Field(default_factory=list)
-    keywords_invented: int = 0
-    """Keywords the model gave that do not occur in the text, dropped (over all chunks)."""
-    sentiment: SentimentLabel | None = None
-    sentiment_score: float | None = None
-    """In [-1, 1], weighted by chunk length."""
-    outputs: dict[str, list[dict[str, Any]]] = Field(default_factory=dict)
-    """Outputs of user-defined agents, by agent name, one entry per chunk in order."""
+    outputs: dict[str, Any] = Field(default_factory=dict)
+    """By agent name: the merged output (an object), or one output per chunk in order (a list)."""
+    output_types: dict[str, str] = Field(default_factory=dict)
+    """By agent name: its output model as `module:QualifiedName`, so that a result read back from
+    a journal, or sent from a Ray worker, gives typed outputs again."""
     chunks: int = 1
     subtasks: int = 0
     """How many subtasks the planner made."""
@@ -164,6 +130,96 @@ class TaskResult(BaseModel):
     errors: list[SubtaskError] = Field(default_factory=list)
     usage: Usage = Field(default_factory=Usage)
     metadata: dict[str, Any] = Field(default_factory=dict)
+    _types: dict[str, type[BaseModel]] = PrivateAttr(default_factory=dict)
+    """The output models known in this process (set by the reducer): no import needed."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_v0_1(cls, data: Any) -> Any:
+        """Read results that anabranch 0.1 wrote (journals, results.jsonl), which flattened the
+        built-in analysis into the result: its fields become the three agents' outputs."""
+        if not isinstance(data, dict) or not _V0_1_FIELDS & data.keys():
+            return data
+        data = dict(data)
+        outputs = dict(data.get("outputs") or {})
+        failed = {e.get("kind") for e in data.get("errors") or [] if isinstance(e, dict)}
+        if data.get("tokenizer") is not None:
+            outputs["tokenize"] = {"tokens": data.get("tokens") or [],
+                                   "count": data.get("token_count") or 0,
+                                   "tokenizer": data["tokenizer"]}  # fmt: skip
+        if data.get("sentiment") is not None:
+            outputs["sentiment"] = {"label": data["sentiment"],
+                                    "score": data.get("sentiment_score") or 0.0}  # fmt: skip
+        # 0.1 wrote `keywords: []` both for no keywords and for no keyword agent: an empty list
+        # is an output when the rest of the analysis ran and the keyword agent did not fail.
+        ran = "tokenize" in outputs or "sentiment" in outputs
+        if data.get("keywords") or (ran and "keywords" not in failed):
+            outputs["keywords"] = {"keywords": data.get("keywords") or [],
+                                   "invented": data.get("keywords_invented") or 0}  # fmt: skip
+        for name in _V0_1_FIELDS:
+            data.pop(name, None)
+        data["outputs"] = outputs
+        data["output_types"] = {name: _V0_1_TYPES[name] for name in outputs if name in _V0_1_TYPES}
+        return data
+
+    @overload
+    def output(self, name: str) -> Any: ...
+
+    @overload
+    def output(self, name: str, model: type[M]) -> M: ...
+
+    def output(self, name: str, model: type[M] | None = None) -> Any:
+        """Agent `name`'s output as its own model: one instance when the agent merges its chunks,
+        a list of one per chunk when it has no merge rule; its JSON form when its model is not
+        known here. `model` names the type to read a merged output as (typed code's way in).
+
+        Raises KeyError, naming the task's errors, when the agent produced no output (it failed,
+        or the planner did not send it), and TypeError when `model` is given for outputs kept per
+        chunk."""
+        if name not in self.outputs:
+            why = "; ".join(f"{e.kind}: {e.type}" for e in self.errors) or "it did not run"
+            raise KeyError(f"task {self.task_id!r} has no output of agent {name!r} ({why})")
+        data = self.outputs[name]
+        if model is not None and isinstance(data, list):
+            raise TypeError(f"agent {name!r} has no merge rule, so its outputs are kept per chunk: "
+                            f"result.output({name!r}) gives the list")  # fmt: skip
+        cls = model or self._types.get(name) or _import_model(self.output_types.get(name))
+        if cls is None:
+            return data
+        if isinstance(data, list):
+            return [cls.model_validate(d) for d in data]
+        return cls.model_validate(data)
+
+
+_V0_1_FIELDS = {"tokens", "token_count", "tokenizer", "keywords", "keywords_invented",
+                "sentiment", "sentiment_score"}  # fmt: skip
+"""The analysis' fields of a 0.1 TaskResult."""
+_V0_1_TYPES = {
+    "tokenize": "anabranch.analysis.outputs:TokensOutput",
+    "keywords": "anabranch.analysis.outputs:KeywordsOutput",
+    "sentiment": "anabranch.analysis.outputs:SentimentOutput",
+}
+"""The models of the built-in analysis' outputs, for results that did not record them."""
+
+
+def model_path(model: type[BaseModel]) -> str:
+    """`module:QualifiedName` of a model, as `TaskResult.output_types` records it."""
+    return f"{model.__module__}:{model.__qualname__}"
+
+
+def _import_model(path: str | None) -> type[BaseModel] | None:
+    """The model a result recorded, when it can be imported here (a class defined inside a
+    function cannot: its JSON form is given instead)."""
+    if not path:
+        return None
+    module_name, _, qualname = path.partition(":")
+    try:
+        target: Any = importlib.import_module(module_name)
+        for part in qualname.split("."):
+            target = getattr(target, part)
+    except (ImportError, AttributeError):
+        return None
+    return target if isinstance(target, type) and issubclass(target, BaseModel) else None
 
 
 class StageReport(BaseModel):

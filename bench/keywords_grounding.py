@@ -14,11 +14,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 
-from anabranch.agents.analysts import LLMKeywordAgent
-from anabranch.evaluation import builtin_set, read_labelled
+from anabranch.analysis import KeywordsOutput, LLMKeywordAgent
+from anabranch.analysis.evaluation import builtin_set, read_labelled
 from anabranch.llm.connect import LLMOptions, open_endpoint
 from anabranch.tools.keywords import occurs_in
-from anabranch.types import KeywordsOutput, Subtask
+from anabranch.types import Subtask
 
 
 async def measure(llm: str, split: str | None) -> None:

@@ -24,8 +24,8 @@ import argparse
 import asyncio
 import itertools
 
-from anabranch.agents.analysts import Blend, LLMLabelProbabilities
-from anabranch.evaluation import builtin_set, read_labelled
+from anabranch.analysis import Blend, LLMLabelProbabilities
+from anabranch.analysis.evaluation import builtin_set, read_labelled
 from anabranch.llm.connect import LLMOptions, open_endpoint
 from anabranch.tools.sentiment import VaderSentiment
 from anabranch.types import Subtask

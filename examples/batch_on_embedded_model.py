@@ -10,16 +10,19 @@ import itertools
 import sys
 
 import anabranch as ab
+from anabranch.analysis import AnalysisRecord, build_analysis_graph
+from anabranch.inputs import example_tasks
+from anabranch.report import render_trace
 
 
 async def main(n: int) -> None:
-    tasks = list(itertools.islice(ab.read_tasks(ab.example_tasks()), n))
+    tasks = list(itertools.islice(ab.read_tasks(example_tasks()), n))
     async with ab.open_endpoint(ab.LLMOptions(llm="local"), say=print) as llm:
-        graph = ab.build_analysis_graph(llm)  # the three analysts, on the LLM
+        graph = build_analysis_graph(llm)  # the three analysts, on the LLM
         batch = ab.run_batch(tasks, graph, concurrency=8)
         async for result in batch:  # in completion order
-            print(f"{result.task_id:<12} {result.status:<8} {result.sentiment}")
-    print(ab.render_trace(batch.report))
+            print(f"{result.task_id:<12} {result.status:<8} {AnalysisRecord.of(result).sentiment}")
+    print(render_trace(batch.report))
 
 
 if __name__ == "__main__":

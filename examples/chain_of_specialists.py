@@ -9,7 +9,10 @@ import sys
 from pathlib import Path
 
 import anabranch as ab
+from anabranch.agents.specialists import DEFAULT_CHAIN
+from anabranch.chain_report import render_chain_report
 from anabranch.events import Event, StepStarted, TextDelta
+from anabranch.graphs.chain import run_specialists
 
 
 def show(event: Event) -> None:
@@ -21,11 +24,11 @@ def show(event: Event) -> None:
 
 async def main(prompt: str, out: Path) -> None:
     # Short steps keep the example quick; drop the replace for full answers.
-    team = [dataclasses.replace(s, max_tokens=80) for s in ab.DEFAULT_CHAIN]
+    team = [dataclasses.replace(s, max_tokens=80) for s in DEFAULT_CHAIN]
     options = ab.LLMOptions(llm="local", limits=ab.Limits(concurrency=1))
     async with ab.open_endpoint(options) as llm:
-        result = await ab.run_specialists(prompt, team, llm, on_event=show)
-    out.write_text(ab.render_chain_report(result), encoding="utf-8")
+        result = await run_specialists(prompt, team, llm, on_event=show)
+    out.write_text(render_chain_report(result), encoding="utf-8")
     print(f"\n\ncomplete: {result.complete}; report: {out}")
 
 

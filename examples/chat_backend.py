@@ -14,13 +14,13 @@ import openai
 import uvicorn
 from fastapi import FastAPI
 
-import anabranch as ab
-from anabranch.chat import AnalyzeChat, create_app
+from anabranch.analysis import analysis_chat
+from anabranch.chat import create_app
 from anabranch.llm.local_server import free_port
 
 TOKEN = "example-token"
 graphs = create_app(
-    [AnalyzeChat(ab.build_fanout_graph(checkpointer=False))],  # local analysts: no LLM needed
+    [analysis_chat()],  # the analysis on local analysts: no LLM needed
     api_token=TOKEN,
     threads_db=":memory:",
 )

@@ -2,7 +2,8 @@
 
     python examples/own_agent.py
 
-Its output lands in each result's `outputs`, one entry per chunk. Runs offline.
+Declare `output_type` and `result.output(name)` gives your model back (one per chunk, or
+merged when the agent has a `merge` rule). Runs offline.
 """
 
 import asyncio
@@ -11,6 +12,7 @@ from dataclasses import dataclass
 from pydantic import BaseModel
 
 import anabranch as ab
+from anabranch.analysis import AnalysisRecord, local_agents
 
 
 class Shouting(BaseModel):
@@ -24,6 +26,7 @@ class ShoutingDetector:
     """Counts capital letters; an agent may call anything, an LLM included."""
 
     name: str = "shouting"
+    output_type = Shouting
 
     async def run(self, subtask: ab.Subtask) -> ab.Answer:
         letters = [c for c in subtask.text if c.isalpha()]
@@ -32,13 +35,14 @@ class ShoutingDetector:
 
 
 async def main() -> None:
-    graph = ab.build_fanout_graph(agents=[*ab.local_agents(), ShoutingDetector()])
+    graph = ab.build_fanout_graph([*local_agents(), ShoutingDetector()])
     tasks = [
         ab.Task(id="calm", text="The parcel arrived on time."),
         ab.Task(id="loud", text="THIS IS THE WORST SERVICE EVER!"),
     ]
     async for result in ab.run_batch(tasks, graph):
-        print(result.task_id, result.sentiment, result.outputs["shouting"])
+        (shouting,) = result.output("shouting")  # one chunk: one Shouting
+        print(result.task_id, AnalysisRecord.of(result).sentiment, shouting.capital_share)
 
 
 if __name__ == "__main__":

@@ -17,6 +17,10 @@ from pathlib import Path
 from pydantic import BaseModel
 
 import anabranch as ab
+from anabranch.analysis import local_agents
+from anabranch.graphs.cluster import RayExecutor
+from anabranch.graphs.spec import Share
+from anabranch.graphs.state import Graph
 
 
 class Length(BaseModel):
@@ -30,15 +34,16 @@ class WordCounter:
     """An agent of your own: any object with a `name` and an async `run`."""
 
     name: str = "words"
+    output_type = Length
 
     async def run(self, subtask: ab.Subtask) -> ab.Answer:
         return ab.Answer(Length(words=len(subtask.text.split())))
 
 
-def my_graph(share: ab.Share | None = None) -> ab.Graph:
+def my_graph(share: Share | None = None) -> Graph:
     """Built once on each worker. An LLM agent would get an endpoint here, for instance
     `ab.Endpoint(url, model, limits=share.limits(ab.Limits(concurrency=64, rpm=3000)))`."""
-    return ab.build_fanout_graph(agents=[*ab.local_agents(), WordCounter()])
+    return ab.build_fanout_graph([*local_agents(), WordCounter()])
 
 
 async def main(address: str | None) -> None:
@@ -50,9 +55,9 @@ async def main(address: str | None) -> None:
     tasks = [ab.Task(id=f"t{i}", text="Ray runs this graph on two workers. " * (i % 5 + 1))
              for i in range(40)]  # fmt: skip
     spec = ab.GraphSpec("ray_batch:my_graph")
-    executor = ab.RayExecutor(workers=2, per_worker_concurrency=8)
+    executor = RayExecutor(workers=2, per_worker_concurrency=8)
     batch = ab.run_batch(tasks, spec, executor=executor)
-    words = {r.task_id: r.outputs["words"][0]["words"] async for r in batch}
+    words = {r.task_id: r.output("words")[0].words async for r in batch}
     print(f"{len(words)} tasks delivered by the cluster; words in t0..t4:",
           [words[f"t{i}"] for i in range(5)])  # fmt: skip
     ray.shutdown()

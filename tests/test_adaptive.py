@@ -13,11 +13,8 @@ import time
 import pytest
 from conftest import run_cli
 
-from anabranch import (
-    Task,
-    build_analysis_graph,
-    run_batch,
-)
+from anabranch import Task, run_batch
+from anabranch.analysis import build_analysis_graph
 from anabranch.llm.adaptive import parse_duration
 from anabranch.llm.endpoint import Endpoint
 from anabranch.llm.settings import Limits, RetryPolicy, Timeouts

@@ -2,8 +2,9 @@
 
 from dataclasses import dataclass
 
-from anabranch import build_fanout_graph, local_agents
-from anabranch.chat.adapters import STREAM_MODES, AnalyzeChat
+from anabranch import build_fanout_graph
+from anabranch.analysis import local_agents, render_analysis
+from anabranch.chat.adapters import STREAM_MODES, FanoutChat, render_outputs
 from anabranch.events import AgentDone, Planned
 from anabranch.types import Subtask
 
@@ -18,7 +19,9 @@ class PlannerWithStrays:
 
 
 async def test_every_result_in_an_update_becomes_a_progress_event():
-    chat = AnalyzeChat(build_fanout_graph(PlannerWithStrays(), local_agents()))
+    chat = FanoutChat(
+        build_fanout_graph(local_agents(), PlannerWithStrays()), render=render_analysis
+    )
     turn = chat.start([{"role": "user", "content": "What a lovely day."}])
     events = []
     async for mode, chunk in chat.graph.astream(turn.input, stream_mode=STREAM_MODES):
@@ -31,3 +34,12 @@ async def test_every_result_in_an_update_becomes_a_progress_event():
     ]
     answer = turn.answer()
     assert answer.startswith("Sentiment: positive") and "Error in translate: LookupError" in answer
+
+
+async def test_any_fan_out_graph_answers_with_its_outputs_by_default():
+    chat = FanoutChat(build_fanout_graph(local_agents()[2:]))  # sentiment alone
+    turn = chat.start([{"role": "user", "content": "What a lovely day."}])
+    async for mode, chunk in chat.graph.astream(turn.input, stream_mode=STREAM_MODES):
+        turn.feed(mode, chunk)
+    assert turn.answer() == render_outputs(turn.result)
+    assert turn.answer().startswith('sentiment: {"label": "positive", "score": ')

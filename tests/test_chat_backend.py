@@ -16,8 +16,8 @@ import uvicorn
 from conftest import TOKEN, run_cli, start_server
 from fastapi import FastAPI
 
-from anabranch import build_fanout_graph
-from anabranch.chat import AnalyzeChat, create_app
+from anabranch.analysis import analysis_chat
+from anabranch.chat import create_app
 from anabranch.errors import ConfigError
 from anabranch.llm.local_server import free_port
 
@@ -244,7 +244,7 @@ async def test_simultaneous_streams_cannot_all_pass_the_run_cap(backend, faults)
 
 async def test_a_mounted_app_closes_its_thread_store_on_aclose(tmp_path):
     """A mounted app gets no lifespan: its parent must be able to close the SQLite store."""
-    chat = create_app([AnalyzeChat(build_fanout_graph(checkpointer=False))],
+    chat = create_app([analysis_chat()],
                       threads_db=str(tmp_path / "threads.sqlite"))  # fmt: skip
     backend = FastAPI()
     backend.mount("/graphs", chat)

@@ -19,7 +19,8 @@ from pathlib import Path
 import pytest
 from conftest import kill_when, output_ids, run_cli, start_run, write_tasks
 
-from anabranch import Task, build_analysis_graph, run_batch
+from anabranch import Task, run_batch
+from anabranch.analysis import build_analysis_graph
 from anabranch.journal import Journal, JournalBusyError, JournalError
 from anabranch.llm.endpoint import Endpoint
 from anabranch.llm.settings import Limits
@@ -111,7 +112,8 @@ async def test_the_python_api_resumes_after_a_kill(tmp_path, faults):
     path = tmp_path / "journal.sqlite"
     script = f"""
 import asyncio
-from anabranch import Task, build_analysis_graph, run_batch
+from anabranch import Task, run_batch
+from anabranch.analysis import build_analysis_graph
 from anabranch.journal import Journal
 from anabranch.llm.endpoint import Endpoint
 from anabranch.llm.settings import Limits
@@ -163,7 +165,8 @@ async def test_a_finished_subtask_of_an_unfinished_task_is_reused(tmp_path, faul
     [result] = [r async for r in batch]
     await graph_llm.aclose()
     journal.close()
-    assert result.sentiment == "positive" and result.sentiment_score == 0.9  # reused, not asked
+    sentiment = result.output("sentiment")
+    assert (sentiment.label, sentiment.score) == ("positive", 0.9)  # reused, not asked
     assert batch.report.subtasks_reused == 1
     assert faults.stats()["requests"] == 1  # keywords only
 

@@ -5,20 +5,12 @@ import time
 
 import pytest
 
-from anabranch import (
-    ConfigError,
-    LLMOutputError,
-    LLMStatusError,
-    LLMTimeoutError,
-    Task,
-    build_fanout_graph,
-    run_batch,
-)
-from anabranch.agents.analysts import make_agents
+from anabranch import ConfigError, Task, build_fanout_graph, run_batch
+from anabranch.analysis import AnalysisRecord, SentimentOutput, make_agents
+from anabranch.errors import LLMOutputError, LLMStatusError, LLMTimeoutError
 from anabranch.llm.cache import ResponseCache
 from anabranch.llm.endpoint import Endpoint, normalize_base_url
 from anabranch.llm.settings import Limits, RetryPolicy, Timeouts
-from anabranch.types import SentimentOutput
 
 HI = [{"role": "user", "content": "hi"}]
 
@@ -51,7 +43,7 @@ async def test_thirty_percent_transient_faults_and_every_subtask_ends_ok(faults)
         seed=7,
     )
     async with endpoint(faults, max_attempts=12, concurrency=16) as llm:
-        graph = build_fanout_graph(agents=make_agents("llm", llm))
+        graph = build_fanout_graph(make_agents("llm", llm))
         tasks = [Task(id=f"t{i}", text=f"Task {i} is great.") for i in range(60)]
         batch = run_batch(tasks, graph, concurrency=16)
         results = [r async for r in batch]
@@ -62,7 +54,7 @@ async def test_thirty_percent_transient_faults_and_every_subtask_ends_ok(faults)
     assert sum(n for f, n in stats["faults"].items() if f != "ok") >= 20  # faults really happened
     assert batch.report.usage.requests == stats["requests"]  # every attempt is accounted for
     # The fault server has no /tokenize: the tokenizer fell back to tiktoken and says so.
-    assert {r.tokenizer for r in results} == {"tiktoken:cl100k_base"}
+    assert {AnalysisRecord.of(r).tokenizer for r in results} == {"tiktoken:cl100k_base"}
 
 
 async def test_a_hang_is_cut_at_the_per_attempt_timeout(faults):
@@ -111,13 +103,15 @@ async def test_retry_after_is_waited_and_capped(faults):
 async def test_permanent_failure_gives_error_records_and_still_delivers(faults):
     faults.configure(rates={"500": 1.0})
     async with endpoint(faults, max_attempts=3, breaker_failures=1000) as llm:  # no breaker
-        graph = build_fanout_graph(agents=make_agents("llm", llm))
+        graph = build_fanout_graph(make_agents("llm", llm))
         tasks = [Task(id=f"t{i}", text="Fine words.") for i in range(5)]
         batch = run_batch(tasks, graph, concurrency=5)
         results = [r async for r in batch]
     assert len(results) == 5
     for result in results:
-        assert result.status == "partial" and result.tokens  # tiktoken needs no LLM
+        assert (
+            result.status == "partial" and AnalysisRecord.of(result).tokens
+        )  # tiktoken needs no LLM
         assert {(e.kind, e.type, e.attempts) for e in result.errors} == {
             ("keywords", "LLMStatusError", 3),
             ("sentiment", "LLMStatusError", 3),
@@ -221,7 +215,7 @@ async def test_a_transient_failure_of_tokenize_is_retried(faults):
 async def test_failed_calls_still_count_in_the_usage(faults):
     faults.configure(rates={"500": 1.0})
     async with endpoint(faults, max_attempts=2) as llm:
-        graph = build_fanout_graph(agents=make_agents("llm", llm))
+        graph = build_fanout_graph(make_agents("llm", llm))
         batch = run_batch([Task(id="t", text="Words.")], graph)
         [result] = [r async for r in batch]
     assert result.status == "partial"

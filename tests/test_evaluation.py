@@ -12,8 +12,8 @@ import math
 import pytest
 from conftest import run_cli
 
-from anabranch.agents.analysts import label_probabilities
-from anabranch.evaluation import bootstrap, builtin_set, read_labelled, score
+from anabranch.analysis import label_probabilities
+from anabranch.analysis.evaluation import bootstrap, builtin_set, read_labelled, score
 from anabranch.types import Usage
 
 LINES = [
@@ -112,7 +112,7 @@ def test_eval_refuses_llm_backends_without_an_llm(labelled):
 
 
 def test_llm_probs_and_llm_blend_are_sentiment_backends_only():
-    from anabranch.agents.analysts import (
+    from anabranch.analysis import (
         DEFAULT_LLM_BACKEND,
         BlendedSentiment,
         LLMKeywordAgent,
@@ -141,7 +141,7 @@ def test_llm_probs_and_llm_blend_are_sentiment_backends_only():
 
 
 def test_the_blend_takes_the_lean_off_then_averages_then_reads_its_band():
-    from anabranch.agents.analysts import Blend
+    from anabranch.analysis import Blend
     from anabranch.tools.sentiment import label_for
 
     blend = Blend(weight=1.0, lean=0.5, band=0.15)
@@ -157,7 +157,7 @@ def test_the_blend_takes_the_lean_off_then_averages_then_reads_its_band():
 
 
 async def test_the_blend_reads_the_servers_probabilities_with_one_request(faults):
-    from anabranch.agents.analysts import BlendedSentiment
+    from anabranch.analysis import BlendedSentiment
     from anabranch.llm.endpoint import Endpoint
     from anabranch.testing.fault_server import LABEL_LOGPROBS
     from anabranch.tools.sentiment import VaderSentiment
@@ -179,7 +179,7 @@ async def test_the_blend_reads_the_servers_probabilities_with_one_request(faults
 
 
 async def test_the_blend_falls_back_to_json_when_a_server_sends_no_probabilities(faults, caplog):
-    from anabranch.agents.analysts import BlendedSentiment
+    from anabranch.analysis import BlendedSentiment
     from anabranch.llm.endpoint import Endpoint
     from anabranch.types import Subtask
 

@@ -7,11 +7,12 @@ import pytest
 from langgraph.graph import END, START, StateGraph
 
 from anabranch import Answer, Task, TaskResult, build_fanout_graph, run_batch
-from anabranch.agents.analysts import local_agents, make_agents
 from anabranch.agents.planner import RulePlanner
+from anabranch.analysis import AnalysisRecord, SentimentOutput, local_agents, make_agents
+from anabranch.analysis.records import ANALYSTS
 from anabranch.errors import InputError
 from anabranch.llm.endpoint import Endpoint
-from anabranch.types import SentimentOutput, Subtask
+from anabranch.types import Subtask
 
 
 @dataclass
@@ -34,8 +35,10 @@ class Broken:
 
 
 async def test_graph_runs_one_task_end_to_end():
-    out = await build_fanout_graph().ainvoke({"task": Task(id="t", text="I love this phone.")})
-    result = out["result"]
+    out = await build_fanout_graph(local_agents()).ainvoke(
+        {"task": Task(id="t", text="I love this phone.")}
+    )
+    result = AnalysisRecord.of(out["result"])
     assert result.status == "ok" and result.subtasks == result.results == 3
     assert result.tokens[:2] == ["I", " love"] and result.sentiment == "positive"
     assert any(k.term.lower() == "phone" for k in result.keywords)
@@ -43,8 +46,10 @@ async def test_graph_runs_one_task_end_to_end():
 
 async def test_failing_agent_is_data_and_siblings_still_deliver():
     tokenizer, _, sentiment = local_agents()
-    graph = build_fanout_graph(agents=[tokenizer, Broken(), sentiment])
-    result = (await graph.ainvoke({"task": Task(id="t", text="Great.")}))["result"]
+    graph = build_fanout_graph([tokenizer, Broken(), sentiment])
+    result = AnalysisRecord.of(
+        (await graph.ainvoke({"task": Task(id="t", text="Great.")}))["result"]
+    )
     assert result.status == "partial"
     (error,) = result.errors
     assert (error.kind, error.type, error.message) == (
@@ -65,8 +70,8 @@ async def test_unknown_agent_and_failing_planner_become_errors():
                 raise ValueError("planner exploded")
             return [Subtask(task_id=task.id, kind=k, text=task.text) for k in self.kinds]
 
-    graph = build_fanout_graph(Planner(("tokenize", "translate")), local_agents())
-    result = (await graph.ainvoke({"task": Task(id="t", text="hi")}))["result"]
+    graph = build_fanout_graph(local_agents(), Planner(("tokenize", "translate")))
+    result = AnalysisRecord.of((await graph.ainvoke({"task": Task(id="t", text="hi")}))["result"])
     assert result.status == "partial" and result.errors[0].type == "LookupError"
     assert "translate" in result.errors[0].message and result.tokens == ["hi"]
     boom = (await graph.ainvoke({"task": Task(id="b", text="boom")}))["result"]
@@ -80,10 +85,10 @@ async def test_graph_drops_into_a_users_graph_as_a_subgraph():
         verdict: str
 
     def judge(state: Outer) -> dict:
-        return {"verdict": f"{state['result'].task_id}:{state['result'].sentiment}"}
+        return {"verdict": f"{state['result'].task_id}:{state['result'].output('sentiment').label}"}
 
     builder = StateGraph(Outer)
-    builder.add_node("analyze", build_fanout_graph())
+    builder.add_node("analyze", build_fanout_graph(local_agents()))
     builder.add_node("judge", judge)
     builder.add_edge(START, "analyze")
     builder.add_edge("analyze", "judge")
@@ -94,7 +99,7 @@ async def test_graph_drops_into_a_users_graph_as_a_subgraph():
 
 async def test_runner_delivers_every_task_whatever_the_order():
     tokenizer, keywords, _ = local_agents()
-    graph = build_fanout_graph(agents=[tokenizer, keywords, SlowSentiment()])
+    graph = build_fanout_graph([tokenizer, keywords, SlowSentiment()])
     tasks = [Task(id=f"t{i}", text=f"Task number {i} is here.") for i in range(100)]
     batch = run_batch(tasks, graph, concurrency=8)
     order = [r.task_id async for r in batch]
@@ -120,9 +125,9 @@ async def test_runner_turns_rejected_lines_and_crashing_graphs_into_results():
 
 async def test_chunked_task_delivers_three_results_per_chunk():
     text = " ".join(f"Sentence {i} is fine and good." for i in range(60))
-    graph = build_fanout_graph(RulePlanner(chunk_tokens=40))
+    graph = build_fanout_graph(local_agents(), RulePlanner(ANALYSTS, chunk_tokens=40))
     batch = run_batch([Task(id="long", text=text)], graph)
-    (result,) = [r async for r in batch]
+    (result,) = [AnalysisRecord.of(r) async for r in batch]
     assert result.chunks > 3 and result.subtasks == result.results == 3 * result.chunks
     assert "".join(result.tokens) == text
 
@@ -137,7 +142,7 @@ async def test_a_slow_consumer_holds_the_workers_back():
             drawn += 1
             yield Task(id=str(i), text="Fine.")
 
-    batch = run_batch(tasks(), build_fanout_graph(), concurrency=4)
+    batch = run_batch(tasks(), build_fanout_graph(local_agents()), concurrency=4)
     results = batch.__aiter__()
     await anext(results)
     await asyncio.sleep(0.5)  # the consumer dawdles; finished runs must not pile up
@@ -149,7 +154,7 @@ async def test_a_slow_consumer_holds_the_workers_back():
 def test_graphs_and_batches_work_from_sync_code(faults):
     """LangGraph users embed graphs in sync code; an LLM-backed graph must run there too."""
     llm = Endpoint(faults.url, "fault")
-    graph = build_fanout_graph(agents=make_agents("llm", llm))
+    graph = build_fanout_graph(make_agents("llm", llm))
     out = graph.invoke({"task": Task(id="t", text="Sync callers are welcome.")})
     assert out["result"].status == "ok" and out["result"].usage.requests == 2
     updates = list(graph.stream({"task": Task(id="u", text="Streamed.")}, stream_mode="updates"))
@@ -168,7 +173,7 @@ async def test_an_input_that_breaks_ends_the_batch_with_its_error():
         yield from (Task(id=f"t{i}", text="fine") for i in range(3))
         raise OSError("the disk went away")
 
-    batch = run_batch(tasks(), build_fanout_graph(), concurrency=4)
+    batch = run_batch(tasks(), build_fanout_graph(local_agents()), concurrency=4)
     with pytest.raises(OSError, match="disk went away"):
         async with asyncio.timeout(30):
             [r async for r in batch]

@@ -1,6 +1,7 @@
 """Reading task files: every line is a task or a rejection that names its line, nothing else."""
 
-from anabranch import InputError, Task, read_tasks
+from anabranch import Task, read_tasks
+from anabranch.errors import InputError
 from anabranch.inputs import count_task_lines
 
 

@@ -9,13 +9,13 @@ import time
 import pytest
 
 from anabranch import Task, build_fanout_graph, run_batch
-from anabranch.agents.analysts import (
+from anabranch.agents.planner import LLMPlanner, RulePlanner
+from anabranch.analysis import (
     DESCRIPTIONS,
     LLMKeywordAgent,
     LLMLabelProbabilities,
     make_agents,
 )
-from anabranch.agents.planner import LLMPlanner, RulePlanner
 from anabranch.llm.endpoint import Endpoint
 from anabranch.llm.local_server import LocalLLMServer
 from anabranch.llm.settings import Limits
@@ -82,7 +82,7 @@ async def test_the_llm_planner_picks_registered_agents(server):
         task = Task(id="p", text=TEXTS[1], instruction="Is this customer happy?")
         plan = await planner.plan(task)
         assert plan and {s.kind for s in plan} <= set(DESCRIPTIONS)
-        graph = build_fanout_graph(planner, agents)
+        graph = build_fanout_graph(agents, planner)
         batch = run_batch([task], graph)
         (result,) = [r async for r in batch]
         assert result.status == "ok" and result.subtasks == len(plan)

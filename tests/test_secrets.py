@@ -25,7 +25,8 @@ import httpx
 import pytest
 from conftest import run_cli, start_server
 
-from anabranch import Endpoint, LLMError, build_fanout_graph, make_agents, run_batch
+from anabranch import Endpoint, LLMError, build_fanout_graph, run_batch
+from anabranch.analysis import make_agents
 from anabranch.llm.settings import RetryPolicy
 from anabranch.redact import public_url, redact, register_secret
 from anabranch.types import Task
@@ -171,7 +172,7 @@ def test_no_output_carries_an_echoed_key(echoing, run_dir):
 async def test_the_python_api_never_carries_an_echoed_key(echoing, tmp_path):
     seen = Seen()
     async with Endpoint(echoing.url, "fault", api_key=CANARY, retry=RetryPolicy(2)) as endpoint:
-        graph = build_fanout_graph(agents=make_agents("llm", endpoint))
+        graph = build_fanout_graph(make_agents("llm", endpoint))
         tasks = [Task(id=f"t{i}", text=f"Text number {i} is fine.") for i in range(12)]
         batch = run_batch(tasks, graph, concurrency=4)
         results = [r async for r in batch]

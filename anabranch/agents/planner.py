@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
 from pydantic import Field, create_model
@@ -22,8 +22,6 @@ from anabranch.types import Subtask, Task
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_KINDS = ("tokenize", "keywords", "sentiment")
-
 _INLINE_CHARS = 8_000
 """Shorter texts are chunked on the event loop; longer ones on a thread, so none blocks it."""
 
@@ -32,7 +30,7 @@ _INLINE_CHARS = 8_000
 class RulePlanner:
     """Plans without an LLM: predictable, free, and the fallback of the LLM planner."""
 
-    kinds: Sequence[str] = DEFAULT_KINDS
+    kinds: Sequence[str]
     """The agent names every task is sent to."""
     chunk_tokens: int = 512
     """Token budget of one chunk; longer texts are cut."""
@@ -76,10 +74,12 @@ class LLMPlanner:
     endpoint: Endpoint
     descriptions: Mapping[str, str]
     """Agent name -> what it does, as the model will read it."""
-    rule: RulePlanner = field(default_factory=RulePlanner)
+    rule: RulePlanner | None = None
+    """Chunks the text, and plans alone when the model fails; default: every described agent."""
 
     def __post_init__(self) -> None:
         names = tuple(self.descriptions)
+        self._rule = self.rule or RulePlanner(kinds=names)
         self._schema = create_model(
             "Plan",
             agents=(
@@ -89,7 +89,7 @@ class LLMPlanner:
         )
 
     async def plan(self, task: Task) -> list[Subtask]:
-        rule_plan = await self.rule.plan(task)
+        rule_plan = await self._rule.plan(task)
         menu = "\n".join(f"- {name}: {what}" for name, what in self.descriptions.items())
         request = task.instruction or "Analyse this text."
         messages = [

@@ -1,40 +1,52 @@
 """The reducer: merges the branch outputs of one task into one TaskResult, partial if need be.
 
-Merge rules, chunk by chunk in order:
-- tokens are concatenated;
-- keywords are merged by lower-cased term; a term's score is its mean relevance over all chunks
-  (absent = 0), so a term that matters in every chunk outranks one that matters in one;
-- sentiment is the mean of the chunk scores weighted by chunk length in tokens.
-Outputs of agents the reducer has no rule for are kept as they are, per chunk, in `outputs`.
+The reducer knows no agent by name. Each agent's outputs are read as its `output_type` (when it
+declares one) and combined by its own `merge` rule (when it has one), chunk by chunk in order; an
+agent without a rule keeps one output per chunk. Any object with the same `reduce` method
+(`TaskReducer`) can take the default's place in `build_fanout_graph`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
-from anabranch.tools.sentiment import label_for
+from anabranch.agents.base import Agent, Merges, Part, output_type
 from anabranch.types import (
-    Keyword,
-    KeywordsOutput,
-    SentimentOutput,
     Subtask,
     SubtaskError,
     SubtaskResult,
     Task,
     TaskResult,
     TaskStatus,
-    TokensOutput,
     Usage,
+    model_path,
 )
 
 
-@dataclass(frozen=True, slots=True)
+class TaskReducer(Protocol):
+    """What the fan-out graph's reducer node calls once per task, with every subtask the planner
+    made and every result that came back (errors included). It must always return a result:
+    tasks in == results out."""
+
+    def reduce(
+        self, task: Task, subtasks: Sequence[Subtask], results: Sequence[SubtaskResult]
+    ) -> TaskResult: ...
+
+
+@dataclass(frozen=True)
 class Reducer:
-    top_keywords: int = 10
-    """How many merged keywords a task result keeps."""
+    """The default reducer: each agent's merge rule, errors gathered, the status counted."""
+
+    agents: Sequence[Agent] = ()
+    """The graph's agents, whose output types and merge rules the reducer applies."""
+    _by_name: Mapping[str, Agent] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_by_name", {a.name: a for a in self.agents})
 
     def reduce(
         self, task: Task, subtasks: Sequence[Subtask], results: Sequence[SubtaskResult]
@@ -52,80 +64,70 @@ class Reducer:
             for s in subtasks
             if (s.kind, s.chunk) not in by_key
         ]
-        ok = sorted((r for r in results if r.status == "ok"), key=lambda r: r.chunk)
-        usage = sum((r.usage for r in results), Usage())
         chunks = max((s.chunks for s in subtasks), default=1)
-
+        ok: dict[str, list[SubtaskResult]] = {}
+        for r in sorted((r for r in results if r.status == "ok"), key=lambda r: r.chunk):
+            ok.setdefault(r.kind, []).append(r)
         result = TaskResult(
             task_id=task.id,
             status="ok",
             chunks=chunks,
             subtasks=len(subtasks),
             results=len(results),
-            usage=usage,
+            usage=sum((r.usage for r in results), Usage()),
             metadata=task.metadata,
         )
-        keyword_chunks: list[KeywordsOutput] = []
-        sentiments: list[tuple[SentimentOutput, int]] = []
-        for r in ok:
+        for kind, done in ok.items():
+            agent = self._by_name.get(kind)
             try:
-                if r.kind == "tokenize":
-                    out = TokensOutput.model_validate(r.output)
-                    result.tokens.extend(out.tokens)
-                    result.token_count += out.count
-                    result.tokenizer = out.tokenizer
-                elif r.kind == "keywords":
-                    keyword_chunks.append(KeywordsOutput.model_validate(r.output))
-                elif r.kind == "sentiment":
-                    sentiments.append((SentimentOutput.model_validate(r.output), r.chunk_tokens))
-                else:
-                    result.outputs.setdefault(r.kind, []).append(r.output or {})
-            except ValidationError as exc:  # an agent's output that the merge cannot read
+                self._combine(result, kind, agent, done, chunks)
+            except ValidationError as exc:  # an output that its own model cannot read
                 errors.append(
-                    SubtaskError(
-                        kind=r.kind,
-                        chunk=r.chunk,
-                        type="InvalidOutput",
-                        message=f"output does not fit the {r.kind} merge rule: {exc}",
-                    )
-                )
+                    SubtaskError(kind=kind, chunk=done[0].chunk, type="InvalidOutput",
+                                 message=f"output does not fit {kind}'s output model: {exc}")
+                )  # fmt: skip
+            except Exception as exc:  # noqa: BLE001 - a user's merge rule: errors are data
+                errors.append(
+                    SubtaskError(kind=kind, chunk=done[0].chunk, type=type(exc).__name__,
+                                 message=f"{kind}'s merge rule failed: {exc}")
+                )  # fmt: skip
         result.errors = errors
         result.status = _status(len(subtasks), len(errors))
-        result.keywords = merge_keywords(keyword_chunks, chunks, self.top_keywords)
-        result.keywords_invented = sum(out.invented for out in keyword_chunks)
-        if sentiments:
-            result.sentiment_score = weighted_sentiment(sentiments)
-            result.sentiment = label_for(result.sentiment_score)
         return result
+
+    def _combine(
+        self,
+        result: TaskResult,
+        kind: str,
+        agent: Agent | None,
+        done: Sequence[SubtaskResult],
+        chunks: int,
+    ) -> None:
+        model = output_type(agent)
+        if model is None:  # nothing declared: the outputs as they came, one per chunk
+            result.outputs[kind] = [r.output or {} for r in done]
+            return
+        values = [model.model_validate(r.output or {}) for r in done]
+        merged: Any
+        if isinstance(agent, Merges):
+            parts = [
+                Part(output=v, chunk=r.chunk, chunks=chunks, tokens=r.chunk_tokens)
+                for v, r in zip(values, done, strict=True)
+            ]
+            merged = agent.merge(parts)
+            result.outputs[kind] = _json(merged)
+            model = type(merged)
+        else:
+            result.outputs[kind] = [_json(v) for v in values]
+        result.output_types[kind] = model_path(model)
+        result._types[kind] = model
+
+
+def _json(value: BaseModel) -> dict[str, Any]:
+    return value.model_dump(mode="json")
 
 
 def _status(planned: int, failed: int) -> TaskStatus:
     if failed == 0:
         return "ok"
     return "error" if failed >= planned else "partial"
-
-
-def merge_keywords(per_chunk: Sequence[KeywordsOutput], chunks: int, top: int) -> list[Keyword]:
-    totals: dict[str, float] = {}
-    spelling: dict[str, str] = {}
-    for out in per_chunk:
-        seen: set[str] = set()
-        for kw in out.keywords:
-            key = kw.term.strip().lower()
-            if not key or key in seen:  # a chunk counts a term once, at its best score
-                continue
-            seen.add(key)
-            totals[key] = totals.get(key, 0.0) + kw.score
-            spelling.setdefault(key, kw.term.strip())
-    ranked = sorted(totals.items(), key=lambda kv: (-kv[1], kv[0]))[:top]
-    n = max(chunks, 1)
-    return [Keyword(term=spelling[k], score=round(total / n, 6)) for k, total in ranked]
-
-
-def weighted_sentiment(scored: Sequence[tuple[SentimentOutput, int]]) -> float:
-    """Chunk scores weighted by chunk length; equal weights when no chunk has a length."""
-    weights = [max(tokens, 0) for _, tokens in scored]
-    if sum(weights) == 0:
-        weights = [1] * len(scored)
-    mean = sum(out.score * w for (out, _), w in zip(scored, weights, strict=True)) / sum(weights)
-    return round(mean, 6)

@@ -1,6 +1,6 @@
 """Serve graphs as OpenAI-compatible chat models."""
 
-from anabranch.chat.adapters import AnalyzeChat, ChainChat, ChatGraph, MessagesChat
+from anabranch.chat.adapters import ChainChat, ChatGraph, FanoutChat, MessagesChat
 from anabranch.chat.app import create_app
 
-__all__ = ["AnalyzeChat", "ChainChat", "ChatGraph", "MessagesChat", "create_app"]
+__all__ = ["ChainChat", "ChatGraph", "FanoutChat", "MessagesChat", "create_app"]

@@ -9,8 +9,9 @@ graph whose state has OpenAI-style or LangChain `messages`.
 from __future__ import annotations
 
 import importlib
+import json
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, cast
 
@@ -29,7 +30,6 @@ from anabranch.events import (
     TextDelta,
 )
 from anabranch.graphs.chain import build_chain_graph, chain_result
-from anabranch.graphs.fanout import build_analysis_graph
 from anabranch.graphs.state import Graph
 from anabranch.llm.endpoint import Endpoint
 from anabranch.types import Task, TaskResult, Usage
@@ -77,8 +77,9 @@ def content_text(content: Any) -> str:
 
 
 @dataclass
-class AnalyzeTurn:
+class FanoutTurn:
     input: dict[str, Any]
+    render: Callable[[TaskResult], str]
     usage: Usage = field(default_factory=Usage)
     result: TaskResult | None = None
 
@@ -101,28 +102,32 @@ class AnalyzeTurn:
 
     def answer(self) -> str:
         if self.result is None:
-            raise ChatGraphError("the analysis produced no result")
-        r = self.result
-        lines = [f"Sentiment: {r.sentiment or 'unknown'}"]
-        if r.sentiment_score is not None:
-            lines[0] += f" ({r.sentiment_score:+.2f})"
-        lines.append("Keywords: " + (", ".join(k.term for k in r.keywords[:8]) or "none"))
-        lines.append(f"Tokens: {r.token_count} ({r.tokenizer or 'no tokenizer'})")
-        lines += [f"Error in {e.kind}: {e.type}: {e.message}" for e in r.errors]
-        return "\n".join(lines)
+            raise ChatGraphError("the fan-out graph produced no result")
+        return self.render(self.result)
+
+
+def render_outputs(result: TaskResult) -> str:
+    """Any fan-out graph's result as text: each agent's output as JSON, then the errors."""
+    lines = [f"{name}: {json.dumps(output, ensure_ascii=False)}"
+             for name, output in result.outputs.items()]  # fmt: skip
+    lines += [f"Error in {e.kind}: {e.type}: {e.message}" for e in result.errors]
+    return "\n".join(lines) or "no output"
 
 
 @dataclass
-class AnalyzeChat:
-    """The fan-out graph as a chat model: the last user message is the text to analyse."""
+class FanoutChat:
+    """A fan-out graph as a chat model: the last user message is the task's text; the answer is
+    the task's result, rendered by `render`."""
 
     graph: Graph
-    name: str = "analyze"
-    description: str = "Tokens, keywords and sentiment of the last user message."
+    name: str = "fanout"
+    description: str = "A fan-out graph run on the last user message."
+    render: Callable[[TaskResult], str] = render_outputs
+    """How a task result becomes the answer's text."""
 
-    def start(self, conversation: Sequence[Message]) -> AnalyzeTurn:
+    def start(self, conversation: Sequence[Message]) -> FanoutTurn:
         task = Task(id=f"chat-{uuid.uuid4().hex[:12]}", text=last_user_text(conversation))
-        return AnalyzeTurn({"task": task})
+        return FanoutTurn({"task": task}, self.render)
 
 
 # -- specialist chain ---------------------------------------------------------------------------
@@ -242,8 +247,9 @@ def chat_graph(
     graph compiled with a checkpointer of its own keeps that one).
     """
     if name == "analyze":
-        return AnalyzeChat(build_analysis_graph(endpoint, backend=backend).copy(
-            {"checkpointer": False}))  # fmt: skip
+        from anabranch.analysis import analysis_chat
+
+        return analysis_chat(endpoint, backend=backend)
     if name == "chain":
         if endpoint is None:
             raise ConfigError("the chain graph needs an LLM (--llm local or a URL)")

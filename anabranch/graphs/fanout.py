@@ -8,26 +8,22 @@ drops into a user's own graph as a node or subgraph over those two keys.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
 from langgraph.graph import END, START, StateGraph
 from langgraph.runtime import Runtime
 from langgraph.types import Checkpointer, Send
 
 from anabranch.agents.base import Agent
-from anabranch.agents.planner import LLMPlanner, RulePlanner
-from anabranch.agents.reducer import Reducer
+from anabranch.agents.planner import RulePlanner
+from anabranch.agents.reducer import Reducer, TaskReducer
 from anabranch.errors import ConfigError
 from anabranch.graphs.state import FanoutInput, FanoutOutput, FanoutState, Graph, RunContext, now
 from anabranch.graphs.sync import sync_capable
-from anabranch.llm.endpoint import Endpoint
 from anabranch.types import Subtask, SubtaskError, SubtaskResult, Task, Usage
 
 PLANNER = "planner"
 REDUCER = "reducer"
-
-PlannerKind = Literal["rule", "llm"]
-"""`rule`: every agent for every task; `llm`: the model picks the agents each task needs."""
 
 
 class Planner(Protocol):
@@ -35,18 +31,19 @@ class Planner(Protocol):
 
 
 def build_fanout_graph(
+    agents: Sequence[Agent],
     planner: Planner | None = None,
-    agents: Sequence[Agent] | None = None,
-    reducer: Reducer | None = None,
+    reducer: TaskReducer | None = None,
     *,
     checkpointer: Checkpointer = None,
 ) -> Graph:
-    """Compile a fan-out graph. Defaults: rule planner, the three local analysts, the reducer."""
-    from anabranch.agents.analysts import local_agents
-
-    agents = list(agents) if agents is not None else local_agents()
+    """Compile a fan-out graph of `agents`. Defaults: the rule planner (every agent for every
+    chunk of every task) and the reducer that applies each agent's own merge rule."""
+    agents = list(agents)
+    if not agents:
+        raise ConfigError("a fan-out graph needs at least one agent")
     planner = planner or RulePlanner(kinds=tuple(a.name for a in agents))
-    reducer = reducer or Reducer()
+    reducer = reducer or Reducer(agents)
     names = [a.name for a in agents]
     if len(set(names)) != len(names):
         raise ConfigError(f"agent names must be unique, got {names}")
@@ -92,32 +89,6 @@ def build_fanout_graph(
     builder.add_conditional_edges(PLANNER, route, [*names, REDUCER])
     builder.add_edge(REDUCER, END)
     return sync_capable(builder.compile(checkpointer=checkpointer))
-
-
-def build_analysis_graph(
-    endpoint: Endpoint | None = None,
-    *,
-    backend: str | None = None,
-    planner: PlannerKind = "rule",
-    chunk_tokens: int = 256,
-) -> Graph:
-    """The built-in analysis (tokens, keywords, sentiment) as `anabranch run` builds it.
-
-    `backend` is `local`, `llm` or per agent (`keywords=llm,sentiment=local`); None means llm when
-    there is an endpoint. The `llm` planner lets the model pick the agents each task needs.
-    """
-    from anabranch.agents.analysts import DESCRIPTIONS, make_agents, parse_backend
-
-    if planner not in ("rule", "llm"):
-        raise ConfigError(f"unknown planner {planner!r}; use rule or llm")
-    if planner == "llm" and endpoint is None:
-        raise ConfigError("the llm planner needs an LLM (--llm local or a URL)")
-    agents = make_agents(parse_backend(backend, endpoint is not None), endpoint)
-    rule = RulePlanner(kinds=[a.name for a in agents], chunk_tokens=chunk_tokens)
-    chosen: Planner = rule
-    if planner == "llm" and endpoint is not None:
-        chosen = LLMPlanner(endpoint, DESCRIPTIONS, rule=rule)
-    return build_fanout_graph(chosen, agents)
 
 
 def agent_node(agent: Agent) -> Callable[..., Awaitable[dict[str, Any]]]:

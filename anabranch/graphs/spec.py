@@ -82,7 +82,7 @@ def analysis_graph(
 ) -> Graph:
     """The built-in analysis graph (what `anabranch run` builds), with its own endpoint on this
     worker's share of the limits; no endpoint when `base_url` is None (local backends only)."""
-    from anabranch.graphs.fanout import build_analysis_graph
+    from anabranch.analysis import build_analysis_graph
     from anabranch.llm.endpoint import Endpoint
 
     endpoint = None

@@ -7,8 +7,16 @@ import re
 from dataclasses import dataclass
 
 import yake
+from pydantic import BaseModel
 
-from anabranch.types import Keyword
+
+class Keyword(BaseModel):
+    """A word or short phrase of a text, with how much it matters."""
+
+    term: str
+    """As it is written in the text."""
+    score: float
+    """Relevance in [0, 1]; higher is more relevant, whatever the tool's own scale."""
 
 
 @dataclass(frozen=True, slots=True)

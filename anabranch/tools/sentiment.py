@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import functools
+from typing import Literal
 
 from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
 
-from anabranch.types import SentimentLabel
+SentimentLabel = Literal["positive", "negative", "neutral"]
+"""The three sentiment classes every sentiment tool must map to."""
 
 # VADER's own recommended cut-offs on the compound score.
 POSITIVE_AT = 0.05

@@ -19,9 +19,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import tiktoken
+from pydantic import BaseModel
 
 from anabranch.errors import ConfigError
-from anabranch.types import TokensOutput
+
+
+class TokensOutput(BaseModel):
+    """A text's tokens (the tokenizer agent's output for one chunk, and merged for a task)."""
+
+    tokens: list[str]
+    """Readable pieces; a character split across tokens is one piece, so this may be shorter
+    than `count`."""
+    count: int
+    """How many tokens the tokenizer counted."""
+    tokenizer: str
+    """Which tokenizer: `tiktoken:<encoding>` or `server:/tokenize` (the model's own)."""
+
 
 _BPE_URL = "https://openaipublic.blob.core.windows.net/encodings/{name}.tiktoken"
 BUNDLED_ENCODINGS = ("cl100k_base", "o200k_base")

@@ -23,11 +23,13 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from anabranch.agents.analysts import sentiment_agent
+from anabranch.analysis.backends import sentiment_agent
+from anabranch.analysis.outputs import SentimentOutput
 from anabranch.graphs.fanout import build_fanout_graph
 from anabranch.graphs.runner import run_batch
 from anabranch.llm.endpoint import Endpoint
-from anabranch.types import SentimentLabel, Task, Usage
+from anabranch.tools.sentiment import SentimentLabel
+from anabranch.types import Task, Usage
 
 LABELS: tuple[SentimentLabel, ...] = ("positive", "negative", "neutral")
 FAILED = "failed"
@@ -38,7 +40,7 @@ _ROUNDS = 2000
 
 def builtin_set() -> Path:
     """The project's own labelled set: 301 short texts in five domains (see docs)."""
-    return Path(__file__).parent / "data" / "sentiment_eval.jsonl"
+    return Path(__file__).parents[1] / "data" / "sentiment_eval.jsonl"
 
 
 class LabelledLine(BaseModel):
@@ -163,14 +165,17 @@ async def evaluate(
     progress: bool | None = None,
 ) -> BackendFigures:
     """Run one sentiment backend over the texts (as `anabranch run` would) and score it."""
-    graph = build_fanout_graph(agents=[sentiment_agent(backend, endpoint)])
+    graph = build_fanout_graph([sentiment_agent(backend, endpoint)])
     tasks = [Task(id=item.id, text=item.text) for item in items]
     given: dict[str, str] = {}
     start = time.perf_counter()
     batch = run_batch(tasks, graph, concurrency=concurrency, progress=progress)
     async for result in batch:
-        ok = result.status == "ok" and result.sentiment is not None
-        given[result.task_id] = result.sentiment if ok and result.sentiment else FAILED
+        ok = result.status == "ok" and "sentiment" in result.outputs
+        sentiment = result.output("sentiment", SentimentOutput) if ok else None
+        given[result.task_id] = (
+            sentiment.label if isinstance(sentiment, SentimentOutput) else FAILED
+        )
     seconds = time.perf_counter() - start
     gold: list[str] = [item.label for item in items]
     return score(backend, gold, [given[item.id] for item in items], batch.report.usage, seconds)

@@ -1,0 +1,94 @@
+"""The analysis' result as one flat record: the line `anabranch run` writes to results.jsonl.
+
+The core's TaskResult keeps each agent's output under its name; users of the analysis (and files
+written by anabranch 0.1) read `tokens`, `keywords` and `sentiment` at the top level. This record
+is that view, field for field what 0.1 wrote.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from anabranch.analysis.outputs import Keyword, KeywordsOutput, SentimentOutput, TokensOutput
+from anabranch.tools.sentiment import SentimentLabel
+from anabranch.types import SubtaskError, TaskResult, TaskStatus, Usage
+
+ANALYSTS: dict[str, type[BaseModel]] = {
+    "tokenize": TokensOutput, "keywords": KeywordsOutput, "sentiment": SentimentOutput,
+}  # fmt: skip
+"""The agents whose outputs the record lifts to the top level, and their models."""
+
+
+class AnalysisRecord(BaseModel):
+    """One task of the analysis, flat."""
+
+    task_id: str
+    status: TaskStatus
+    tokens: list[str] = Field(default_factory=list)
+    token_count: int = 0
+    tokenizer: str | None = None
+    """Which tokenizer produced `tokens` (e.g. `tiktoken:cl100k_base`, `server:/tokenize`)."""
+    keywords: list[Keyword] = Field(default_factory=list)
+    keywords_invented: int = 0
+    """Keywords the model gave that do not occur in the text, dropped (over all chunks)."""
+    sentiment: SentimentLabel | None = None
+    sentiment_score: float | None = None
+    """In [-1, 1], weighted by chunk length."""
+    outputs: dict[str, Any] = Field(default_factory=dict)
+    """Outputs of the other agents (a user's own), by name, as the TaskResult holds them."""
+    chunks: int = 1
+    subtasks: int = 0
+    """How many subtasks the planner made."""
+    results: int = 0
+    """How many subtask results reached the reducer."""
+    errors: list[SubtaskError] = Field(default_factory=list)
+    usage: Usage = Field(default_factory=Usage)
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+    @classmethod
+    def of(cls, result: TaskResult) -> AnalysisRecord:
+        """The record of a task result of the analysis graph (or of any fan-out graph: agents
+        other than the three analysts stay in `outputs`)."""
+        lifted = {name: _merged(result, name, model) for name, model in ANALYSTS.items()}
+        record = cls(
+            task_id=result.task_id,
+            status=result.status,
+            outputs={k: v for k, v in result.outputs.items() if lifted.get(k) is None},
+            chunks=result.chunks,
+            subtasks=result.subtasks,
+            results=result.results,
+            errors=result.errors,
+            usage=result.usage,
+            metadata=result.metadata,
+        )
+        if isinstance(tokens := lifted["tokenize"], TokensOutput):
+            record.tokens, record.token_count = tokens.tokens, tokens.count
+            record.tokenizer = tokens.tokenizer
+        if isinstance(keywords := lifted["keywords"], KeywordsOutput):
+            record.keywords, record.keywords_invented = keywords.keywords, keywords.invented
+        if isinstance(sentiment := lifted["sentiment"], SentimentOutput):
+            record.sentiment, record.sentiment_score = sentiment.label, sentiment.score
+        return record
+
+
+def _merged(result: TaskResult, name: str, model: type[BaseModel]) -> BaseModel | None:
+    """The analyst's merged output; None when it has none, or when an agent of that name kept
+    one output per chunk (a user's own: it stays in `outputs`)."""
+    if not isinstance(result.outputs.get(name), dict):
+        return None
+    value = result.output(name, model)
+    return value if isinstance(value, BaseModel) else None
+
+
+def render_analysis(result: TaskResult) -> str:
+    """A task result of the analysis as a few lines a person reads (the chat answer)."""
+    r = AnalysisRecord.of(result)
+    lines = [f"Sentiment: {r.sentiment or 'unknown'}"]
+    if r.sentiment_score is not None:
+        lines[0] += f" ({r.sentiment_score:+.2f})"
+    lines.append("Keywords: " + (", ".join(k.term for k in r.keywords[:8]) or "none"))
+    lines.append(f"Tokens: {r.token_count} ({r.tokenizer or 'no tokenizer'})")
+    lines += [f"Error in {e.kind}: {e.type}: {e.message}" for e in r.errors]
+    return "\n".join(lines)
