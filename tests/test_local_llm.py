@@ -78,7 +78,7 @@ async def test_the_label_probabilities_backend_reads_the_models_first_token(serv
 async def test_the_llm_planner_picks_registered_agents(server):
     async with Endpoint(server.url, server.model, limits=Limits(concurrency=4)) as llm:
         agents = make_agents({"tokenize": "local", "keywords": "local", "sentiment": "llm"}, llm)
-        planner = LLMPlanner(llm, DESCRIPTIONS, rule=RulePlanner())
+        planner = LLMPlanner(llm, DESCRIPTIONS, rule=RulePlanner(tuple(DESCRIPTIONS)))
         task = Task(id="p", text=TEXTS[1], instruction="Is this customer happy?")
         plan = await planner.plan(task)
         assert plan and {s.kind for s in plan} <= set(DESCRIPTIONS)

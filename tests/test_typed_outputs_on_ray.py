@@ -5,13 +5,11 @@ import os
 from pathlib import Path
 
 import pytest
+import ray
+from typed_agents import Shout, Summary
 
-pytest.importorskip("ray")  # the test suite installs the ray extra; say so plainly otherwise
-import ray  # noqa: E402
-from typed_agents import Shout, Summary  # noqa: E402
-
-from anabranch import GraphSpec, Journal, Task, run_batch  # noqa: E402
-from anabranch.graphs.cluster import RayExecutor, init_ray  # noqa: E402
+from anabranch import GraphSpec, Journal, Task, run_batch
+from anabranch.graphs.cluster import RayExecutor, init_ray
 
 pytestmark = pytest.mark.slow
 
