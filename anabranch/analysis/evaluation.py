@@ -171,11 +171,8 @@ async def evaluate(
     start = time.perf_counter()
     batch = run_batch(tasks, graph, concurrency=concurrency, progress=progress)
     async for result in batch:
-        ok = result.status == "ok" and "sentiment" in result.outputs
-        sentiment = result.output("sentiment", SentimentOutput) if ok else None
-        given[result.task_id] = (
-            sentiment.label if isinstance(sentiment, SentimentOutput) else FAILED
-        )
+        ok = result.status == "ok" and isinstance(result.outputs.get("sentiment"), dict)
+        given[result.task_id] = result.output("sentiment", SentimentOutput).label if ok else FAILED
     seconds = time.perf_counter() - start
     gold: list[str] = [item.label for item in items]
     return score(backend, gold, [given[item.id] for item in items], batch.report.usage, seconds)

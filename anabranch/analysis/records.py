@@ -15,10 +15,9 @@ from anabranch.analysis.outputs import Keyword, KeywordsOutput, SentimentOutput,
 from anabranch.tools.sentiment import SentimentLabel
 from anabranch.types import SubtaskError, TaskResult, TaskStatus, Usage
 
-ANALYSTS: dict[str, type[BaseModel]] = {
-    "tokenize": TokensOutput, "keywords": KeywordsOutput, "sentiment": SentimentOutput,
-}  # fmt: skip
-"""The agents whose outputs the record lifts to the top level, and their models."""
+ANALYSTS = ("tokenize", "keywords", "sentiment")
+"""The agents whose merged outputs the record lifts to the top level (an agent of one of these
+names that keeps its outputs per chunk, a user's own, stays in `outputs`)."""
 
 
 class AnalysisRecord(BaseModel):
@@ -51,11 +50,11 @@ class AnalysisRecord(BaseModel):
     def of(cls, result: TaskResult) -> AnalysisRecord:
         """The record of a task result of the analysis graph (or of any fan-out graph: agents
         other than the three analysts stay in `outputs`)."""
-        lifted = {name: _merged(result, name, model) for name, model in ANALYSTS.items()}
+        lifted = {name for name in ANALYSTS if isinstance(result.outputs.get(name), dict)}
         record = cls(
             task_id=result.task_id,
             status=result.status,
-            outputs={k: v for k, v in result.outputs.items() if lifted.get(k) is None},
+            outputs={k: v for k, v in result.outputs.items() if k not in lifted},
             chunks=result.chunks,
             subtasks=result.subtasks,
             results=result.results,
@@ -63,23 +62,17 @@ class AnalysisRecord(BaseModel):
             usage=result.usage,
             metadata=result.metadata,
         )
-        if isinstance(tokens := lifted["tokenize"], TokensOutput):
+        if "tokenize" in lifted:
+            tokens = result.output("tokenize", TokensOutput)
             record.tokens, record.token_count = tokens.tokens, tokens.count
             record.tokenizer = tokens.tokenizer
-        if isinstance(keywords := lifted["keywords"], KeywordsOutput):
+        if "keywords" in lifted:
+            keywords = result.output("keywords", KeywordsOutput)
             record.keywords, record.keywords_invented = keywords.keywords, keywords.invented
-        if isinstance(sentiment := lifted["sentiment"], SentimentOutput):
+        if "sentiment" in lifted:
+            sentiment = result.output("sentiment", SentimentOutput)
             record.sentiment, record.sentiment_score = sentiment.label, sentiment.score
         return record
-
-
-def _merged(result: TaskResult, name: str, model: type[BaseModel]) -> BaseModel | None:
-    """The analyst's merged output; None when it has none, or when an agent of that name kept
-    one output per chunk (a user's own: it stays in `outputs`)."""
-    if not isinstance(result.outputs.get(name), dict):
-        return None
-    value = result.output(name, model)
-    return value if isinstance(value, BaseModel) else None
 
 
 def render_analysis(result: TaskResult) -> str:
