@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install llm demo test lint format bench
+.PHONY: install llm demo test test-fast lint format bench
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,8 +23,14 @@ llm: install
 demo: llm
 	$(BIN)/anabranch demo --out results.jsonl || [ $$? -eq 4 ]
 
+# Everything: what CI runs (the embedded model, a Ray cluster, the notebooks included).
 test: llm lint
 	$(BIN)/python -m pytest -q
+
+# The fast tier, for the edit-test loop: no embedded model, no Ray, no notebooks, under 2 minutes
+# (tests that need them, or take more than about 10 s, are marked `slow`).
+test-fast: install
+	$(BIN)/python -m pytest -q -m "not slow"
 
 bench: install
 	$(BIN)/python bench/bench_fanout.py

@@ -42,8 +42,9 @@ from anabranch.analysis.evaluation import (
 )
 from anabranch.errors import AnabranchError, ConfigError
 from anabranch.graphs.cluster import RayExecutor
-from anabranch.graphs.runner import BatchRun, run_batch
-from anabranch.graphs.spec import GraphSpec
+from anabranch.graphs.progress import Display
+from anabranch.graphs.runner import BatchRun, Resume, run_batch
+from anabranch.graphs.spec import GraphSpec, analysis_spec
 from anabranch.graphs.state import Graph
 from anabranch.inputs import count_task_lines, example_tasks, read_tasks
 from anabranch.journal import Journal, fingerprint, run_id_for
@@ -355,13 +356,20 @@ async def _run_file(input: Path, options: BatchOptions) -> int:
             }  # fmt: skip
             total = await asyncio.to_thread(count_task_lines, input)
             executor, target = _where(options, endpoint)
-            batch = run_batch(read_tasks(input), target, concurrency=options.concurrency,
-                              total=total, journal=journal, run_id=run_id,
-                              fingerprint=fingerprint(config), fresh=options.fresh,
-                              retry_failed=options.retry_failed,
-                              watch=endpoint if executor is None else None,
-                              description=f"{input} -> {options.out}",
-                              executor=executor)  # fmt: skip
+            resume = None
+            if journal is not None:
+                resume = Resume(journal, run_id, fingerprint=fingerprint(config),
+                                fresh=options.fresh, retry_failed=options.retry_failed,
+                                description=f"{input} -> {options.out}")  # fmt: skip
+            display = Display(total=total, watch=endpoint if executor is None else None)
+            batch = run_batch(
+                read_tasks(input),
+                target,
+                concurrency=options.concurrency,
+                executor=executor,
+                resume=resume,
+                display=display,
+            )
             report, rejections = await _write_results(batch, sink, options.out)
         if journal is not None:  # the journal is the truth: the output is its view, in order
             await asyncio.to_thread(_rewrite_in_input_order, journal, run_id, options.out)
@@ -385,15 +393,9 @@ def _where(
         graph = build_analysis_graph(endpoint, backend=options.backend, planner=options.planner,
                                      chunk_tokens=options.chunk_tokens)  # fmt: skip
         return None, graph
-    llm = options.llm
-    spec = GraphSpec("anabranch.graphs.spec:analysis_graph", {
-        "base_url": endpoint.base_url if endpoint else None,
-        "model": endpoint.model if endpoint else None, "api_key": llm.api_key,
-        "timeouts": llm.timeouts, "limits": llm.limits, "backend": options.backend,
-        "planner": options.planner, "chunk_tokens": options.chunk_tokens,
-    })  # fmt: skip
-    per_worker = max(1, -(-options.concurrency // options.workers))
-    return RayExecutor(options.ray_address, options.workers, per_worker), spec
+    spec = analysis_spec(options.llm, endpoint, backend=options.backend,
+                         planner=options.planner, chunk_tokens=options.chunk_tokens)  # fmt: skip
+    return RayExecutor(options.ray_address, options.workers), spec
 
 
 def _open_out(out: Path, *, append: bool = False) -> IO[str]:

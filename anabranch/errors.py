@@ -2,6 +2,10 @@
 
     AnabranchError                 every error this package raises on purpose
     ├── ConfigError (ValueError)   an option, setting or argument that cannot work
+    │   └── StoreError             a SQLite file of the package (journal, cache) that cannot be used
+    │       └── JournalError       a journal of another version, or not a journal
+    │           └── JournalBusyError   another run holds the journal
+    ├── StateError (RuntimeError)  an object used out of order (a report read before the end)
     ├── InputError                 a task file line that cannot become a Task
     ├── SetupError                 a component could not be installed or started
     ├── ChatGraphError             a served graph ran but has no answer to give
@@ -12,6 +16,7 @@
         │   └── LLMUnavailableError   the server kept failing: the endpoint gave up on it
         ├── LLMStatusError         an HTTP error that retries did not cure or must not retry
         └── LLMOutputError         an answer that is not valid for the schema, even repaired
+            └── NoProbabilities    an answer without the token probabilities it was asked for
 
 Inside a graph these never escape an agent node: they become `SubtaskError` records (errors are
 data). They do escape set-up code (bad configuration, a server that will not start), where failing
@@ -26,6 +31,27 @@ from pydantic import ValidationError
 from anabranch.redact import redact
 from anabranch.types import Usage
 
+__all__ = [
+    "AnabranchError",
+    "ChatGraphError",
+    "ConfigError",
+    "InputError",
+    "JournalBusyError",
+    "JournalError",
+    "LLMConnectionError",
+    "LLMError",
+    "LLMOutputError",
+    "LLMRateLimitError",
+    "LLMStatusError",
+    "LLMTimeoutError",
+    "LLMUnavailableError",
+    "NoProbabilities",
+    "SetupError",
+    "StateError",
+    "StoreError",
+    "describe",
+]
+
 
 class AnabranchError(Exception):
     """Base of every error this package raises on purpose.
@@ -39,6 +65,23 @@ class AnabranchError(Exception):
 
 class ConfigError(AnabranchError, ValueError):
     """A configuration mistake: an option, a setting or an argument that cannot work."""
+
+
+class StoreError(ConfigError):
+    """A store file (the journal, the response cache) that cannot be opened, read or written."""
+
+
+class JournalError(StoreError):
+    """A journal that cannot be used: another version, or not a journal at all."""
+
+
+class JournalBusyError(JournalError):
+    """Another run holds the journal right now."""
+
+
+class StateError(AnabranchError, RuntimeError):
+    """An object used out of order: a batch's report read before the batch has ended, a sync
+    wrapper called from the loop it would wait on."""
 
 
 class InputError(AnabranchError):
@@ -102,6 +145,10 @@ class LLMStatusError(LLMError):
 class LLMOutputError(LLMError):
     """The endpoint answered, but the content is not valid for the requested schema,
     even after one repair re-ask."""
+
+
+class NoProbabilities(LLMOutputError):
+    """The server answered without token probabilities: it does not support `logprobs`."""
 
 
 def describe(exc: ValidationError) -> str:

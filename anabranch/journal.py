@@ -25,7 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from anabranch.store import StoreError, Writer, connect
+from anabranch.errors import JournalBusyError, JournalError
+from anabranch.store import Writer, connect
 from anabranch.types import RunReport, Subtask, SubtaskResult, Task, TaskResult, Usage
 
 SCHEMA_VERSION = 1
@@ -49,14 +50,6 @@ CREATE TABLE IF NOT EXISTS subtasks (
     PRIMARY KEY (run_id, task_key, kind, chunk)
 );
 """
-
-
-class JournalError(StoreError):
-    """A journal that cannot be used: another version, or not a journal at all."""
-
-
-class JournalBusyError(JournalError):
-    """Another run holds the journal right now."""
 
 
 def task_key(task: Task, fingerprint: str) -> str:

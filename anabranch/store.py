@@ -16,12 +16,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from anabranch.errors import ConfigError
-
-
-class StoreError(ConfigError):
-    """A store file that cannot be opened, read or written."""
-
+from anabranch.errors import StoreError
 
 COMMIT_EVERY = 0.1
 """Seconds the writer gathers statements before it commits them together. Waking for every

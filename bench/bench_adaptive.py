@@ -14,7 +14,7 @@ import argparse
 import asyncio
 import time
 
-from anabranch.llm.endpoint import Endpoint
+from anabranch.llm.connect import LLMOptions, build_endpoint
 from anabranch.llm.settings import Limits, RetryPolicy
 from anabranch.testing.fault_server import FaultServer, Quota
 
@@ -32,7 +32,7 @@ async def one_case(
         await asyncio.sleep(3.0)
         await asyncio.to_thread(server.set_quota, Quota(rps=rps / 2, headers=headers))
 
-    async with Endpoint(server.url, "fault", limits=limits, retry=retry) as llm:
+    async with build_endpoint(LLMOptions(server.url, "fault", limits=limits, retry=retry)) as llm:
         halver = asyncio.create_task(halving()) if halve else None
         start = time.perf_counter()
         done = await asyncio.gather(*(llm.chat(HI) for _ in range(calls)), return_exceptions=True)

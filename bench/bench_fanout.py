@@ -129,16 +129,20 @@ async def anabranch(url: str, n: int, c: int, journaled: bool = False) -> int:
     import tempfile
 
     from anabranch import Journal, Task, build_fanout_graph, run_batch
-    from anabranch.llm.endpoint import Endpoint
+    from anabranch.graphs.progress import Display
+    from anabranch.graphs.runner import Resume
+    from anabranch.llm.connect import LLMOptions, build_endpoint
     from anabranch.llm.settings import Limits
 
     with tempfile.TemporaryDirectory() as scratch:
         journal = Journal(Path(scratch) / "journal.sqlite") if journaled else None
-        async with Endpoint(url, "m", limits=Limits(concurrency=c)) as endpoint:
+        llm = LLMOptions(url, "m", limits=Limits(concurrency=c))
+        async with build_endpoint(llm) as endpoint:
             agents = [ChatAgent(endpoint, name) for name in AGENTS]
             graph = build_fanout_graph(agents=agents)
             tasks = (Task(id=str(i), text="Analyse this short text.") for i in range(n))
-            batch = run_batch(tasks, graph, concurrency=c, progress=False, journal=journal)
+            resume = Resume(journal) if journal is not None else None
+            batch = run_batch(tasks, graph, concurrency=c, resume=resume, display=Display(False))
             delivered = sum([1 async for _ in batch])
         if journal is not None:
             journal.close()

@@ -29,10 +29,13 @@ import time
 async def batch(url: str, n: int, workers: int, c: int, kill_at: int | None = None) -> dict:
     from anabranch import Task, run_batch
     from anabranch.graphs.cluster import RayExecutor
+    from anabranch.graphs.progress import Display
     from anabranch.graphs.spec import GraphSpec
+    from anabranch.llm.connect import LLMOptions
+    from anabranch.llm.settings import Limits
 
-    spec = GraphSpec("anabranch.testing.load_graph:load_graph",
-                     {"base_url": url, "model": "m", "concurrency": c})  # fmt: skip
+    llm = LLMOptions(url, "m", limits=Limits(concurrency=c))
+    spec = GraphSpec("anabranch.testing.load_graph:load_graph", {"llm": llm})
     tasks = (Task(id=str(i), text="Analyse this short text.") for i in range(n))
     started = 0.0
     if workers:
@@ -41,10 +44,10 @@ async def batch(url: str, n: int, workers: int, c: int, kill_at: int | None = No
         began = time.perf_counter()
         init_ray(num_cpus=workers)
         started = time.perf_counter() - began
-        executor = RayExecutor(workers=workers, per_worker_concurrency=c // workers)
-        run = run_batch(tasks, spec, executor=executor, progress=False)
+        executor = RayExecutor(workers=workers)
+        run = run_batch(tasks, spec, concurrency=c, executor=executor, display=Display(False))
     else:
-        run = run_batch(tasks, spec, concurrency=c, progress=False)
+        run = run_batch(tasks, spec, concurrency=c, display=Display(False))
     begin = time.perf_counter()
     ids = []
     async for result in run:

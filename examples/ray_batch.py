@@ -55,8 +55,8 @@ async def main(address: str | None) -> None:
     tasks = [ab.Task(id=f"t{i}", text="Ray runs this graph on two workers. " * (i % 5 + 1))
              for i in range(40)]  # fmt: skip
     spec = ab.GraphSpec("ray_batch:my_graph")
-    executor = RayExecutor(workers=2, per_worker_concurrency=8)
-    batch = ab.run_batch(tasks, spec, executor=executor)
+    executor = RayExecutor(workers=2)
+    batch = ab.run_batch(tasks, spec, concurrency=16, executor=executor)  # 8 on each worker
     words = {r.task_id: r.output("words")[0].words async for r in batch}
     print(f"{len(words)} tasks delivered by the cluster; words in t0..t4:",
           [words[f"t{i}"] for i in range(5)])  # fmt: skip

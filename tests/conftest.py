@@ -23,7 +23,13 @@ TOKEN = "test-token-123"
 """The bearer token the test chat servers require."""
 
 
-def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 300, prefix=()):
+def run_cli(
+    *args: str,
+    env: dict[str, str] | None = None,
+    timeout: float = 300,
+    prefix=(),
+    cwd: Path = ROOT,
+):
     """Run the real `anabranch` command in a subprocess and return the completed process."""
     return subprocess.run(
         [*prefix, sys.executable, "-m", "anabranch", *args],
@@ -31,7 +37,7 @@ def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 300,
         text=True,
         timeout=timeout,
         env={**os.environ, **(env or {})},
-        cwd=ROOT,
+        cwd=cwd,
     )
 
 
@@ -88,27 +94,38 @@ def write_tasks(path: Path, n: int) -> list[str]:
     return ids
 
 
-def delivered(journal: Path) -> int:
-    """Tasks the journal holds, read as another process would while the run writes."""
+def delivered(journal: Path, status: str | None = None) -> int:
+    """Tasks the journal holds (with `status`, if given), read as another process would while
+    the run writes."""
     if not journal.exists():
         return 0
+    query, args = "SELECT COUNT(*) FROM tasks", ()
+    if status is not None:
+        query, args = query + " WHERE status = ?", (status,)
     try:
         with sqlite3.connect(f"file:{journal}?mode=ro", uri=True, timeout=5) as db:
-            return db.execute("SELECT COUNT(*) FROM tasks").fetchone()[0]
+            return db.execute(query, args).fetchone()[0]
     except sqlite3.OperationalError:  # the tables are not there yet
         return 0
 
 
-def kill_when(process: subprocess.Popen, journal: Path, tasks: int, limit: float = 120) -> int:
-    """SIGKILL `process` once the journal holds `tasks` tasks; return how many it held."""
+def kill_when(
+    process: subprocess.Popen,
+    journal: Path,
+    tasks: int,
+    limit: float = 120,
+    status: str | None = None,
+) -> int:
+    """SIGKILL `process` once the journal holds `tasks` tasks (with `status`, if given): a point
+    in the run that its own record shows, never a guess in seconds. Return how many it held."""
     deadline = time.monotonic() + limit
-    while delivered(journal) < tasks:
+    while delivered(journal, status) < tasks:
         assert process.poll() is None, process.communicate()
         assert time.monotonic() < deadline, "the run made no progress"
         time.sleep(0.02)
     process.send_signal(signal.SIGKILL)
     process.wait()
-    return delivered(journal)
+    return delivered(journal, status)
 
 
 def start_run(*args: str, new_session: bool = False) -> subprocess.Popen:

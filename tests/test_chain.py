@@ -151,6 +151,7 @@ def test_cli_chain_streams_and_writes_the_report(tmp_path, faults):
     assert out.read_text().startswith("# Chain Execution Results")
 
 
+@pytest.mark.slow  # the embedded model
 def test_cli_chain_on_the_embedded_model(tmp_path):
     team = tmp_path / "short.toml"
     team.write_text(

@@ -202,6 +202,7 @@ def test_a_malformed_conversation_is_the_clients_400(client, messages, why):
         client.chat.completions.create(model="analyze", messages=messages)
 
 
+@pytest.mark.slow  # the embedded model
 def test_streaming_from_the_embedded_model(tmp_path):
     process, url = start_server("--graph", "analyze", "--threads-db", str(tmp_path / "t.db"))
     try:

@@ -8,19 +8,18 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import signal
 import sqlite3
 import subprocess
 import sys
-import time
 from collections import Counter
 from pathlib import Path
 
 import pytest
-from conftest import kill_when, output_ids, run_cli, start_run, write_tasks
+from conftest import delivered, kill_when, output_ids, run_cli, start_run, write_tasks
 
 from anabranch import Task, run_batch
 from anabranch.analysis import build_analysis_graph
+from anabranch.graphs.runner import Resume
 from anabranch.journal import Journal, JournalBusyError, JournalError
 from anabranch.llm.endpoint import Endpoint
 from anabranch.llm.settings import Limits
@@ -93,10 +92,10 @@ def test_a_killed_retry_failed_run_resumes(tmp_path, faults):
     assert failed
     faults.configure(latency_ms=300)  # the provider is back, and slow
     before = faults.stats()["prompts"]
+    journal = out.with_name(out.name + ".journal")
+    ok = delivered(journal, "ok")
     retry = start_run(*command, "--retry-failed")
-    time.sleep(0.3 + 1.0)  # start-up, then part of the retried subtasks
-    retry.send_signal(signal.SIGKILL)
-    retry.wait()
+    kill_when(retry, journal, ok + max(1, len(failed) // 3), status="ok")  # part of the retries
     again = run_cli("run", *command, "--retry-failed")
     assert again.returncode == 0, again.stderr
     results = [json.loads(line) for line in out.read_text().splitlines()]
@@ -107,6 +106,7 @@ def test_a_killed_retry_failed_run_resumes(tmp_path, faults):
     assert failed_subtasks <= sent <= failed_subtasks + IN_FLIGHT
 
 
+@pytest.mark.slow  # 15-20 s
 async def test_the_python_api_resumes_after_a_kill(tmp_path, faults):
     faults.configure(latency_ms=150)
     path = tmp_path / "journal.sqlite"
@@ -114,6 +114,7 @@ async def test_the_python_api_resumes_after_a_kill(tmp_path, faults):
 import asyncio
 from anabranch import Task, run_batch
 from anabranch.analysis import build_analysis_graph
+from anabranch.graphs.runner import Resume
 from anabranch.journal import Journal
 from anabranch.llm.endpoint import Endpoint
 from anabranch.llm.settings import Limits
@@ -121,8 +122,8 @@ from anabranch.llm.settings import Limits
 async def main():
     tasks = [Task(id=f"t{{i}}", text=f"Text {{i}} reads well.") for i in range({N})]
     async with Endpoint({faults.url!r}, "fault", limits=Limits(concurrency=16)) as llm:
-        batch = run_batch(tasks, build_analysis_graph(llm), journal=Journal({str(path)!r}),
-                          run_id="notebook")
+        resume = Resume(Journal({str(path)!r}), run_id="notebook")
+        batch = run_batch(tasks, build_analysis_graph(llm), resume=resume)
         async for _ in batch:
             pass
 
@@ -135,7 +136,8 @@ asyncio.run(main())
     tasks = [Task(id=f"t{i}", text=f"Text {i} reads well.") for i in range(N)]
     with Journal(path) as journal:
         async with Endpoint(faults.url, "fault", limits=Limits(concurrency=16)) as llm:
-            batch = run_batch(tasks, build_analysis_graph(llm), journal=journal, run_id="notebook")
+            resume = Resume(journal, run_id="notebook")
+            batch = run_batch(tasks, build_analysis_graph(llm), resume=resume)
             results = [r async for r in batch]
         assert sorted(r.task_id for r in results) == sorted(t.id for t in tasks)
         assert batch.report.tasks_from_journal == held
@@ -160,8 +162,8 @@ async def test_a_finished_subtask_of_an_unfinished_task_is_reused(tmp_path, faul
                          output={"label": "positive", "score": 0.9})  # fmt: skip
     ledger.record_subtask(kept)
     ledger.finish(None)  # the crash: the task itself was never delivered
-    batch = run_batch([task], build_analysis_graph(graph_llm), journal=journal, run_id="r",
-                      fingerprint="f")  # fmt: skip
+    resume = Resume(journal, run_id="r", fingerprint="f")
+    batch = run_batch([task], build_analysis_graph(graph_llm), resume=resume)
     [result] = [r async for r in batch]
     await graph_llm.aclose()
     journal.close()
@@ -196,6 +198,7 @@ def test_a_journal_of_another_version_is_refused(tmp_path):
         Journal(tmp_path / "junk")
 
 
+@pytest.mark.slow  # 15-20 s
 def test_a_changed_task_is_run_again_and_counted(tmp_path):
     tasks, out = tmp_path / "tasks.jsonl", tmp_path / "out.jsonl"
     write_tasks(tasks, 5)

@@ -3,6 +3,7 @@
 import subprocess
 import sys
 
+import pytest
 from conftest import ROOT
 
 EXAMPLES = ROOT / "examples"
@@ -23,6 +24,7 @@ def test_every_example_has_a_test():
     assert {p.name for p in EXAMPLES.glob("*.py")} == tested
 
 
+@pytest.mark.slow  # the embedded model
 def test_batch_on_the_embedded_model():
     out = run_example("batch_on_embedded_model.py", "6")
     assert "LLM: embedded llama.cpp server" in out
@@ -36,6 +38,7 @@ def test_own_agent():
     assert lines["loud"] == "loud negative 1.0"
 
 
+@pytest.mark.slow  # the embedded model
 def test_chain_of_specialists(tmp_path):
     report = tmp_path / "report.md"
     out = run_example("chain_of_specialists.py", "Plan a picnic.", str(report))
@@ -48,6 +51,7 @@ def test_chat_backend_mounted_in_fastapi():
     assert out.startswith("Sentiment: positive")
 
 
+@pytest.mark.slow  # a Ray cluster
 def test_own_graph_on_a_ray_cluster():
     out = run_example("ray_batch.py")
     assert out.startswith("40 tasks delivered by the cluster; words in t0..t4: [7, 14, 21, 28, 35]")

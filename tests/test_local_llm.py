@@ -22,6 +22,8 @@ from anabranch.llm.settings import Limits
 from anabranch.tools.keywords import occurs_in
 from anabranch.types import Subtask
 
+pytestmark = pytest.mark.slow  # the embedded model
+
 TEXTS = [
     "I love this phone, the battery is amazing.",
     "Terrible service: the food was cold and the waiter was rude.",

@@ -17,6 +17,7 @@ from anabranch import (
     build_fanout_graph,
     run_batch,
 )
+from anabranch.graphs.runner import Resume
 from anabranch.types import SubtaskError
 
 LONG = " ".join(f"Sentence {i} talks about topic {i % 7} at length." for i in range(12))
@@ -41,8 +42,9 @@ async def test_a_users_agent_output_comes_back_typed_and_merged_over_chunks():
 async def test_typed_outputs_survive_json_and_the_journal(tmp_path):
     tasks = [Task(id=f"t{i}", text=LONG[: 40 * (i + 1)]) for i in range(5)]
     with Journal(tmp_path / "j.sqlite") as journal:
-        first = [r async for r in run_batch(tasks, typed_graph(), journal=journal, run_id="r")]
-        again = run_batch(tasks, typed_graph(), journal=journal, run_id="r")
+        resume = Resume(journal, run_id="r")
+        first = [r async for r in run_batch(tasks, typed_graph(), resume=resume)]
+        again = run_batch(tasks, typed_graph(), resume=resume)
         replayed = [r async for r in again]
     assert again.report.tasks_from_journal == 5  # nothing ran the second time
     before = {r.task_id: r.output("summary") for r in first}

@@ -83,6 +83,7 @@ def _proc(seen: Seen, label: str, proc) -> None:
     seen.add(f"{label} stderr", proc.stderr)
 
 
+@pytest.mark.slow  # every output surface: 40-100 s
 def test_no_output_carries_an_echoed_key(echoing, run_dir):
     seen = Seen()
     env = {"ANABRANCH_LLM_API_KEY": CANARY}

@@ -10,6 +10,7 @@ from typed_agents import Shout, Summary
 
 from anabranch import GraphSpec, Journal, Task, run_batch
 from anabranch.graphs.cluster import RayExecutor, init_ray
+from anabranch.graphs.runner import Resume
 
 pytestmark = pytest.mark.slow
 
@@ -30,11 +31,11 @@ async def test_a_users_typed_outputs_come_back_typed_from_ray_workers(cluster, t
     tasks = [Task(id=f"t{i}", text=text[: 60 * (i + 1)]) for i in range(6)]
     spec = GraphSpec("typed_agents:typed_graph", {"chunk_tokens": 16})
     with Journal(tmp_path / "j.sqlite") as journal:
-        batch = run_batch(tasks, spec, journal=journal, run_id="ray",
-                          executor=RayExecutor(workers=2, per_worker_concurrency=4))  # fmt: skip
+        resume = Resume(journal, run_id="ray")
+        batch = run_batch(tasks, spec, concurrency=8, executor=RayExecutor(workers=2),
+                          resume=resume)  # fmt: skip
         results = {r.task_id: r async for r in batch}
-        replayed = {r.task_id: r async for r in run_batch(tasks, spec, journal=journal,
-                                                           run_id="ray")}  # fmt: skip
+        replayed = {r.task_id: r async for r in run_batch(tasks, spec, resume=resume)}
     assert sorted(results) == [t.id for t in tasks]
     for task in tasks:
         summary = results[task.id].output("summary")

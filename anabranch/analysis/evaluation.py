@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from anabranch.analysis.backends import sentiment_agent
 from anabranch.analysis.outputs import SentimentOutput
 from anabranch.graphs.fanout import build_fanout_graph
+from anabranch.graphs.progress import Display
 from anabranch.graphs.runner import run_batch
 from anabranch.llm.endpoint import Endpoint
 from anabranch.tools.sentiment import SentimentLabel
@@ -169,7 +170,7 @@ async def evaluate(
     tasks = [Task(id=item.id, text=item.text) for item in items]
     given: dict[str, str] = {}
     start = time.perf_counter()
-    batch = run_batch(tasks, graph, concurrency=concurrency, progress=progress)
+    batch = run_batch(tasks, graph, concurrency=concurrency, display=Display(progress))
     async for result in batch:
         ok = result.status == "ok" and isinstance(result.outputs.get("sentiment"), dict)
         given[result.task_id] = result.output("sentiment", SentimentOutput).label if ok else FAILED

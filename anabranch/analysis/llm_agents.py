@@ -13,7 +13,7 @@ from pydantic import BaseModel, Field, StringConstraints, create_model
 from anabranch.agents.base import Answer
 from anabranch.analysis.agents import KeywordsMerge, SentimentMerge
 from anabranch.analysis.outputs import Keyword, KeywordsOutput, SentimentLabel, SentimentOutput
-from anabranch.errors import LLMOutputError
+from anabranch.errors import LLMOutputError, NoProbabilities
 from anabranch.llm.endpoint import Endpoint
 from anabranch.tools.keywords import YakeKeywords, grounded
 from anabranch.types import Subtask, Usage
@@ -185,10 +185,6 @@ class LLMLabelProbabilities(SentimentMerge):
                 usage=completion.usage,
             )
         return odds, completion.usage, completion.attempts
-
-
-class NoProbabilities(LLMOutputError):
-    """The server answered without token probabilities: it does not support `logprobs`."""
 
 
 def label_probabilities(

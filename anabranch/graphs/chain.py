@@ -23,6 +23,7 @@ from anabranch.errors import ConfigError, LLMOutputError
 from anabranch.events import Event, StepEnded, StepStarted, TextDelta
 from anabranch.graphs.state import Graph, now
 from anabranch.graphs.sync import sync_capable
+from anabranch.llm.connect import LLMOptions, build_endpoint
 from anabranch.llm.endpoint import Endpoint
 from anabranch.types import ChainResult, ChainStep, SubtaskError, Usage
 
@@ -162,12 +163,20 @@ async def run_specialists(
     """Build and run a chain in one call: what `anabranch chain` does.
 
     A specialist with a `base_url` of its own gets an endpoint there, with the chain's timeouts
-    and no API key: the chain's key is for the chain's server and is never sent elsewhere.
+    and retry policy and no API key: the chain's key is for the chain's server and is never sent
+    elsewhere.
     """
     async with contextlib.AsyncExitStack() as stack:
         own = {
             s.name: await stack.enter_async_context(
-                Endpoint(s.base_url, s.model or endpoint.model, timeouts=endpoint.timeouts)
+                build_endpoint(
+                    LLMOptions(
+                        s.base_url,
+                        s.model or endpoint.model,
+                        timeouts=endpoint.timeouts,
+                        retry=endpoint.retry,
+                    )
+                )
             )
             for s in specialists
             if s.base_url

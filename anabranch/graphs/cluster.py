@@ -1,11 +1,13 @@
 """Past one machine: a batch's graph runs on the workers of a Ray cluster.
 
-`run_batch(tasks, GraphSpec(...), executor=RayExecutor(workers=N))`: N Ray actors each build
-their own graph from the spec (on their share of its limits) and run tasks sent to them, up to
-`per_worker_concurrency` at once. Everything else stays on the driver, in the batch runner: the
-input is read as it goes, results come back in completion order through the same bounded queue,
-the progress bar and the trace are the same, and the journal is written by the driver alone, so
-resuming after a crash of the driver works as in one process.
+`run_batch(tasks, GraphSpec(...), concurrency=C, executor=RayExecutor(workers=N))`: N Ray actors
+each build their own graph from the spec (on their share of its limits) and run tasks sent to
+them, up to C / N at once (the batch's concurrency, like its limits, is the whole cluster's).
+Everything else stays on the driver, in the batch runner: the input is read as it goes, results
+come back in completion order through the same bounded queue, the progress bar and the trace are
+the same, and the journal is written by the driver alone, so resuming after a crash of the driver
+works as in one process. A worker closes what its graph opened (an endpoint, a cache file) before
+it is stopped.
 
 Tasks travel in small chunks (those the runner hands over in the same turn of the event loop, up
 to `chunk`): with one Ray call per task, two workers ran 3,000 tasks at 1.07x the throughput of
@@ -29,35 +31,44 @@ Ray is an optional dependency (`pip install anabranch[ray]`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
+import math
 import os
 from dataclasses import dataclass, field
 from typing import Any
 
 from anabranch.errors import ConfigError, SetupError
+from anabranch.graphs.executor import run_task
 from anabranch.graphs.spec import GraphSpec, Share
-from anabranch.graphs.state import RunContext
+from anabranch.graphs.state import Graph, RunContext, now
 from anabranch.types import Task, TaskResult
 
 _RESPAWNS_PER_WORKER = 3
 """Replacements per worker before the batch gives up on a cluster that keeps losing them."""
 _NICENESS = "RAY_worker_niceness"
 """Ray's setting for its workers' niceness, read by a raylet when it starts."""
+_CLOSING = 10.0
+"""Seconds a worker may take to close what its graph opened (a cache's last writes) before it
+is killed anyway."""
 
 
 class GraphWorker:
     """One Ray actor: builds its graph once, then runs the tasks the driver sends it."""
 
     def __init__(self, spec: GraphSpec, share: Share) -> None:
-        self.graph = spec.build(share)
+        self.resources = contextlib.AsyncExitStack()
+        self.graph = spec.build(share, self.resources)
 
     async def run(self, tasks: list[Task]) -> list[TaskResult]:
-        from anabranch.graphs.runner import run_task
-
         return list(await asyncio.gather(*(run_task(self.graph, t, RunContext()) for t in tasks)))
 
     async def ready(self) -> bool:
         return True
+
+    async def close(self) -> None:
+        """Close what the graph opened (its endpoint, a cache file)."""
+        await self.resources.aclose()
 
 
 @dataclass
@@ -68,9 +79,8 @@ class RayExecutor:
     """The cluster: None starts a local one (or uses the one this process already joined),
     `auto` joins the cluster of this machine, `ray://host:10001` a remote one."""
     workers: int = 2
-    """Ray actors, each with its own graph and endpoint."""
-    per_worker_concurrency: int = 16
-    """Tasks in flight on one worker at once."""
+    """Ray actors, each with its own graph and endpoint, each running its share of the batch's
+    concurrency."""
     chunk: int = 8
     """Tasks sent to a worker in one call, at most."""
     worker_niceness: int | None = 0
@@ -81,6 +91,7 @@ class RayExecutor:
     actors: list[Any] = field(default_factory=list, init=False, repr=False)
     """The live actor handles, by worker number."""
     _spec: GraphSpec | None = field(default=None, init=False, repr=False)
+    _per_worker: int = field(default=1, init=False, repr=False)
     _started_ray: bool = field(default=False, init=False, repr=False)
     _turn: itertools.count[int] = field(default_factory=itertools.count, init=False, repr=False)
     _waiting: list[tuple[Task, asyncio.Future[TaskResult]]] = field(
@@ -89,16 +100,17 @@ class RayExecutor:
     _sending: set[asyncio.Task[None]] = field(default_factory=set, init=False, repr=False)
 
     def __post_init__(self) -> None:
-        if min(self.workers, self.per_worker_concurrency, self.chunk) < 1:
-            raise ConfigError(f"workers, per_worker_concurrency, chunk: at least 1 ({self})")
+        if min(self.workers, self.chunk) < 1:
+            raise ConfigError(f"workers and chunk must be at least 1 ({self})")
 
-    @property
-    def concurrency(self) -> int:
-        """Tasks in flight across the cluster."""
-        return self.workers * self.per_worker_concurrency
-
-    async def start(self, spec: GraphSpec) -> None:
-        """Join or start the cluster, and start the workers (each builds its graph)."""
+    async def start(self, graph: Graph | GraphSpec, concurrency: int) -> None:
+        """Join or start the cluster, and start the workers (each builds its graph), each to
+        run its share of the `concurrency` tasks in flight."""
+        if not isinstance(graph, GraphSpec):
+            raise ConfigError(
+                "a compiled graph cannot travel to Ray workers: give run_batch a "
+                "GraphSpec('package.module:factory', {...}) instead"
+            )
         ray = _ray()
         if not ray.is_initialized():
             try:  # on this thread: Ray sets its signal handlers from the main thread only
@@ -106,7 +118,7 @@ class RayExecutor:
             except (ConnectionError, RuntimeError, ValueError) as exc:
                 raise SetupError(f"cannot reach the Ray cluster at {self.address}: {exc}") from exc
             self._started_ray = True
-        self._spec = spec
+        self._spec, self._per_worker = graph, math.ceil(concurrency / self.workers)
         self.actors = [self._spawn(i) for i in range(self.workers)]
         try:
             await asyncio.gather(*(actor.ready.remote() for actor in self.actors))
@@ -115,20 +127,25 @@ class RayExecutor:
 
     def _spawn(self, index: int) -> Any:
         ray = _ray()
-        calls = max(1, -(-self.per_worker_concurrency // self.chunk)) + 1
+        calls = math.ceil(self._per_worker / self.chunk) + 1
         worker = ray.remote(GraphWorker).options(max_concurrency=calls)
         return worker.remote(self._spec, Share(index, self.workers))
 
-    async def run(self, task: Task) -> TaskResult:
+    async def run(self, task: Task, context: RunContext) -> TaskResult:
         """The task's result from a worker (sent with the others handed over in this turn of
-        the event loop)."""
+        the event loop). The stages of its graph show in the trace as one span."""
+        start = now()
         future: asyncio.Future[TaskResult] = asyncio.get_running_loop().create_future()
         self._waiting.append((task, future))
         if len(self._waiting) >= self.chunk:
             self._flush()
         elif len(self._waiting) == 1:
             asyncio.get_running_loop().call_soon(self._flush)
-        return await future
+        result = await future
+        if context.clock is not None:
+            for stage in ("split", "execute", "aggregate"):
+                context.clock.record(stage, start, now())
+        return result
 
     def _flush(self) -> None:
         while self._waiting:
@@ -175,10 +192,16 @@ class RayExecutor:
         self.actors[index] = self._spawn(index)
 
     async def close(self) -> None:
-        """Stop the workers, and the cluster if this executor started it."""
+        """Stop the workers (once they have closed what their graphs opened), and the cluster
+        if this executor started it."""
+        if not self.actors and not self._started_ray:
+            return  # never started, or already closed
         ray = _ray()
         for sending in list(self._sending):
             sending.cancel()
+        with contextlib.suppress(ray.exceptions.RayError, TimeoutError):
+            async with asyncio.timeout(_CLOSING):
+                await asyncio.gather(*(actor.close.remote() for actor in self.actors))
         for actor in self.actors:
             ray.kill(actor)
         self.actors = []

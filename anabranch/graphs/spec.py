@@ -2,24 +2,32 @@
 
 A compiled graph holding a live endpoint cannot be pickled, so a batch on a cluster ships the
 recipe instead: `GraphSpec("package.module:function", {...})`. Each worker imports the function
-and calls it with the keyword arguments, and with `share=Share(index, count)` when the function
-takes a `share`: a quota given to the recipe (requests or tokens per minute, a concurrency cap) is
-the whole cluster's, and `share.limits(limits)` is one worker's part of it.
+and calls it with the keyword arguments, and with two more when the function takes them:
+`share=Share(index, count)`, since a quota given to the recipe (requests or tokens per minute, a
+concurrency cap) is the whole cluster's and `share.limits(limits)` is one worker's part of it;
+and `resources`, an `AsyncExitStack` for what the graph opens (an endpoint, a cache file), closed
+when the worker is done with the graph.
+
+`analysis_spec` is the recipe of the built-in analysis, as `anabranch run --executor ray` ships
+it: its workers build their endpoints from the same `LLMOptions` as the driver's, with the one
+constructor (`build_endpoint`), so that a cache, a retry policy or the embedded server's static
+cap hold on the workers as they do in one process.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import inspect
 import math
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from pydantic import SecretStr
-
 from anabranch.errors import ConfigError
 from anabranch.graphs.state import Graph
-from anabranch.llm.settings import Limits, Timeouts
+from anabranch.llm.connect import LLMOptions, build_endpoint
+from anabranch.llm.endpoint import Endpoint
+from anabranch.llm.settings import Limits
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,8 +59,12 @@ class GraphSpec:
     kwargs: dict[str, Any] = field(default_factory=dict)
     """Keyword arguments for the factory; they travel to the workers, so they must pickle."""
 
-    def build(self, share: Share | None = None) -> Graph:
-        """The graph, built here (in a worker, or in this process)."""
+    def build(
+        self, share: Share | None = None, resources: contextlib.AsyncExitStack | None = None
+    ) -> Graph:
+        """The graph, built here (in a worker, or in this process). What it opens goes on
+        `resources`, for the caller to close; without one, it stays open while the process
+        lives."""
         module_name, _, name = self.factory.partition(":")
         try:
             factory = getattr(importlib.import_module(module_name), name)
@@ -62,38 +74,62 @@ class GraphSpec:
                 f"function, importable here): {exc}"
             ) from exc
         kwargs = dict(self.kwargs)
-        if "share" in inspect.signature(factory).parameters:
+        parameters = inspect.signature(factory).parameters
+        if "share" in parameters:
             kwargs["share"] = share or Share()
+        if "resources" in parameters:
+            kwargs["resources"] = resources or contextlib.AsyncExitStack()
         graph: Graph = factory(**kwargs)
         return graph
 
 
+def analysis_spec(
+    llm: LLMOptions,
+    endpoint: Endpoint | None,
+    *,
+    backend: str | None = None,
+    planner: str = "rule",
+    chunk_tokens: int = 256,
+) -> GraphSpec:
+    """The built-in analysis as a recipe for workers. `endpoint` is the one this process opened
+    from `llm` (None when no agent calls an LLM): the workers reach the same server (the embedded
+    one's address) and ask for the model it settled on, each on its share of `llm.limits`, with
+    the same cache file (its path made absolute: a worker's directory is not the driver's)."""
+    options = None
+    if endpoint is not None:
+        cache = llm.cache.resolve() if llm.cache is not None else None
+        options = replace(llm, model=endpoint.model, cache=cache)
+    return GraphSpec("anabranch.graphs.spec:analysis_graph", {
+        "llm": options, "url": endpoint.base_url if endpoint else None, "backend": backend,
+        "planner": planner, "chunk_tokens": chunk_tokens,
+    })  # fmt: skip
+
+
 def analysis_graph(
     *,
-    base_url: str | None,
-    model: str | None,
-    api_key: SecretStr | None = None,
-    timeouts: Timeouts | None = None,
-    limits: Limits | None = None,
+    llm: LLMOptions | None,
+    url: str | None = None,
     backend: str | None = None,
     planner: str = "rule",
     chunk_tokens: int = 256,
     share: Share | None = None,
+    resources: contextlib.AsyncExitStack | None = None,
 ) -> Graph:
-    """The built-in analysis graph (what `anabranch run` builds), with its own endpoint on this
-    worker's share of the limits; no endpoint when `base_url` is None (local backends only)."""
+    """The built-in analysis graph (what `anabranch run` builds), with its own endpoint to `url`
+    built from `llm` on this worker's share of the limits; no endpoint when `llm` is None (local
+    backends only). The endpoint and its cache go on `resources`."""
     from anabranch.analysis import build_analysis_graph
-    from anabranch.llm.endpoint import Endpoint
+    from anabranch.llm.cache import ResponseCache
 
     endpoint = None
-    if base_url is not None:
-        endpoint = Endpoint(
-            base_url,
-            model or "",
-            api_key=api_key or SecretStr("not-needed"),
-            timeouts=timeouts or Timeouts(),
-            limits=(share or Share()).limits(limits or Limits()),
-        )
+    if llm is not None:
+        stack = resources or contextlib.AsyncExitStack()
+        cache = ResponseCache(llm.cache) if llm.cache else None
+        if cache is not None:
+            stack.callback(cache.close)
+        limits = (share or Share()).limits(llm.limits)
+        endpoint = build_endpoint(llm, url=url, limits=limits, cache=cache)
+        stack.push_async_callback(endpoint.aclose)
     return build_analysis_graph(
         endpoint,
         backend=backend,

@@ -15,6 +15,8 @@ from typing import Any, TypeVar
 
 from langgraph.graph.state import CompiledStateGraph
 
+from anabranch.errors import StateError
+
 R = TypeVar("R")
 
 _lock = threading.Lock()
@@ -39,7 +41,7 @@ def call(coroutine: Coroutine[Any, Any, R]) -> R:
         running = None
     if running is loop:
         coroutine.close()
-        raise RuntimeError("a sync wrapper was called from the portal's own loop: await instead")
+        raise StateError("a sync wrapper was called from the portal's own loop: await instead")
     return asyncio.run_coroutine_threadsafe(coroutine, loop).result()
 
 

@@ -17,8 +17,9 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
+from anabranch.errors import StoreError
 from anabranch.llm.transport import Answer, Tokens
-from anabranch.store import StoreError, Writer, connect
+from anabranch.store import Writer, connect
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS answers (

@@ -30,7 +30,7 @@ LOCAL = "local"
 
 @dataclass(frozen=True, slots=True)
 class LLMOptions:
-    """Which LLM to use and how to treat it: what `--llm`, `--model` and their friends say."""
+    """Which LLM to use and how to treat it (the CLI's `--llm`, `--model` and their friends)."""
 
     llm: str | None = None
     """`local` for the embedded server, the base URL of an OpenAI-compatible server, or None
@@ -69,17 +69,43 @@ async def open_endpoint(options: LLMOptions, say: Say = lambda _: None) -> Async
 
     cache = ResponseCache(options.cache) if options.cache else None
 
-    def endpoint_at(url: str, model: str, key: SecretStr | None = None) -> Endpoint:
-        limits = options.limits
-        if options.llm == LOCAL:  # its slots are ours to set: the cap is exact, not a guess
-            limits = replace(limits, adaptive=False)
-        return Endpoint(url, model, api_key=key or SecretStr("not-needed"),
-                        timeouts=options.timeouts, limits=limits,
-                        retry=options.retry, cache=cache)  # fmt: skip
+    def endpoint_at(url: str, model: str) -> Endpoint:
+        return build_endpoint(options, url=url, model=model, cache=cache)
 
     with contextlib.closing(cache) if cache else contextlib.nullcontext():
         async with _opened(options, endpoint_at, say) as endpoint:
             yield endpoint
+
+
+def build_endpoint(
+    options: LLMOptions,
+    *,
+    url: str | None = None,
+    model: str | None = None,
+    limits: Limits | None = None,
+    cache: ResponseCache | None = None,
+) -> Endpoint:
+    """The one way an `Endpoint` is made from options: in this process, on a Ray worker, for a
+    chain's specialist, in a benchmark. Nothing is checked or started (`open_endpoint` does that).
+
+    `url` is where the server is (the embedded server's address for `local`; default the `llm`
+    URL), `model` the model settled on (default `options.model`), `limits` this endpoint's part
+    of `options.limits` (a worker's share), `cache` the open `ResponseCache` of `options.cache`
+    (its opener closes it: one file may serve several endpoints). The embedded server keeps a
+    static cap: its slots are ours to set, so the cap is exact, not a guess to adapt.
+    """
+    where = url or (options.llm if options.llm != LOCAL else None)
+    if where is None:
+        raise ConfigError("an endpoint needs a server: the llm URL, or the embedded server's")
+    if options.cache is not None and cache is None:
+        raise ConfigError(f"the options ask for the cache {options.cache}: give it open")
+    held, key = limits or options.limits, options.api_key
+    if options.llm == LOCAL:  # and its key is none: a key given for a remote server stays there
+        held, key = replace(held, adaptive=False), None
+    return Endpoint(where, model if model is not None else options.model or "",
+                    api_key=key or SecretStr("not-needed"),
+                    timeouts=options.timeouts, limits=held,
+                    retry=options.retry, cache=cache)  # fmt: skip
 
 
 @asynccontextmanager
@@ -96,7 +122,7 @@ async def _opened(
             async with endpoint_at(server.url, model) as endpoint:
                 yield endpoint
         return
-    async with endpoint_at(options.llm, options.model or "", options.api_key) as endpoint:
+    async with endpoint_at(options.llm, options.model or "") as endpoint:
         served = await _served_models(endpoint, options.check_timeout)
         if not options.model:
             endpoint.model = _only_model(served, endpoint.public_url)
@@ -150,9 +176,9 @@ async def _served_models(endpoint: Endpoint, timeout: float) -> list[str] | None
 
 def _only_model(served: list[str] | None, where: str) -> str:
     if served is None:
-        raise ConfigError(f"the server at {where} does not list its models: give --model")
+        raise ConfigError(f"the server at {where} does not list its models: name the model")
     if len(served) != 1:
         offered = ", ".join(served) or "none"
         raise ConfigError(f"the server at {where} serves {len(served)} models ({offered}): "
-                          "choose one with --model")  # fmt: skip
+                          "name the one to use")  # fmt: skip
     return served[0]

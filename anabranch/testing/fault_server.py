@@ -30,6 +30,7 @@ from typing import Any, Literal
 import h11
 from pydantic import BaseModel, Field
 
+from anabranch.errors import SetupError
 from anabranch.llm.local_server import stop_process
 
 Fault = Literal[
@@ -533,7 +534,7 @@ class FaultServer:
         line = self._process.stdout.readline() if ready else "(nothing within the timeout)"
         if "listening on" not in line:
             self.stop()
-            raise RuntimeError(f"fault server did not start: {line!r}")
+            raise SetupError(f"fault server did not start: {line!r}")
         self.port = int(line.rsplit(":", 1)[1])
         return self
 

@@ -2,7 +2,8 @@
 
 Three agents, each one chat call of a fixed short message per subtask, in the fan-out graph (rule
 planner, reducer): everything but the call is the framework's own cost. `bench/` measures with it,
-in one process and on a Ray cluster (`GraphSpec("anabranch.testing.load_graph:load_graph", ...)`).
+in one process and on a Ray cluster (`GraphSpec("anabranch.testing.load_graph:load_graph",
+{"llm": LLMOptions(url, "m", limits=Limits(64))})`).
 """
 
 from __future__ import annotations
@@ -15,8 +16,8 @@ from anabranch.agents.base import Answer
 from anabranch.graphs.fanout import build_fanout_graph
 from anabranch.graphs.spec import Share
 from anabranch.graphs.state import Graph
+from anabranch.llm.connect import LLMOptions, build_endpoint
 from anabranch.llm.endpoint import Endpoint
-from anabranch.llm.settings import Limits
 from anabranch.types import Subtask
 
 MESSAGES = [{"role": "user", "content": "Analyse this short text."}]
@@ -41,8 +42,7 @@ class ChatAgent:
         return Answer(Reply(completion_tokens=completion.usage.completion_tokens), completion.usage)
 
 
-def load_graph(base_url: str, model: str, concurrency: int, share: Share | None = None) -> Graph:
-    """The three chat agents on one endpoint capped at `concurrency` (this worker's share)."""
-    limits = (share or Share()).limits(Limits(concurrency=concurrency))
-    endpoint = Endpoint(base_url, model, limits=limits)
+def load_graph(llm: LLMOptions, share: Share | None = None) -> Graph:
+    """The three chat agents on one endpoint to `llm` (on this worker's share of its limits)."""
+    endpoint = build_endpoint(llm, limits=(share or Share()).limits(llm.limits))
     return build_fanout_graph(agents=[ChatAgent(endpoint, name) for name in AGENTS])
