@@ -7,6 +7,7 @@ STAMP  := $(VENV)/.installed
 .PHONY: install llm demo test test-fast lint format bench
 
 $(STAMP): pyproject.toml
+	command -v jq >/dev/null || { apt-get update && apt-get install -y jq; }  # tests pipe into jq
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev,ray]'
@@ -33,6 +34,7 @@ test-fast: install
 	$(BIN)/python -m pytest -q -m "not slow"
 
 bench: install
+	$(BIN)/python bench/bench_startup.py
 	$(BIN)/python bench/bench_fanout.py
 	$(BIN)/python bench/bench_adaptive.py
 	$(BIN)/python bench/bench_ray.py

@@ -72,7 +72,11 @@ class StoreError(ConfigError):
 
 
 class JournalError(StoreError):
-    """A journal that cannot be used: another version, or not a journal at all."""
+    """A journal that cannot be used: another version, not a journal at all, or a file that
+    cannot be written."""
+
+    corrupt: bool = False
+    """The file is not a journal (`Journal(path, replace_corrupt=True)` starts a new one)."""
 
 
 class JournalBusyError(JournalError):

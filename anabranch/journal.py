@@ -26,7 +26,8 @@ from pathlib import Path
 from typing import IO, Any
 
 from anabranch.errors import JournalBusyError, JournalError
-from anabranch.store import Writer, connect
+from anabranch.outputs import ResultsFile
+from anabranch.store import Writer, cause, connect
 from anabranch.types import RunReport, Subtask, SubtaskResult, Task, TaskResult, Usage
 
 SCHEMA_VERSION = 1
@@ -50,6 +51,16 @@ CREATE TABLE IF NOT EXISTS subtasks (
     PRIMARY KEY (run_id, task_key, kind, chunk)
 );
 """
+
+
+def _unusable(path: Path, exc: sqlite3.Error) -> JournalError:
+    if isinstance(exc, sqlite3.DatabaseError) and "not a database" in str(exc):
+        error = JournalError(f"{path} is not a journal ({exc}): remove it, give the run "
+                             "another `journal`, or start over with `fresh` (which replaces "
+                             "it)")  # fmt: skip
+        error.corrupt = True
+        return error
+    return JournalError(f"cannot use the journal {path}: {cause(exc, path)}")
 
 
 def task_key(task: Task, fingerprint: str) -> str:
@@ -79,24 +90,39 @@ class RunInfo:
 
 
 class Journal:
-    """A journal file. Reading (runs, results) works while a run writes; running takes a lock."""
+    """A journal file. Reading (runs, results) works while a run writes; running takes a lock.
 
-    def __init__(self, path: str | Path) -> None:
+    `replace_corrupt` starts a new journal in place of a file that is not one (a crash of the
+    disk, a file of something else): what it held cannot be read anyway. Without it such a file
+    is refused with a message that says how to start over."""
+
+    def __init__(self, path: str | Path, *, replace_corrupt: bool = False) -> None:
         self.path = Path(path)
         self._lock: IO[bytes] | None = None
+        try:
+            self._open()
+        except JournalError as exc:
+            if not (replace_corrupt and exc.corrupt):
+                raise
+            for stale in (self.path, *(self.path.with_name(self.path.name + s)
+                                       for s in ("-wal", "-shm"))):  # fmt: skip
+                stale.unlink(missing_ok=True)
+            self._open()
+
+    def _open(self) -> None:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._db = connect(self.path)
         except OSError as exc:
-            raise JournalError(f"cannot open a journal at {self.path}: {exc.strerror}") from exc
+            raise JournalError(f"cannot open a journal at {self.path}: {cause(exc)}") from exc
         except sqlite3.Error as exc:
-            raise JournalError(f"{self.path} is not a journal ({exc})") from exc
+            raise _unusable(self.path, exc) from exc
         try:
             self._check_version()
         except BaseException as exc:
             self._db.close()
-            if isinstance(exc, sqlite3.DatabaseError):
-                raise JournalError(f"{self.path} is not a journal ({exc})") from exc
+            if isinstance(exc, sqlite3.Error):
+                raise _unusable(self.path, exc) from exc
             raise
 
     def _check_version(self) -> None:
@@ -108,7 +134,7 @@ class Journal:
             elif row[0] != str(SCHEMA_VERSION):
                 raise JournalError(
                     f"{self.path} is a journal of version {row[0]}; this anabranch reads "
-                    f"version {SCHEMA_VERSION}. Give the run another --journal path"
+                    f"version {SCHEMA_VERSION}. Give the run another `journal` path"
                 )
 
     def close(self) -> None:
@@ -176,6 +202,18 @@ class Journal:
             for r in self.results(run_id)
         ]
 
+    def export(
+        self, run_id: str, out: str | Path | ResultsFile, *, complete_only: bool = False
+    ) -> int:
+        """Write the run's results as JSONL, in input order, to `out` (a path, or an output a
+        run holds): the output file as a view of the journal, replaced at once (a device, a
+        FIFO or `-` is written in place). Returns how many results were written."""
+        results = self.results(run_id, complete_only=complete_only)
+        if isinstance(out, ResultsFile):
+            return out.rewrite(results)
+        with ResultsFile(out) as file:
+            return file.rewrite(results)
+
     # -- running ---------------------------------------------------------------------------------
 
     def begin(
@@ -189,6 +227,14 @@ class Journal:
     ) -> RunLedger:
         """Start (or resume) a run: take the lock, load what is done, open the writer."""
         self.lock()
+        try:
+            return self._begin(run_id, description, fingerprint, fresh, retry_failed)
+        except sqlite3.Error as exc:
+            raise JournalError(f"{self.path} cannot be written: {cause(exc, self.path)}") from exc
+
+    def _begin(
+        self, run_id: str, description: str, fingerprint: str, fresh: bool, retry_failed: bool
+    ) -> RunLedger:
         now = time.time()
         with self._db:
             if fresh:
@@ -222,7 +268,10 @@ class Journal:
         """Take the journal for one run (`begin` does it too); JournalBusyError if it is taken."""
         if self._lock is not None:
             return
-        handle = self.path.open("rb")
+        try:
+            handle = self.path.open("rb")
+        except OSError as exc:
+            raise JournalError(f"cannot open a journal at {self.path}: {cause(exc)}") from exc
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -348,8 +397,9 @@ class _Writer(Writer):
 
 
 def run_id_for(input: Path, out: Path) -> str:
-    """The CLI's run id: the same input and output make the same run, so re-running resumes."""
-    payload = f"{input.resolve()}\n{out.resolve()}"
+    """The CLI's run id: the same input and output make the same run, so re-running resumes.
+    A stream (`-`, a FIFO) is named as given: resolving it would name this process's pipe."""
+    payload = f"{_identity(input)}\n{_identity(out)}"
     return hashlib.sha256(payload.encode()).hexdigest()[:12]
 
 
@@ -368,3 +418,7 @@ def _columns(outputs: Mapping[str, Any]) -> dict[str, Any]:
         else:
             columns[agent] = output
     return columns
+
+
+def _identity(path: Path) -> str:
+    return str(path.resolve()) if path.is_file() or not path.exists() else str(path)

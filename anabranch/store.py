@@ -8,7 +8,10 @@ commit, so a killed process loses nothing committed (only a power cut could lose
 from __future__ import annotations
 
 import contextlib
+import errno
+import os
 import queue
+import resource
 import sqlite3
 import threading
 import time
@@ -17,6 +20,40 @@ from pathlib import Path
 from typing import Any
 
 from anabranch.errors import StoreError
+
+_CAUSES = {
+    errno.ENOSPC: "disk full",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EROFS: "read-only file system",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "operation not permitted",
+    errno.EFBIG: "file too large for the file-size limit",
+    errno.EPIPE: "the reader closed the pipe",
+}
+"""What a write error means, in the words a user looks for."""
+
+
+def cause(exc: BaseException, path: Path | None = None) -> str:
+    """Why a file could not be written, in a few words: "disk full", "read-only file system".
+
+    SQLite says less than the OS ("unable to open database file", "disk I/O error"): given the
+    file's `path`, a read-only file system or a file this user may not write is named, and a
+    file-size limit (`ulimit -f`) when there is one."""
+    if isinstance(exc, OSError):
+        return _CAUSES.get(exc.errno or 0) or exc.strerror or str(exc)
+    text = str(exc)
+    if path is not None and (unwritable := _unwritable(path)):
+        return unwritable
+    if "readonly" in text:
+        return "read-only (the file or its file system cannot be written)"
+    if "disk is full" in text:
+        return "disk full"
+    if "disk I/O error" in text:
+        limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+        if limit != resource.RLIM_INFINITY:
+            return f"disk I/O error (the file-size limit is {limit} bytes)"
+    return text
+
 
 COMMIT_EVERY = 0.1
 """Seconds the writer gathers statements before it commits them together. Waking for every
@@ -41,7 +78,7 @@ class Writer:
     def put(self, item: Any) -> None:
         """Queue an item: a `(sql, params)` statement, or whatever `statements` turns into some."""
         if self._failure is not None:
-            raise StoreError(f"{self.path} cannot be written: {self._failure}")
+            raise StoreError(f"{self.path} cannot be written: {cause(self._failure, self.path)}")
         self._queue.put(item)
 
     def statements(self, batch: list[Any]) -> Iterable[tuple[str, tuple[Any, ...]]]:
@@ -53,10 +90,14 @@ class Writer:
         self._queue.put(None)
         self._thread.join()
         if self._failure is not None:
-            raise StoreError(f"{self.path} cannot be written: {self._failure}")
+            raise StoreError(f"{self.path} cannot be written: {cause(self._failure, self.path)}")
 
     def _run(self, path: Path) -> None:
-        db = connect(path)
+        try:
+            db = connect(path)
+        except BaseException as exc:  # noqa: BLE001 - reported to the run by put() and close()
+            self._failure = exc
+            return
         try:
             while True:
                 item = self._queue.get()
@@ -76,6 +117,17 @@ class Writer:
             self._failure = exc
         finally:
             db.close()
+
+
+def _unwritable(path: Path) -> str | None:
+    """Why `path` (or the folder it would be made in) cannot be written, if it cannot."""
+    where = path if path.exists() else path.parent
+    try:
+        if os.statvfs(where).f_flag & os.ST_RDONLY:
+            return _CAUSES[errno.EROFS]
+    except OSError:
+        return None
+    return None if os.access(where, os.W_OK) else _CAUSES[errno.EACCES]
 
 
 def connect(path: Path) -> sqlite3.Connection:

@@ -2,10 +2,14 @@ import importlib.metadata
 import json
 import re
 import shutil
+import socket
+import subprocess
+import sys
 import time
 
+import httpx
 import pytest
-from conftest import run_cli
+from conftest import ROOT, TOKEN, run_cli, start_server
 
 import anabranch
 from anabranch.llm.local_server import free_port
@@ -171,7 +175,7 @@ def test_out_must_not_be_the_input_nor_unwritable(tmp_path):
     original = '{"id": "a", "text": "Keep me."}\n'
     tasks.write_text(original)
     proc = run_cli("run", str(tasks), "--out", str(tasks))
-    assert proc.returncode == 2 and "is the input file" in proc.stderr
+    assert proc.returncode == 2 and "is the input" in proc.stderr
     assert tasks.read_text() == original
     blocker = tmp_path / "a-file"
     blocker.write_text("")
@@ -221,3 +225,107 @@ def test_a_second_run_with_a_cache_sends_nothing(tmp_path, faults):
     assert first.returncode == second.returncode == 0, second.stderr
     assert sent == 10 and faults.stats()["requests"] == sent
     assert "LLM usage: 0 requests (10 answered from the cache)" in second.stdout
+
+
+def test_version():
+    proc = run_cli("--version")
+    assert proc.returncode == 0 and proc.stdout.strip() == f"anabranch {anabranch.__version__}"
+
+
+def test_help_shows_what_it_means():
+    proc = run_cli("run", "--help", env={"COLUMNS": "200"})
+    assert proc.returncode == 0
+    assert "pip install 'anabranch[ray]'" in " ".join(proc.stdout.split())
+
+
+def test_help_names_the_library_defaults():
+    from anabranch.agents.analysts import DEFAULT_LLM_BACKEND, SENTIMENT_BACKENDS
+    from anabranch.cli.options import DEFAULT_SENTIMENT_WITH_LLM, KNOWN_SENTIMENT_BACKENDS
+
+    assert DEFAULT_LLM_BACKEND["sentiment"] == DEFAULT_SENTIMENT_WITH_LLM
+    assert tuple(SENTIMENT_BACKENDS) == KNOWN_SENTIMENT_BACKENDS
+
+
+def test_help_imports_nothing_heavy_beyond_the_package():
+    """`anabranch --help` reads its arguments before LangGraph, openai, Ray or tiktoken load."""
+    heavy = ("langgraph", "openai", "ray", "tiktoken", "yake", "vaderSentiment", "uvicorn")
+    script = (
+        "import sys; import anabranch; before = set(sys.modules)\n"
+        "from anabranch.cli import app\n"
+        "for args in (['--help'], ['run', '--help'], ['serve', '--help']):\n"
+        "    try: app(args, prog_name='anabranch')\n"
+        "    except SystemExit: pass\n"
+        f"print(sorted({{m.split('.')[0] for m in set(sys.modules) - before}} & set({heavy!r})))"
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          cwd=ROOT)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_cli_modules_stay_small():
+    sizes = {p.name: len(p.read_text().splitlines()) for p in (ROOT / "anabranch/cli").glob("*.py")}
+    assert sizes and max(sizes.values()) <= 300, sizes
+
+
+def test_a_missing_chain_file_is_exit_2_with_its_name(tmp_path):
+    missing = tmp_path / "missing.toml"
+    proc = run_cli("chain", "hi", "--file", str(missing))
+    assert proc.returncode == 2 and str(missing) in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_serve_resolves_module_attr_from_the_working_directory(tmp_path, faults):
+    (tmp_path / "mygraph.py").write_text("raise RuntimeError('found and imported')\n")
+    proc = run_cli("serve", "--graph", "mygraph:graph", "--llm", faults.url, "--model", "m",
+                   cwd=tmp_path)  # fmt: skip
+    assert "found and imported" in proc.stderr, proc.stderr  # not "No module named 'mygraph'"
+
+
+@pytest.mark.parametrize("port", ["70000", "0", "-1"])
+def test_serve_refuses_a_bad_port_before_saying_it_serves(port):
+    proc = run_cli("serve", "--backend", "local", "--graph", "analyze", "--port", port)
+    assert proc.returncode == 2, proc.stderr
+    assert "serving" not in proc.stdout and "Traceback" not in proc.stderr
+
+
+def test_serve_refuses_a_busy_port_before_saying_it_serves():
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        proc = run_cli("serve", "--backend", "local", "--graph", "analyze", "--port", str(port))
+    assert proc.returncode == 2, proc.stderr
+    assert f"port {port}" in proc.stderr and "in use" in proc.stderr
+    assert "serving" not in proc.stdout and "Traceback" not in proc.stderr
+
+
+def test_serve_with_local_analysts_starts_no_llm(tmp_path):
+    process, url = start_server("--backend", "local", "--threads-db", str(tmp_path / "t.db"))
+    try:
+        models = httpx.get(f"{url}/models", headers={"Authorization": f"Bearer {TOKEN}"}).json()
+    finally:
+        process.terminate()
+        out, err = process.communicate(timeout=20)
+    assert [m["id"] for m in models["data"]] == ["analyze"]  # the chain needs an LLM
+    assert b"LLM:" not in out and b"llama" not in out + err
+    assert b"the chain graph needs an LLM" in err  # said, not silently dropped
+
+
+def test_fault_server_is_a_subcommand():
+    proc = run_cli("fault-server", "--help")
+    assert proc.returncode == 0 and "--config" in proc.stdout
+    source = (ROOT / "anabranch/testing/fault_server.py").read_text()
+    assert "argparse" not in source and "__main__" not in source
+
+
+def test_a_library_message_names_no_flag_the_cli_adds_it(faults, tmp_path):
+    from anabranch.errors import ConfigError
+    from anabranch.llm.connect import _only_model
+
+    with pytest.raises(ConfigError) as caught:
+        _only_model(["small", "large"], "http://h/v1")
+    assert "--" not in str(caught.value)
+    tasks = tmp_path / "tasks.jsonl"
+    tasks.write_text('{"id": "a", "text": "x"}\n')
+    proc = run_cli("run", str(tasks), "--backend", "llm", "--out", str(tmp_path / "o"))
+    assert proc.returncode == 2 and "--llm" in proc.stderr

@@ -8,6 +8,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -219,3 +221,33 @@ def test_a_changed_task_is_run_again_and_counted(tmp_path):
     shown = run_cli("runs", "show", run_id, str(tmp_path / "out.jsonl.journal"))
     assert "5 tasks -> 0 from the journal -> 5 run" in shown.stdout
     assert Counter(output_ids(out)) == Counter(f"t{i:04d}" for i in range(5))
+
+
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_a_signal_flushes_the_journal_and_prints_the_resume_line(tmp_path, faults, sig, code):
+    faults.configure(latency_ms=150)
+    tasks, out = tmp_path / "tasks.jsonl", tmp_path / "out.jsonl"
+    journal = tmp_path / "out.jsonl.journal"
+    ids = write_tasks(tasks, 120)
+    command = [str(tasks), "--out", str(out), "--llm", faults.url, "--model", "fault"]
+    run = start_run(*command)
+    deadline = time.monotonic() + 120
+    while delivered(journal) < 10:
+        assert run.poll() is None, run.communicate()
+        assert time.monotonic() < deadline, "the run made no progress"
+        time.sleep(0.02)
+    run.send_signal(sig)
+    _, err = run.communicate(timeout=60)
+    stderr = err.decode()
+    assert run.returncode == code, stderr
+    found = re.search(
+        r"interrupted: (\d+) of 120 delivered; run the same command to resume", stderr
+    )
+    assert found, stderr
+    assert "Traceback" not in stderr
+    held = delivered(journal)
+    assert int(found.group(1)) == held  # what it says is what the journal holds: flushed
+    assert sorted(whole_lines(out)) == sorted(output_ids(out)) and len(output_ids(out)) == held
+    final = run_cli("run", *command)
+    assert final.returncode == 0, final.stderr
+    assert f"{held} from the journal" in final.stdout and output_ids(out) == ids

@@ -6,11 +6,14 @@ canary token. Then every byte the project wrote is scanned: the commands' stdout
 every file under the run's directory (results, reports, the threads database, and whatever a
 later feature writes there), and every HTTP reply the chat server sent.
 
-A new output is covered by writing it under `run_dir` (scanned whole) or by one `seen.add(...)`.
-Scanned today: stdout and stderr of `run` (in process and on a Ray cluster), `runs`, `eval`,
-`chain` and `serve`; results.jsonl, its journal, the response cache, the eval figures, the chain
-reports and the threads database (all under `run_dir`); the logs of the Ray cluster the run
-started; every HTTP reply of the chat server, headers included; and in the Python API, every
+Each output surface is a test of its own (`SURFACES`), so a failure names the surface; a key is
+looked for in every encoding it takes on the wire (`encodings`: plain, URL-encoded, base64, and
+HTTP Basic's base64 of `user:key`), with the key in the environment and inside the `--llm` URL.
+A new output is covered by writing it under the run's folder (scanned whole) or by one
+`seen[surface].add(...)`. Scanned today: stdout and stderr of `run` (in process and on a Ray
+cluster), `runs`, `eval`, `chain` and `serve`; results.jsonl, its journal, the response cache,
+the eval figures, the chain reports and the threads database; the logs of the Ray cluster the
+run started; every HTTP reply of the chat server, headers included; and in the Python API, every
 result, the report and the text of the exception a failed call raises.
 """
 
@@ -18,8 +21,12 @@ from __future__ import annotations
 
 import itertools
 import json
+import threading
 import uuid
+from base64 import b64encode
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from urllib.parse import quote
 
 import httpx
 import pytest
@@ -28,11 +35,16 @@ from conftest import run_cli, start_server
 from anabranch import Endpoint, LLMError, build_fanout_graph, run_batch
 from anabranch.analysis import make_agents
 from anabranch.llm.settings import RetryPolicy
-from anabranch.redact import public_url, redact, register_secret
+from anabranch.redact import public_url, redact, register_secret, split_credentials
 from anabranch.types import Task
 
 CANARY = f"sk-CANARY{uuid.uuid4().hex}"
 """The upstream API key: shaped like an OpenAI key, unique to this run."""
+URL_CANARY = f"sk-URL{uuid.uuid4().hex}/+="
+"""A key given inside the URL: its `/+=` read differently URL-encoded, and it goes on the wire
+base64-encoded with its user name if it stays in the URL (HTTP Basic)."""
+USER = "canary-user"
+"""The user name before the key in the URL."""
 TOKEN_CANARY = f"tok-CANARY{uuid.uuid4().hex}"
 """The chat server's own bearer token."""
 ECHOED = {"401": 0.2, "403": 0.2, "429": 0.2, "500": 0.2}
@@ -54,9 +66,24 @@ class Seen:
                 self.add(str(path), path.read_bytes())
 
     def leaks(self, *secrets: str) -> list[str]:
-        # The hex body alone too: a secret cut in half, or re-encoded around its prefix, leaks.
-        needles = [s.encode() for s in secrets] + [s[-32:].encode() for s in secrets]
+        """The labels of the items holding a secret in any encoding it takes on the wire."""
+        needles = {n.encode() for s in secrets for n in encodings(s)}
         return [label for label, data in self.items if any(n in data for n in needles)]
+
+
+def encodings(secret: str) -> list[str]:
+    """Every form a secret may be written in: plain, its random part alone (a secret cut in
+    half, or re-encoded around its prefix), URL-encoded, base64 alone and as HTTP Basic's
+    `user:secret`."""
+    body = secret.removeprefix("sk-CANARY").removeprefix("tok-CANARY").removeprefix("sk-URL")
+    forms = [
+        secret,
+        body[:32],
+        quote(secret, safe=""),
+        b64encode(secret.encode()).decode(),
+        b64encode(f"{USER}:{secret}".encode()).decode(),
+    ]
+    return [f for f in forms if f]
 
 
 @pytest.fixture
@@ -65,81 +92,86 @@ def echoing(faults):
     return faults
 
 
-@pytest.fixture
-def run_dir(tmp_path):
-    tasks = tmp_path / "tasks.jsonl"
-    texts = ["I love this phone.", "The battery died. Awful.", "It is a phone.", "Great value!"]
-    tasks.write_text("".join(json.dumps({"id": f"t{i}", "text": t}) + "\n"
-                             for i, t in enumerate(texts * 3)))  # fmt: skip
-    labels = ["positive", "negative", "neutral", "positive"]
-    (tmp_path / "labelled.jsonl").write_text("".join(
-        json.dumps({"id": f"l{i}", "text": t, "label": label}) + "\n"
-        for i, (t, label) in enumerate(zip(texts, labels, strict=True))))  # fmt: skip
-    return tmp_path
-
-
 def _proc(seen: Seen, label: str, proc) -> None:
     seen.add(f"{label} stdout", proc.stdout)
     seen.add(f"{label} stderr", proc.stderr)
 
 
-@pytest.mark.slow  # every output surface: 40-100 s
-def test_no_output_carries_an_echoed_key(echoing, run_dir):
-    seen = Seen()
+def url_with(url: str, key: str) -> str:
+    """`url` with `user:KEY@` inside, the key URL-encoded as a URL must carry it."""
+    return url.replace("http://", f"http://{USER}:{quote(key, safe='')}@")
+
+
+SURFACES = (
+    "run", "run with the key in the URL", "chain", "runs", "run --retry-failed", "eval",
+    "eval with the key in the URL", "serve", "every file under the run's folder",
+)  # fmt: skip
+"""The outputs the commands write, each scanned on its own so that a leak names its surface."""
+
+
+@pytest.fixture(scope="module")
+def surfaces(fault_server, tmp_path_factory):
+    """Every surface's output, from one pass over the commands against the echoing server."""
+    run_dir = tmp_path_factory.mktemp("canary")
+    _write_inputs(run_dir)
+    fault_server.configure(echo_credentials=True, rates=ECHOED, retry_after=0, seed=7)
+    seen = {surface: Seen() for surface in SURFACES}
     env = {"ANABRANCH_LLM_API_KEY": CANARY}
-    llm = ["--llm", echoing.url, "--model", "fault"]
+    llm = ["--llm", fault_server.url, "--model", "fault"]
     tasks = str(run_dir / "tasks.jsonl")
 
-    # `run`, with the key from the environment and, once, as a credential inside the URL.
+    # `run`, with the key from the environment, and with the key inside the URL (no env key).
     proc = run_cli("run", tasks, *llm, "--out", str(run_dir / "results.jsonl"),
                    "--cache", str(run_dir / "cache.sqlite"), env=env)  # fmt: skip
-    _proc(seen, "run", proc)
+    _proc(seen["run"], "run", proc)
     assert proc.returncode == 4, proc.stderr  # delivered, some with errors
-    url_with_key = echoing.url.replace("http://", f"http://user:{CANARY}@")
-    proc = run_cli("run", tasks, "--llm", url_with_key, "--model", "fault",
-                   "--out", str(run_dir / "results-url.jsonl"))  # fmt: skip
-    _proc(seen, "run with a key in the URL", proc)
+    for name in ("results.jsonl", "results.jsonl.journal", "cache.sqlite"):
+        seen["run"].add(name, (run_dir / name).read_bytes())
+    url_dir = run_dir / "url"
+    url_dir.mkdir()
+    proc = run_cli("run", tasks, "--llm", url_with(fault_server.url, URL_CANARY), "--model",
+                   "fault", "--out", str(url_dir / "results.jsonl"))  # fmt: skip
+    _proc(seen["run with the key in the URL"], "run", proc)
+    assert proc.returncode == 4, proc.stderr
     assert "LLM: fault at http://127.0.0.1:" in proc.stdout
+    seen["run with the key in the URL"].add_tree(url_dir)
 
     # `chain`: a report on disk, streamed text on stdout.
     for i in range(3):
-        proc = run_cli("chain", "Plan a launch.", *llm, "--out", str(run_dir / f"report{i}.md"),
-                       env=env)  # fmt: skip
-        _proc(seen, f"chain {i}", proc)
+        report = run_dir / f"report{i}.md"
+        proc = run_cli("chain", "Plan a launch.", *llm, "--out", str(report), env=env)
+        _proc(seen["chain"], f"chain {i}", proc)
+        if report.exists():
+            seen["chain"].add(report.name, report.read_bytes())
 
     # `runs`: the journal's listing and one run's trace.
     listing = run_cli("runs", str(run_dir / "results.jsonl.journal"))
-    _proc(seen, "runs", listing)
-    _proc(seen, "runs show", run_cli("runs", "show", listing.stdout.split()[0],
-                                     str(run_dir / "results.jsonl.journal")))  # fmt: skip
+    _proc(seen["runs"], "runs", listing)
+    _proc(seen["runs"], "runs show", run_cli("runs", "show", listing.stdout.split()[0],
+                                             str(run_dir / "results.jsonl.journal")))  # fmt: skip
     # A retry of the failed subtasks, against the same echoing server.
-    _proc(seen, "run --retry-failed", run_cli("run", tasks, *llm, "--retry-failed", "--out",
-                                              str(run_dir / "results.jsonl"), env=env))  # fmt: skip
+    proc = run_cli("run", tasks, *llm, "--retry-failed", "--out",
+                   str(run_dir / "results.jsonl"), env=env)  # fmt: skip
+    _proc(seen["run --retry-failed"], "run --retry-failed", proc)
+    for name in ("results.jsonl", "results.jsonl.journal"):
+        seen["run --retry-failed"].add(name, (run_dir / name).read_bytes())
 
     # `eval`: the LLM backends' figures, on stdout and as JSON.
     proc = run_cli("eval", str(run_dir / "labelled.jsonl"), *llm, "--backend", "llm",
                    "--backend", "llm-probs", "--out", str(run_dir / "figures.json"),
                    env=env)  # fmt: skip
-    _proc(seen, "eval", proc)
+    _proc(seen["eval"], "eval", proc)
     assert proc.returncode == 0, proc.stderr
+    seen["eval"].add("figures.json", (run_dir / "figures.json").read_bytes())
     # A server without token probabilities: the blend warns, naming the server, and falls back.
     # From here on the server sends none (Ray's workers and `serve` take the same path).
-    echoing.configure(echo_credentials=True, rates=ECHOED, retry_after=0, seed=7, logprobs=False)
+    fault_server.configure(echo_credentials=True, rates=ECHOED, retry_after=0, seed=7,
+                           logprobs=False)  # fmt: skip
     # 20 texts: with a fifth of requests answered, some reach the fallback (all miss it: 3e-4).
-    proc = run_cli("eval", "--sample", "20", "--llm", url_with_key, "--model", "fault",
-                   "--backend", "llm-blend", env=env)  # fmt: skip
-    _proc(seen, "eval without probabilities", proc)
+    proc = run_cli("eval", "--sample", "20", "--llm", url_with(fault_server.url, URL_CANARY),
+                   "--model", "fault", "--backend", "llm-blend")  # fmt: skip
+    _proc(seen["eval with the key in the URL"], "eval", proc)
     assert "JSON judgement instead" in proc.stderr and "LLM: fault at" in proc.stdout
-
-    # `run` on a local Ray cluster: the key travels to the workers inside the graph's recipe,
-    # so Ray's own logs of that cluster are scanned too.
-    proc = run_cli("run", tasks, *llm, "--executor", "ray", "--no-journal",
-                   "--out", str(run_dir / "results-ray.jsonl"), env=env)  # fmt: skip
-    _proc(seen, "run --executor ray", proc)
-    assert proc.returncode == 4, proc.stderr
-    ray_logs = Path("/tmp/ray/session_latest/logs").resolve()
-    assert any(ray_logs.glob("*")), ray_logs
-    seen.add_tree(ray_logs)
 
     # `serve`: both graphs, streamed and not, with and without a thread.
     db = run_dir / "threads.sqlite"
@@ -154,20 +186,56 @@ def test_no_output_carries_an_echoed_key(echoing, run_dir):
                 body = {"model": graph, "stream": stream, "user": thread, "messages": asked}
                 reply = http.post("/chat/completions", json=body)
                 label = f"serve {graph} stream={stream} thread={thread}"
-                seen.add(label, repr(reply.headers).encode() + reply.content)
+                seen["serve"].add(label, repr(reply.headers).encode() + reply.content)
     finally:
         process.terminate()
         out, err = process.communicate(timeout=20)
-        seen.add("serve stdout", out)
-        seen.add("serve stderr", err)
-
-    # Every echoing fault really happened, so the scan below had something to find.
-    faults_seen = echoing.stats()["faults"]
-    assert all(faults_seen.get(code, 0) > 0 for code in ECHOED), faults_seen
-    seen.add_tree(run_dir)
+        seen["serve"].add("serve stdout", out)
+        seen["serve"].add("serve stderr", err)
     assert db.stat().st_size > 0
-    assert (run_dir / "results.jsonl.journal").is_file() and (run_dir / "cache.sqlite").is_file()
-    assert not seen.leaks(CANARY, TOKEN_CANARY)
+    seen["serve"].add("threads.sqlite", db.read_bytes())
+
+    # Every echoing fault really happened, so the scans had something to find.
+    faults_seen = fault_server.stats()["faults"]
+    assert all(faults_seen.get(code, 0) > 0 for code in ECHOED), faults_seen
+    fault_server.configure()
+    seen["every file under the run's folder"].add_tree(run_dir)  # what a later feature writes
+    return seen
+
+
+def _write_inputs(run_dir: Path) -> None:
+    texts = ["I love this phone.", "The battery died. Awful.", "It is a phone.", "Great value!"]
+    (run_dir / "tasks.jsonl").write_text(
+        "".join(json.dumps({"id": f"t{i}", "text": t}) + "\n" for i, t in enumerate(texts * 3))
+    )
+    labels = ["positive", "negative", "neutral", "positive"]
+    (run_dir / "labelled.jsonl").write_text("".join(
+        json.dumps({"id": f"l{i}", "text": t, "label": label}) + "\n"
+        for i, (t, label) in enumerate(zip(texts, labels, strict=True))))  # fmt: skip
+
+
+@pytest.mark.slow  # the module fixture runs every command once: 40-100 s
+@pytest.mark.parametrize("surface", SURFACES)
+def test_no_output_carries_an_echoed_key_in_any_encoding(surfaces, surface):
+    assert not surfaces[surface].leaks(CANARY, URL_CANARY, TOKEN_CANARY)
+
+
+@pytest.mark.slow
+def test_a_ray_run_carries_no_echoed_key(echoing, tmp_path):
+    """The key travels to the workers inside the graph's recipe: Ray's own logs are scanned."""
+    seen = Seen()
+    _write_inputs(tmp_path)
+    proc = run_cli("run", str(tmp_path / "tasks.jsonl"), "--llm", echoing.url, "--model",
+                   "fault", "--executor", "ray", "--no-journal",
+                   "--out", str(tmp_path / "results-ray.jsonl"),
+                   env={"ANABRANCH_LLM_API_KEY": CANARY})  # fmt: skip
+    _proc(seen, "run --executor ray", proc)
+    assert proc.returncode == 4, proc.stderr
+    ray_logs = Path("/tmp/ray/session_latest/logs").resolve()
+    assert any(ray_logs.glob("*")), ray_logs
+    seen.add_tree(ray_logs)
+    seen.add_tree(tmp_path)
+    assert not seen.leaks(CANARY)
 
 
 async def test_the_python_api_never_carries_an_echoed_key(echoing, tmp_path):
@@ -189,6 +257,36 @@ async def test_the_python_api_never_carries_an_echoed_key(echoing, tmp_path):
     assert not seen.leaks(CANARY)
 
 
+def test_a_key_in_the_url_is_sent_as_the_bearer_token(tmp_path):
+    """httpx would send `user:key@` as `Basic base64(user:key)`, in place of the bearer token."""
+    heard: list[str] = []
+
+    class Refuse(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            heard.append(self.headers.get("Authorization", ""))
+            self.send_response(401)
+            self.send_header("content-type", "application/json")
+            self.end_headers()
+            self.wfile.write(b'{"error": {"message": "invalid api key"}}')
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Refuse)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        tasks = tmp_path / "tasks.jsonl"
+        tasks.write_text('{"id": "a", "text": "x"}\n')
+        url = url_with(f"http://127.0.0.1:{server.server_port}/v1", URL_CANARY)
+        proc = run_cli("run", str(tasks), "--llm", url, "--model", "m", "--backend", "llm",
+                       "--out", str(tmp_path / "o.jsonl"))  # fmt: skip
+    finally:
+        server.shutdown()
+    assert proc.returncode == 2 and "refused the API key" in proc.stderr, proc.stderr
+    assert heard == [f"Bearer {URL_CANARY}"]
+    assert not list(tmp_path.glob("o.jsonl*"))  # a run that cannot start leaves no files
+
+
 def test_the_redactor_masks_key_shapes_and_url_credentials():
     register_secret("my-own-token-value")
     text = redact(
@@ -202,3 +300,22 @@ def test_the_redactor_masks_key_shapes_and_url_credentials():
     assert public_url("http://user:pw-secret-9@host:8080/v1") == "http://host:8080/v1"
     assert redact("pw-secret-9 leaked") == "[REDACTED] leaked"
     assert redact("sk-short and a plain sentence") == "sk-short and a plain sentence"
+
+
+def test_the_redactor_knows_every_encoding_of_a_secret():
+    key = f"k/{uuid.uuid4().hex}+="
+    public_url(f"http://bob:{quote(key, safe='')}@host/v1")  # registers the key it carries
+    basic = b64encode(f"bob:{key}".encode()).decode()
+    for form in (key, quote(key, safe=""), b64encode(key.encode()).decode(), basic):
+        assert key not in redact(f"x {form} y") and form not in redact(f"x {form} y"), form
+    # The `Basic ...` shape, for credentials this process never saw.
+    assert redact("Authorization: Basic dXNlcjpwYXNzd29yZA==") == "Authorization: Basic [REDACTED]"
+
+
+def test_credentials_in_a_url_are_taken_out_of_it():
+    key = "sk-in/the+url="
+    assert split_credentials(f"https://me:{quote(key, safe='')}@api.example.com/v1") == (
+        "https://api.example.com/v1", key)  # fmt: skip
+    assert split_credentials("https://sk-alone@h/v1") == ("https://h/v1", "sk-alone")
+    assert split_credentials("http://h:8080/v1") == ("http://h:8080/v1", None)
+    assert redact(key) == "[REDACTED]"

@@ -252,7 +252,7 @@ def chat_graph(
         return analysis_chat(endpoint, backend=backend)
     if name == "chain":
         if endpoint is None:
-            raise ConfigError("the chain graph needs an LLM (--llm local or a URL)")
+            raise ConfigError("the chain graph needs an LLM (`llm`: local or a URL)")
         graph = build_chain_graph(DEFAULT_CHAIN, endpoint, checkpointer=False)
         return ChainChat(graph, DEFAULT_CHAIN)
     module, _, attr = name.partition(":")

@@ -71,6 +71,16 @@ class ChatMessage(BaseModel):
             raise ValueError(f"unknown role {role!r}; use one of {', '.join(sorted(ROLES))}")
         return role
 
+    @field_validator("content")
+    @classmethod
+    def _text_parts_are_text(
+        cls, content: str | list[dict[str, Any]] | None
+    ) -> str | list[dict[str, Any]] | None:
+        for number, part in enumerate(content if isinstance(content, list) else []):
+            if part.get("type", "text") == "text" and not isinstance(part.get("text"), str):
+                raise ValueError(f"content part {number} is a text part without a string 'text'")
+        return content
+
 
 class ChatRequest(BaseModel):
     """The part of OpenAI's request that a graph can honour; other fields are accepted and

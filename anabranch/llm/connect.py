@@ -176,9 +176,9 @@ async def _served_models(endpoint: Endpoint, timeout: float) -> list[str] | None
 
 def _only_model(served: list[str] | None, where: str) -> str:
     if served is None:
-        raise ConfigError(f"the server at {where} does not list its models: name the model")
+        raise ConfigError(f"the server at {where} does not list its models: give `model`")
     if len(served) != 1:
         offered = ", ".join(served) or "none"
         raise ConfigError(f"the server at {where} serves {len(served)} models ({offered}): "
-                          "name the one to use")  # fmt: skip
+                          "choose one with `model`")  # fmt: skip
     return served[0]

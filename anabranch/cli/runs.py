@@ -1,0 +1,64 @@
+"""`anabranch runs`: what a journal holds, run by run."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from anabranch.cli.codes import UsageError
+
+if TYPE_CHECKING:
+    from anabranch.journal import Journal
+
+
+def runs(
+    words: Annotated[
+        list[str] | None,
+        typer.Argument(
+            help="[JOURNAL] to list its runs, or `show ID [JOURNAL]` for one run's trace. "
+            "Default journal: results.jsonl.journal."
+        ),
+    ] = None,
+) -> None:
+    """List the runs a journal holds, or show one run's trace."""
+    words = list(words or [])
+    show = words[:1] == ["show"]
+    if show and len(words) < 2:
+        raise UsageError("usage: anabranch runs show ID [JOURNAL]")
+    if show:
+        path = Path(words[2] if len(words) > 2 else "results.jsonl.journal")
+    else:
+        path = Path(words[0] if words else "results.jsonl.journal")
+    if not path.is_file():
+        raise UsageError(f"no journal at {path}")
+    from anabranch.journal import Journal
+
+    with Journal(path) as journal:
+        if show:
+            _show_run(journal, words[1])
+            return
+        infos = journal.runs()
+        if not infos:
+            typer.echo(f"{path}: no runs")
+        for info in infos:
+            when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(info.updated))
+            tasks = ", ".join(f"{n} {status}" for status, n in sorted(info.tasks.items()))
+            state = "finished" if info.finished else "interrupted"
+            typer.echo(f"{info.run_id}  {when}  {state:<11}  {tasks or 'no tasks'}  "
+                       f"{info.usage.requests} requests, {info.usage.total_tokens} tokens  "
+                       f"{info.description}")  # fmt: skip
+
+
+def _show_run(journal: Journal, run_id: str) -> None:
+    from anabranch.report import render_trace
+
+    report = journal.report(run_id)
+    if report is not None:
+        typer.echo(render_trace(report))
+        return
+    (info,) = [r for r in journal.runs() if r.run_id == run_id]
+    typer.echo(f"run {run_id} did not finish; re-run its command to resume it")
+    typer.echo(f"delivered so far: {info.tasks}")

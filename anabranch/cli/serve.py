@@ -1,0 +1,137 @@
+"""`anabranch serve`: graphs as OpenAI-compatible chat models.
+
+The port is bound before anything else happens, so a bad or busy port is a clear exit 2, never
+a traceback after "serving at"; the embedded LLM starts only when a served graph calls one; a
+graph named `module:attr` is found from the working directory, as `python -m` finds modules.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+import socket
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from anabranch.cli.codes import UsageError
+from anabranch.cli.options import (
+    Backend,
+    Deadline,
+    Llm,
+    LlmConcurrency,
+    Model,
+    Timeout,
+    llm_options,
+)
+
+if TYPE_CHECKING:
+    from anabranch.llm.connect import LLMOptions
+
+DEFAULT_GRAPHS = ("analyze", "chain")
+"""What is served without `--graph`: the analysis, and the chain when there is an LLM."""
+
+
+def serve(
+    graph: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Graphs to serve: analyze, chain, or module:attr (repeatable; the module is "
+            "found from the working directory). Default: analyze and chain."
+        ),
+    ] = None,
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Port to listen on.")] = 8000,
+    llm: Llm = "local",
+    model: Model = None,
+    backend: Backend = None,
+    llm_concurrency: LlmConcurrency = 8,
+    timeout: Timeout = 120.0,
+    deadline: Deadline = 600.0,
+    api_token: Annotated[
+        str | None,
+        typer.Option(
+            help="Bearer token clients must send (or set ANABRANCH_API_TOKEN).", show_default=False
+        ),
+    ] = None,
+    threads_db: Annotated[
+        Path, typer.Option(help="SQLite file that keeps conversations by thread id.")
+    ] = Path("anabranch-threads.sqlite"),
+    max_runs: Annotated[int, typer.Option(min=1, help="Graph runs at once; more get 429.")] = 8,
+) -> None:
+    """Serve graphs as OpenAI-compatible chat models (POST /v1/chat/completions)."""
+    from anabranch.agents.analysts import needs_llm, parse_backend
+    from anabranch.chat.app import is_loopback
+    from anabranch.llm.connect import without_llm
+
+    given = api_token if api_token is not None else os.environ.get("ANABRANCH_API_TOKEN")
+    token = given.strip() if given and given.strip() else None  # an empty token is no token
+    if token is None and not is_loopback(host):
+        why = "the token given is empty" if given is not None else "neither is set"
+        raise UsageError(
+            f"serving on {host} needs --api-token or ANABRANCH_API_TOKEN ({why}): the host is "
+            "not loopback, so anyone who reaches it could use the server"
+        )
+    if token is None and given is not None:
+        typer.echo("warning: the API token is empty, so none is required (loopback only)", err=True)
+    options = llm_options(llm, model, concurrency=llm_concurrency, timeout=timeout,
+                          deadline=deadline)  # fmt: skip
+    analysis_needs_llm = needs_llm(parse_backend(backend, options.llm is not None))
+    names = list(graph or DEFAULT_GRAPHS)
+    if graph is None and not analysis_needs_llm:  # the analysts are local: no LLM is wanted
+        names.remove("chain")
+        typer.echo("note: the chain graph needs an LLM backend; serving analyze only", err=True)
+    if "chain" not in names and not (analysis_needs_llm and "analyze" in names):
+        options = without_llm(options)  # a user's graph brings its own
+    if os.getcwd() not in sys.path:  # `module:attr` from here, as `python -m` finds modules
+        sys.path.insert(0, os.getcwd())
+    listener = _bind(host, port)
+    asyncio.run(_serve(listener, names, host, port, backend, options, token, str(threads_db),
+                       max_runs))  # fmt: skip
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    """The listening socket, bound now: a busy or forbidden port is said before anything runs."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    listener = socket.socket(family, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        listener.bind((host, port))
+    except OSError as exc:
+        listener.close()
+        why = ("is in use (another server listens there)" if exc.errno == errno.EADDRINUSE
+               else f"cannot be bound: {exc.strerror or exc}")  # fmt: skip
+        raise UsageError(f"port {port} on {host} {why}; choose another with --port") from exc
+    return listener
+
+
+async def _serve(  # type: ignore[no-untyped-def]
+    listener: socket.socket,
+    names,
+    host,
+    port,
+    backend,
+    options: LLMOptions,
+    token,
+    threads_db,
+    max_runs,
+) -> None:
+    import uvicorn
+
+    from anabranch.chat import create_app
+    from anabranch.chat.adapters import chat_graph
+    from anabranch.llm.connect import maybe_endpoint
+
+    async with maybe_endpoint(options, typer.echo) as endpoint:
+        chats = [chat_graph(name, endpoint, backend=backend) for name in names]
+        app = create_app(chats, api_token=token, threads_db=threads_db,
+                         max_concurrent_runs=max_runs)  # fmt: skip
+        typer.echo(f"serving {', '.join(c.name for c in chats)} at http://{host}:{port}/v1")
+        server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+        try:
+            await server.serve(sockets=[listener])
+        finally:
+            await app.aclose()
