@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from anabranch.errors import JournalBusyError, JournalError
-from anabranch.outputs import ResultsFile
+from anabranch.outputs import Line, ResultsFile, as_json
 from anabranch.store import Writer, cause, connect
 from anabranch.types import RunReport, Subtask, SubtaskResult, Task, TaskResult, Usage
 
@@ -203,15 +203,21 @@ class Journal:
         ]
 
     def export(
-        self, run_id: str, out: str | Path | ResultsFile, *, complete_only: bool = False
+        self,
+        run_id: str,
+        out: str | Path | ResultsFile,
+        *,
+        complete_only: bool = False,
+        line: Line = as_json,
     ) -> int:
         """Write the run's results as JSONL, in input order, to `out` (a path, or an output a
-        run holds): the output file as a view of the journal, replaced at once (a device, a
-        FIFO or `-` is written in place). Returns how many results were written."""
+        run holds, which keeps its own `line`): the output file as a view of the journal,
+        replaced at once (a device, a FIFO or `-` is written in place). Returns how many
+        results were written."""
         results = self.results(run_id, complete_only=complete_only)
         if isinstance(out, ResultsFile):
             return out.rewrite(results)
-        with ResultsFile(out) as file:
+        with ResultsFile(out, line=line) as file:
             return file.rewrite(results)
 
     # -- running ---------------------------------------------------------------------------------

@@ -25,7 +25,7 @@ import fcntl
 import os
 import stat
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import IO
 
@@ -36,6 +36,15 @@ from anabranch.types import TaskResult
 STDOUT = "-"
 """The output name that means standard output."""
 
+Line = Callable[[TaskResult], str]
+"""How a result reads as one line of the output (an application may flatten it, as the analysis
+does with `AnalysisRecord`)."""
+
+
+def as_json(result: TaskResult) -> str:
+    """A result as its own JSON: the default line."""
+    return result.model_dump_json()
+
 
 class OutputError(ConfigError):
     """An output that cannot be used: the input itself, busy, or a write that failed."""
@@ -45,7 +54,9 @@ class ResultsFile:
     """One run's output: lock it, start it (emptied, or holding what the journal already has),
     write results as they come, rewrite it from the journal at the end, close it."""
 
-    def __init__(self, target: str | Path, *, input: str | Path | None = None) -> None:
+    def __init__(
+        self, target: str | Path, *, input: str | Path | None = None, line: Line = as_json
+    ) -> None:
         self.name = str(target)
         """The output as the user named it, for messages."""
         self.path: Path | None = None if self.name in (STDOUT, "/dev/stdout") else Path(target)
@@ -54,6 +65,7 @@ class ResultsFile:
         """This run made the file (so a run that cannot start removes it again)."""
         self.started = False
         """`start` was called: the output's old content is gone."""
+        self._line = line
         self._stream: IO[str] | None = None
         self._special = self.path is None
         if self.path is not None:
@@ -125,7 +137,7 @@ class ResultsFile:
         """One result, flushed: an interrupted run keeps what it finished."""
         assert self._stream is not None, "start() the output first"
         try:
-            self._stream.write(result.model_dump_json() + "\n")
+            self._stream.write(self._line(result) + "\n")
             self._stream.flush()
         except OSError as exc:
             raise self._error(exc) from exc
@@ -154,7 +166,7 @@ class ResultsFile:
         try:
             fcntl.flock(stream, fcntl.LOCK_EX)
             for result in results:
-                stream.write(result.model_dump_json() + "\n")
+                stream.write(self._line(result) + "\n")
                 count += 1
             stream.flush()
             os.replace(partial, self.path)

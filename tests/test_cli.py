@@ -239,7 +239,7 @@ def test_help_shows_what_it_means():
 
 
 def test_help_names_the_library_defaults():
-    from anabranch.agents.analysts import DEFAULT_LLM_BACKEND, SENTIMENT_BACKENDS
+    from anabranch.analysis import DEFAULT_LLM_BACKEND, SENTIMENT_BACKENDS
     from anabranch.cli.options import DEFAULT_SENTIMENT_WITH_LLM, KNOWN_SENTIMENT_BACKENDS
 
     assert DEFAULT_LLM_BACKEND["sentiment"] == DEFAULT_SENTIMENT_WITH_LLM

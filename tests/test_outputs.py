@@ -19,6 +19,7 @@ import threading
 import pytest
 from conftest import ROOT, run_cli, write_tasks
 
+from anabranch.cli.batch import analysis_line
 from anabranch.journal import Journal
 from anabranch.outputs import ResultsFile
 
@@ -149,7 +150,7 @@ def test_the_library_exports_a_run_as_its_output_file(tmp_path):
     run_id = listing.stdout.split()[0]
     copy = tmp_path / "copy.jsonl"
     with Journal(tmp_path / "out.jsonl.journal") as journal:
-        assert journal.export(run_id, copy) == 4
+        assert journal.export(run_id, copy, line=analysis_line) == 4
     assert copy.read_text() == out.read_text() and ids_of(copy.read_text()) == ids
 
 

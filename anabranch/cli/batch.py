@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from anabranch.llm.connect import LLMOptions
     from anabranch.llm.endpoint import Endpoint
     from anabranch.outputs import ResultsFile
+    from anabranch.types import TaskResult
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +69,13 @@ class BatchOptions:
     """The longest task line read."""
 
 
+def analysis_line(result: TaskResult) -> str:
+    """A result as the analysis writes it: its flat record, with the fields 0.1 wrote."""
+    from anabranch.analysis import AnalysisRecord
+
+    return AnalysisRecord.of(result).model_dump_json()
+
+
 def journal_path(options: BatchOptions, out: ResultsFile) -> Path | None:
     """`--journal`, else OUT.journal beside a regular output, else NAME.journal in the working
     directory (a device, a FIFO or standard output has no folder of its own to write in)."""
@@ -85,7 +93,7 @@ def journal_path(options: BatchOptions, out: ResultsFile) -> Path | None:
 
 async def run_file(options: BatchOptions) -> int:
     """The batch, from the file to the output; the exit code."""
-    from anabranch.agents.analysts import needs_llm, parse_backend
+    from anabranch.analysis import needs_llm, parse_backend
     from anabranch.inputs import input_path
     from anabranch.llm.connect import without_llm
     from anabranch.outputs import ResultsFile
@@ -95,7 +103,7 @@ async def run_file(options: BatchOptions) -> int:
         raise UsageError(f"no such input file: {options.input}")
     if source.is_dir():
         raise UsageError(f"the input {options.input} is a folder, not a file of tasks")
-    out = ResultsFile(options.out, input=source)
+    out = ResultsFile(options.out, input=source, line=analysis_line)
     llm = options.llm
     choice = parse_backend(options.backend, llm.llm is not None)
     wants_llm = options.planner == "llm" or needs_llm(choice)
@@ -274,8 +282,8 @@ def _where(
 ) -> tuple[RayExecutor | None, Graph | GraphSpec]:
     """Where the batch runs: the analysis graph here, or its recipe on a Ray cluster's workers
     (each with its own endpoint to the same server, on its share of the limits)."""
+    from anabranch.analysis import build_analysis_graph
     from anabranch.graphs.cluster import RayExecutor
-    from anabranch.graphs.fanout import build_analysis_graph
     from anabranch.graphs.spec import GraphSpec
 
     if options.executor == "local":

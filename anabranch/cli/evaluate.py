@@ -67,7 +67,7 @@ def eval_(
 ) -> None:
     """Measure sentiment backends against human labels: agreement with a 95 % interval, per-class
     precision / recall / F1, the confusion matrix, failed outputs, tokens and time."""
-    from anabranch.evaluation import builtin_set
+    from anabranch.analysis.evaluation import builtin_set
     from anabranch.llm.connect import without_llm
 
     source = labelled or builtin_set()
@@ -111,7 +111,7 @@ class EvalOptions:
 
 
 async def _eval(asked: EvalOptions, options: LLMOptions) -> int:
-    from anabranch.evaluation import evaluate, read_labelled, render, write_figures
+    from anabranch.analysis.evaluation import evaluate, read_labelled, render, write_figures
     from anabranch.llm.connect import maybe_endpoint
 
     source, split, band = asked.source, asked.split, asked.band

@@ -63,7 +63,7 @@ def serve(
     max_runs: Annotated[int, typer.Option(min=1, help="Graph runs at once; more get 429.")] = 8,
 ) -> None:
     """Serve graphs as OpenAI-compatible chat models (POST /v1/chat/completions)."""
-    from anabranch.agents.analysts import needs_llm, parse_backend
+    from anabranch.analysis import needs_llm, parse_backend
     from anabranch.chat.app import is_loopback
     from anabranch.llm.connect import without_llm
 
