@@ -95,6 +95,7 @@ async def run_file(options: BatchOptions) -> int:
     """The batch, from the file to the output; the exit code."""
     from anabranch.analysis import needs_llm, parse_backend
     from anabranch.inputs import input_path
+    from anabranch.journal import Journal
     from anabranch.llm.connect import without_llm
     from anabranch.outputs import ResultsFile
 
@@ -118,7 +119,7 @@ async def run_file(options: BatchOptions) -> int:
         # Both locks before anything is truncated: a busy output or journal leaves all as it was.
         out.lock()
         if path is not None:
-            journal = _open_journal(path, options.fresh)
+            journal = Journal(path, replace_corrupt=options.fresh)
             journal.lock()
         run = _Run(options, source, out, journal)
         return await _interruptible(run, run.deliver(llm, choice))
@@ -128,12 +129,6 @@ async def run_file(options: BatchOptions) -> int:
     finally:
         if journal is not None:
             journal.close()
-
-
-def _open_journal(path: Path, fresh: bool) -> Journal:
-    from anabranch.journal import Journal
-
-    return Journal(path, replace_corrupt=fresh)
 
 
 def _undo_start(out: ResultsFile, journal: Journal | None, created: Path | None) -> None:
