@@ -2,6 +2,7 @@
 
     AnabranchError                 every error this package raises on purpose
     ├── ConfigError (ValueError)   an option, setting or argument that cannot work
+    │   ├── OutputError            an output that cannot be used: the input itself, busy, unwritable
     │   └── StoreError             a SQLite file of the package (journal, cache) that cannot be used
     │       └── JournalError       a journal of another version, or not a journal
     │           └── JournalBusyError   another run holds the journal
@@ -46,6 +47,7 @@ __all__ = [
     "LLMTimeoutError",
     "LLMUnavailableError",
     "NoProbabilities",
+    "OutputError",
     "SetupError",
     "StateError",
     "StoreError",
@@ -65,6 +67,10 @@ class AnabranchError(Exception):
 
 class ConfigError(AnabranchError, ValueError):
     """A configuration mistake: an option, a setting or an argument that cannot work."""
+
+
+class OutputError(ConfigError):
+    """An output that cannot be used: the input itself, busy, or a write that failed."""
 
 
 class StoreError(ConfigError):

@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import IO
 
-from anabranch.errors import ConfigError
+from anabranch.errors import OutputError
 from anabranch.store import cause
 from anabranch.types import TaskResult
 
@@ -44,10 +44,6 @@ does with `AnalysisRecord`)."""
 def as_json(result: TaskResult) -> str:
     """A result as its own JSON: the default line."""
     return result.model_dump_json()
-
-
-class OutputError(ConfigError):
-    """An output that cannot be used: the input itself, busy, or a write that failed."""
 
 
 class ResultsFile:

@@ -184,7 +184,8 @@ class _Run:
 
     async def deliver(self, llm: LLMOptions, choice: object) -> int:
         from anabranch import __version__
-        from anabranch.graphs.runner import run_batch
+        from anabranch.graphs.progress import Display
+        from anabranch.graphs.runner import Resume, run_batch
         from anabranch.inputs import count_task_lines, read_tasks
         from anabranch.journal import fingerprint, run_id_for
         from anabranch.llm.connect import maybe_endpoint
@@ -207,14 +208,15 @@ class _Run:
                 journal is not None and resumed) else ()  # fmt: skip
             await asyncio.to_thread(out.start, kept)
             executor, target = _where(options, endpoint)
+            resume = None
+            if journal is not None:
+                resume = Resume(journal, self.run_id, fingerprint=fingerprint(config),
+                                fresh=options.fresh, retry_failed=options.retry_failed,
+                                description=f"{options.input} -> {options.out}")  # fmt: skip
+            display = Display(total=self.total, watch=endpoint if executor is None else None)
             batch = run_batch(read_tasks(self.source, max_line_bytes=limit), target,
-                              concurrency=options.concurrency, total=self.total,
-                              journal=journal, run_id=self.run_id,
-                              fingerprint=fingerprint(config), fresh=options.fresh,
-                              retry_failed=options.retry_failed,
-                              watch=endpoint if executor is None else None,
-                              description=f"{options.input} -> {options.out}",
-                              executor=executor)  # fmt: skip
+                              concurrency=options.concurrency, executor=executor,
+                              resume=resume, display=display)  # fmt: skip
             try:
                 rejections = await self._write(batch, skip_replayed=resumed)
             except asyncio.CancelledError:
@@ -279,18 +281,12 @@ def _where(
     (each with its own endpoint to the same server, on its share of the limits)."""
     from anabranch.analysis import build_analysis_graph
     from anabranch.graphs.cluster import RayExecutor
-    from anabranch.graphs.spec import GraphSpec
+    from anabranch.graphs.spec import analysis_spec
 
     if options.executor == "local":
         graph = build_analysis_graph(endpoint, backend=options.backend, planner=options.planner,
                                      chunk_tokens=options.chunk_tokens)  # fmt: skip
         return None, graph
-    llm = options.llm
-    spec = GraphSpec("anabranch.graphs.spec:analysis_graph", {
-        "base_url": endpoint.base_url if endpoint else None,
-        "model": endpoint.model if endpoint else None, "api_key": llm.api_key,
-        "timeouts": llm.timeouts, "limits": llm.limits, "backend": options.backend,
-        "planner": options.planner, "chunk_tokens": options.chunk_tokens,
-    })  # fmt: skip
-    per_worker = max(1, -(-options.concurrency // options.workers))
-    return RayExecutor(options.ray_address, options.workers, per_worker), spec
+    spec = analysis_spec(options.llm, endpoint, backend=options.backend,
+                         planner=options.planner, chunk_tokens=options.chunk_tokens)  # fmt: skip
+    return RayExecutor(options.ray_address, options.workers), spec
