@@ -149,7 +149,7 @@ def test_without_model_a_server_with_several_is_asked_which(tmp_path, faults):
     for command in (["run", str(tasks)], ["chain", "Hi"]):
         proc = run_cli(*command, "--llm", faults.url, "--out", str(tmp_path / "o"))
         assert proc.returncode == 2, proc.stderr
-        assert "serves 2 models (small, large): name the one to use" in proc.stderr
+        assert "serves 2 models (small, large): choose one with --model" in proc.stderr
 
 
 def test_a_wrong_url_fails_fast_and_names_it(tmp_path):

@@ -13,9 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
-import ipaddress
-import json
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
@@ -24,85 +21,29 @@ from typing import Annotated, Any, TypedDict
 
 import aiosqlite
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, Response
 from langchain_core.runnables import RunnableConfig
 from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
 from langgraph.graph import END, START, StateGraph
 from langgraph.runtime import Runtime
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    SecretStr,
-    ValidationError,
-    field_validator,
-    model_validator,
-)
-from starlette.types import ASGIApp, Receive, Scope, Send
-from starlette.types import Message as AsgiMessage
+from pydantic import SecretStr, ValidationError
 
 from anabranch.chat.adapters import STREAM_MODES, ChatGraph, Message
+from anabranch.chat.guard import Guard
+from anabranch.chat.slots import RunSlots, SlotStream, releasing
+from anabranch.chat.wire import (
+    THREAD_HEADER,
+    ChatRequest,
+    error_body,
+    error_response,
+    sse_data,
+    usage_body,
+)
 from anabranch.errors import ChatGraphError, ConfigError, describe
 from anabranch.events import BaseEvent, UsageTotal
 from anabranch.graphs.state import Graph
-from anabranch.redact import redact, register_secret
+from anabranch.redact import register_secret
 from anabranch.types import Usage
-
-THREAD_HEADER = "x-thread-id"
-
-
-ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
-"""The message roles of OpenAI's chat API."""
-
-
-class ChatMessage(BaseModel):
-    """One message of the conversation: checked here, so that a malformed one is the client's
-    400, not a graph failure the client would retry."""
-
-    model_config = ConfigDict(extra="allow")
-
-    role: str
-    content: str | list[dict[str, Any]] | None = None
-
-    @field_validator("role")
-    @classmethod
-    def _known_role(cls, role: str) -> str:
-        if role not in ROLES:
-            raise ValueError(f"unknown role {role!r}; use one of {', '.join(sorted(ROLES))}")
-        return role
-
-    @field_validator("content")
-    @classmethod
-    def _text_parts_are_text(
-        cls, content: str | list[dict[str, Any]] | None
-    ) -> str | list[dict[str, Any]] | None:
-        for number, part in enumerate(content if isinstance(content, list) else []):
-            if part.get("type", "text") == "text" and not isinstance(part.get("text"), str):
-                raise ValueError(f"content part {number} is a text part without a string 'text'")
-        return content
-
-
-class ChatRequest(BaseModel):
-    """The part of OpenAI's request that a graph can honour; other fields are accepted and
-    ignored, as OpenAI-compatible servers do."""
-
-    model_config = ConfigDict(extra="allow")
-
-    model: str
-    messages: list[ChatMessage] = Field(min_length=1)
-    stream: bool = False
-    stream_options: dict[str, Any] | None = None
-    user: str | None = None
-
-    @model_validator(mode="after")
-    def _has_user_message(self) -> ChatRequest:
-        if not any(m.role == "user" for m in self.messages):
-            raise ValueError("the conversation has no user message")
-        return self
-
-    def conversation(self) -> list[Message]:
-        """The messages as the graphs take them: plain dicts, as the client sent them."""
-        return [m.model_dump(exclude_unset=True) for m in self.messages]
 
 
 @dataclass(slots=True)
@@ -186,7 +127,7 @@ def create_app(
         if not token.get_secret_value().strip():
             raise ConfigError("api_token is empty: pass None to serve without a token")
         register_secret(token.get_secret_value())
-    runs = _RunSlots(max_concurrent_runs)
+    runs = RunSlots(max_concurrent_runs)
     stateless = {name: conversation_graph(chat) for name, chat in chats.items()}
     stateful: dict[str, Any] = {}
     opening = asyncio.Lock()
@@ -216,7 +157,7 @@ def create_app(
     app = ChatApp(title="anabranch", lifespan=lifespan)
     app.closer = aclose
 
-    app.add_middleware(_Guard, token=token, max_body_bytes=max_body_bytes)
+    app.add_middleware(Guard, token=token, max_body_bytes=max_body_bytes)
 
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
@@ -234,14 +175,14 @@ def create_app(
         try:
             chat_request = ChatRequest.model_validate_json(body)
         except ValidationError as exc:
-            return _error(400, f"invalid request: {describe(exc)}", "invalid_request_error")
+            return error_response(400, f"invalid request: {describe(exc)}", "invalid_request_error")
         if chat_request.model not in chats:
             known = ", ".join(chats)
-            return _error(404, f"no graph named {chat_request.model!r}; serving: {known}",
+            return error_response(404, f"no graph named {chat_request.model!r}; serving: {known}",
                           "model_not_found")  # fmt: skip
         slot = runs.take()  # taken here, at once: two requests cannot both pass a check
         if slot is None:
-            return _error(429, f"all {max_concurrent_runs} runs are busy; retry shortly",
+            return error_response(429, f"all {max_concurrent_runs} runs are busy; retry shortly",
                           "rate_limit_exceeded", headers={"Retry-After": "1"})  # fmt: skip
         try:
             thread = request.headers.get(THREAD_HEADER) or chat_request.user
@@ -257,9 +198,9 @@ def create_app(
             run, handle = _Run(chat_request, thread), RunHandle()
             events = graph.astream(state, config, stream_mode="custom", context=handle)
             if chat_request.stream:
-                return _SlotStream(
+                return SlotStream(
                     slot,
-                    _releasing(slot, _watched(request, run.sse(events), handle)),
+                    releasing(slot, _watched(request, run.sse(events), handle)),
                     media_type="text/event-stream",
                     headers={"Cache-Control": "no-cache"},
                 )
@@ -286,102 +227,6 @@ class ChatApp(FastAPI):
             await self.closer()
 
 
-class _Guard:
-    """Bearer-token auth and the request size limit, before any route runs.
-
-    A pure ASGI middleware: Starlette's BaseHTTPMiddleware would wrap `receive` and hide the
-    client's disconnect from the routes, which must see it to cancel their runs.
-    """
-
-    def __init__(self, app: ASGIApp, *, token: SecretStr | None, max_body_bytes: int) -> None:
-        self.app, self.token, self.max_body_bytes = app, token, max_body_bytes
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
-        length = headers.get("content-length", "")
-        too_large = _error(
-            413, f"request body over {self.max_body_bytes} bytes", "request_too_large"
-        )
-        if self.token is not None and not _authorized(headers, self.token):
-            refusal = _error(401, "missing or wrong bearer token", "authentication_error",
-                             headers={"WWW-Authenticate": "Bearer"})  # fmt: skip
-            await refusal(scope, receive, send)
-            return
-        if length.isdigit():
-            if int(length) > self.max_body_bytes:
-                await too_large(scope, receive, send)
-                return
-            await self.app(scope, receive, send)
-            return
-        # No length (a chunked body): read it here, never past the limit, then replay it.
-        body, more = bytearray(), True
-        while more:
-            message = await receive()
-            if message["type"] != "http.request":  # the client left
-                await self.app(scope, _replay(b"", receive, message), send)
-                return
-            body += message.get("body", b"")
-            more = message.get("more_body", False)
-            if len(body) > self.max_body_bytes:
-                await too_large(scope, receive, send)
-                return
-        await self.app(scope, _replay(bytes(body), receive), send)
-
-
-def _replay(body: bytes, receive: Receive, first: AsgiMessage | None = None) -> Receive:
-    """A `receive` that hands over `body` (or `first`) once, then the client's own messages, so
-    that a route still hears the client disconnect."""
-    pending = [first or {"type": "http.request", "body": body, "more_body": False}]
-
-    async def replayed() -> AsgiMessage:
-        return pending.pop() if pending else await receive()
-
-    return replayed
-
-
-class _RunSlots:
-    """The cap on graph runs at once: a slot is taken without waiting, or refused (429)."""
-
-    def __init__(self, size: int) -> None:
-        self.free = size
-
-    def take(self) -> _Slot | None:
-        if self.free <= 0:
-            return None
-        self.free -= 1
-        return _Slot(self)
-
-
-class _Slot:
-    """One run's place; released once, whichever of its owners gets there first."""
-
-    def __init__(self, slots: _RunSlots) -> None:
-        self._slots: _RunSlots | None = slots
-
-    def release(self) -> None:
-        if self._slots is not None:
-            self._slots.free += 1
-            self._slots = None
-
-
-class _SlotStream(StreamingResponse):
-    """A streamed reply that frees its run's slot even when its body never starts (a client
-    that leaves before the first byte)."""
-
-    def __init__(self, slot: _Slot, content: AsyncIterator[str], **kwargs: Any) -> None:
-        super().__init__(content, **kwargs)
-        self.slot = slot
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        try:
-            await super().__call__(scope, receive, send)
-        finally:
-            self.slot.release()
-
-
 class _Run:
     """One request's run: turns the graph's custom events into OpenAI's response shapes."""
 
@@ -401,30 +246,30 @@ class _Run:
         }
 
     async def sse(self, events: AsyncIterator[Any]) -> AsyncIterator[str]:
-        yield _data(self._chunk({"role": "assistant", "content": ""}))
+        yield sse_data(self._chunk({"role": "assistant", "content": ""}))
         streamed = False
         usage = Usage()
         try:
             async for item in events:
                 if isinstance(item, _AnswerText):
                     streamed = True
-                    yield _data(self._chunk({"content": item.text}))
+                    yield sse_data(self._chunk({"content": item.text}))
                 elif isinstance(item, BaseEvent):
                     yield f": anabranch {item.model_dump_json()}\n\n"
                 elif isinstance(item, _FinalAnswer):
                     if not streamed:  # a graph that only knows its answer at the end
-                        yield _data(self._chunk({"content": item.text}))
+                        yield sse_data(self._chunk({"content": item.text}))
                     usage = item.usage
                     total = UsageTotal(prompt_tokens=usage.prompt_tokens,
                                        completion_tokens=usage.completion_tokens)  # fmt: skip
                     yield f": anabranch {total.model_dump_json()}\n\n"
         except Exception as exc:  # noqa: BLE001 - the client must hear why its stream ended
-            yield _data({"error": _error_body(exc)})
+            yield sse_data({"error": error_body(exc)})
             yield "data: [DONE]\n\n"
             return
-        yield _data(self._chunk({}, "stop"))
+        yield sse_data(self._chunk({}, "stop"))
         if (self.request.stream_options or {}).get("include_usage"):
-            yield _data({**self._chunk({}), "choices": [], "usage": _usage(usage)})
+            yield sse_data({**self._chunk({}), "choices": [], "usage": usage_body(usage)})
         yield "data: [DONE]\n\n"
 
     async def complete(self, events: AsyncIterator[Any]) -> JSONResponse:
@@ -437,11 +282,11 @@ class _Run:
                 elif isinstance(item, _FinalAnswer):
                     answer = item
         except Exception as exc:  # noqa: BLE001 - an error response, never a dropped connection
-            body = _error_body(exc)
-            return _error(502 if isinstance(exc, ChatGraphError) else 500, body["message"],
+            body = error_body(exc)
+            return error_response(502 if isinstance(exc, ChatGraphError) else 500, body["message"],
                           body["type"])  # fmt: skip
         if answer is None:
-            return _error(500, "the graph ended without an answer", "server_error")
+            return error_response(500, "the graph ended without an answer", "server_error")
         return JSONResponse(
             {
                 "id": self.id,
@@ -455,22 +300,13 @@ class _Run:
                         "finish_reason": "stop",
                     }
                 ],
-                "usage": _usage(answer.usage),
+                "usage": usage_body(answer.usage),
                 "anabranch": {
                     "thread_id": self.thread,
                     "events": [e.model_dump(mode="json") for e in progress],
                 },
             }
         )
-
-
-async def _releasing(slot: _Slot, stream: AsyncIterator[str]) -> AsyncIterator[str]:
-    """Hold the run's slot for as long as the stream lasts (a disconnect cancels it, freeing it)."""
-    try:
-        async for item in stream:
-            yield item
-    finally:
-        slot.release()
 
 
 async def _watched(
@@ -522,59 +358,10 @@ async def _until_disconnect(
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-            return _error(499, "client closed the request", "client_closed")
+            return error_response(499, "client closed the request", "client_closed")
     return task.result()
-
-
-def is_loopback(host: str) -> bool:
-    """Only this machine can reach `host` (127.0.0.0/8, ::1, localhost)."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
-def _authorized(headers: Mapping[str, str], token: SecretStr) -> bool:
-    """The request's bearer token is the server's; compared in constant time. An empty bearer is
-    never a token, whatever the server holds."""
-    scheme, _, given = headers.get("authorization", "").partition(" ")
-    given = given.strip()
-    expected = token.get_secret_value().encode()
-    return (
-        scheme.lower() == "bearer" and bool(given) and hmac.compare_digest(given.encode(), expected)
-    )
 
 
 def _last_user(messages: list[Message]) -> Message:
     users = [m for m in messages if m.get("role") == "user"]
     return users[-1] if users else messages[-1]
-
-
-def _error_body(exc: Exception) -> dict:
-    """What the client hears of a failure: redacted, since the graph's errors quote servers."""
-    if isinstance(exc, ChatGraphError):
-        return {"message": redact(str(exc)), "type": "graph_error"}
-    message = redact(f"the graph failed: {type(exc).__name__}: {exc}")
-    return {"message": message, "type": "server_error"}
-
-
-def _usage(usage: Usage) -> dict:
-    return {
-        "prompt_tokens": usage.prompt_tokens,
-        "completion_tokens": usage.completion_tokens,
-        "total_tokens": usage.total_tokens,
-    }
-
-
-def _data(payload: dict) -> str:
-    return f"data: {json.dumps(payload)}\n\n"
-
-
-def _error(
-    status: int, message: str, kind: str, headers: dict[str, str] | None = None
-) -> JSONResponse:
-    return JSONResponse(
-        {"error": {"message": message, "type": kind, "code": status}}, status, headers=headers
-    )

@@ -64,7 +64,7 @@ def serve(
 ) -> None:
     """Serve graphs as OpenAI-compatible chat models (POST /v1/chat/completions)."""
     from anabranch.analysis import needs_llm, parse_backend
-    from anabranch.chat.app import is_loopback
+    from anabranch.chat.guard import is_loopback
     from anabranch.llm.connect import without_llm
 
     given = api_token if api_token is not None else os.environ.get("ANABRANCH_API_TOKEN")

@@ -1,0 +1,100 @@
+"""The OpenAI chat-completions wire format as the server speaks it: the request it checks (a
+malformed one is the client's 400, not a graph failure the client would retry), and the shapes
+of its answers, chunks and errors."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from anabranch.chat.adapters import Message
+from anabranch.errors import ChatGraphError
+from anabranch.redact import redact
+from anabranch.types import Usage
+
+THREAD_HEADER = "x-thread-id"
+"""The header that names a conversation's thread (the request's `user` field does too)."""
+
+ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
+"""The message roles of OpenAI's chat API."""
+
+
+class ChatMessage(BaseModel):
+    """One message of the conversation: checked here, so that a malformed one is the client's
+    400, not a graph failure the client would retry."""
+
+    model_config = ConfigDict(extra="allow")
+
+    role: str
+    content: str | list[dict[str, Any]] | None = None
+
+    @field_validator("role")
+    @classmethod
+    def _known_role(cls, role: str) -> str:
+        if role not in ROLES:
+            raise ValueError(f"unknown role {role!r}; use one of {', '.join(sorted(ROLES))}")
+        return role
+
+    @field_validator("content")
+    @classmethod
+    def _text_parts_are_text(
+        cls, content: str | list[dict[str, Any]] | None
+    ) -> str | list[dict[str, Any]] | None:
+        for number, part in enumerate(content if isinstance(content, list) else []):
+            if part.get("type", "text") == "text" and not isinstance(part.get("text"), str):
+                raise ValueError(f"content part {number} is a text part without a string 'text'")
+        return content
+
+
+class ChatRequest(BaseModel):
+    """The part of OpenAI's request that a graph can honour; other fields are accepted and
+    ignored, as OpenAI-compatible servers do."""
+
+    model_config = ConfigDict(extra="allow")
+
+    model: str
+    messages: list[ChatMessage] = Field(min_length=1)
+    stream: bool = False
+    stream_options: dict[str, Any] | None = None
+    user: str | None = None
+
+    @model_validator(mode="after")
+    def _has_user_message(self) -> ChatRequest:
+        if not any(m.role == "user" for m in self.messages):
+            raise ValueError("the conversation has no user message")
+        return self
+
+    def conversation(self) -> list[Message]:
+        """The messages as the graphs take them: plain dicts, as the client sent them."""
+        return [m.model_dump(exclude_unset=True) for m in self.messages]
+
+
+def error_body(exc: Exception) -> dict:
+    """What the client hears of a failure: redacted, since the graph's errors quote servers."""
+    if isinstance(exc, ChatGraphError):
+        return {"message": redact(str(exc)), "type": "graph_error"}
+    message = redact(f"the graph failed: {type(exc).__name__}: {exc}")
+    return {"message": message, "type": "server_error"}
+
+
+def usage_body(usage: Usage) -> dict:
+    return {
+        "prompt_tokens": usage.prompt_tokens,
+        "completion_tokens": usage.completion_tokens,
+        "total_tokens": usage.total_tokens,
+    }
+
+
+def sse_data(payload: dict) -> str:
+    return f"data: {json.dumps(payload)}\n\n"
+
+
+def error_response(
+    status: int, message: str, kind: str, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    return JSONResponse(
+        {"error": {"message": message, "type": kind, "code": status}}, status, headers=headers
+    )
