@@ -101,6 +101,7 @@ def test_an_oversized_request_gets_413(client):
     assert caught.value.status_code == 413
 
 
+@pytest.mark.slow  # end to end through `anabranch` processes: over 8 s on a busy machine
 async def test_runs_over_the_cap_get_429_with_retry_after(backend, faults):
     faults.configure(latency_ms=3000)
     headers = {"Authorization": f"Bearer {TOKEN}"}
@@ -149,6 +150,7 @@ def test_a_thread_keeps_the_conversation(client, backend):
     assert backend[1].stat().st_size > 0
 
 
+@pytest.mark.slow  # end to end through `anabranch` processes: over 8 s on a busy machine
 def test_a_failed_chain_is_an_error_not_content(client, faults):
     faults.configure(rates={"500": 1.0})
     with pytest.raises(openai.APIStatusError) as caught:

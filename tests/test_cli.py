@@ -16,6 +16,7 @@ from anabranch.llm.local_server import free_port
 from anabranch.tools.tokenizer import count_tokens
 
 
+@pytest.mark.slow  # end to end through `anabranch` processes: over 8 s on a busy machine
 def test_malformed_lines_are_named_and_the_rest_still_runs(tmp_path):
     tasks = tmp_path / "tasks.jsonl"
     tasks.write_text(
@@ -37,11 +38,13 @@ def test_malformed_lines_are_named_and_the_rest_still_runs(tmp_path):
     assert "4 tasks -> 6 subtasks -> 6 results -> 2 task results -> 4 delivered" in proc.stdout
 
 
+@pytest.mark.slow  # end to end through `anabranch` processes: over 8 s on a busy machine
 def test_missing_input_is_bad_usage(tmp_path):
     proc = run_cli("run", str(tmp_path / "nope.jsonl"))
     assert proc.returncode == 2 and "no such input file" in proc.stderr
 
 
+@pytest.mark.slow  # end to end through `anabranch` processes: over 8 s on a busy machine
 def test_demo_runs_the_hundred_example_tasks(tmp_path):
     out = tmp_path / "results.jsonl"
     proc = run_cli("demo", "--backend", "local", "--out", str(out))
@@ -59,6 +62,7 @@ def test_demo_runs_the_hundred_example_tasks(tmp_path):
     assert all(r["token_count"] > 0 for r in results if r["task_id"] != "empty-01")
 
 
+@pytest.mark.slow  # end to end through `anabranch` processes: over 8 s on a busy machine
 def test_runs_with_the_network_cut_and_an_empty_tiktoken_cache(tmp_path):
     """tiktoken would download its BPE file into an empty cache; offline it must not try."""
     if shutil.which("unshare") is None:
@@ -170,6 +174,7 @@ def test_a_url_that_is_not_http_is_bad_usage(tmp_path, url):
     assert proc.returncode == 2 and "not an http(s) URL" in proc.stderr
 
 
+@pytest.mark.slow  # end to end through `anabranch` processes: over 8 s on a busy machine
 def test_out_must_not_be_the_input_nor_unwritable(tmp_path):
     tasks = tmp_path / "tasks.jsonl"
     original = '{"id": "a", "text": "Keep me."}\n'
@@ -184,6 +189,7 @@ def test_out_must_not_be_the_input_nor_unwritable(tmp_path):
     assert "Traceback" not in proc.stderr
 
 
+@pytest.mark.slow  # end to end through `anabranch` processes: over 8 s on a busy machine
 def test_a_crash_is_exit_3_with_its_traceback_never_a_result(tmp_path, faults):
     """A bug must never pass for partial delivery: `make demo` accepts exit 4, never 3."""
     (tmp_path / "broken_graph.py").write_text("raise RuntimeError('a bug at import')\n")
@@ -213,6 +219,7 @@ def test_the_package_has_a_version():
     assert anabranch.__version__ == importlib.metadata.version("anabranch")
 
 
+@pytest.mark.slow  # end to end through `anabranch` processes: over 8 s on a busy machine
 def test_a_second_run_with_a_cache_sends_nothing(tmp_path, faults):
     tasks = tmp_path / "tasks.jsonl"
     tasks.write_text("".join(f'{{"id": "{i}", "text": "Text {i}."}}\n' for i in range(5)))
@@ -274,6 +281,7 @@ def test_a_missing_chain_file_is_exit_2_with_its_name(tmp_path):
     assert proc.returncode == 2 and str(missing) in proc.stderr and "Traceback" not in proc.stderr
 
 
+@pytest.mark.slow  # end to end through `anabranch` processes: over 8 s on a busy machine
 def test_serve_resolves_module_attr_from_the_working_directory(tmp_path, faults):
     (tmp_path / "mygraph.py").write_text("raise RuntimeError('found and imported')\n")
     proc = run_cli("serve", "--graph", "mygraph:graph", "--llm", faults.url, "--model", "m",
@@ -288,6 +296,7 @@ def test_serve_refuses_a_bad_port_before_saying_it_serves(port):
     assert "serving" not in proc.stdout and "Traceback" not in proc.stderr
 
 
+@pytest.mark.slow  # end to end through `anabranch` processes: over 8 s on a busy machine
 def test_serve_refuses_a_busy_port_before_saying_it_serves():
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
@@ -299,6 +308,7 @@ def test_serve_refuses_a_busy_port_before_saying_it_serves():
     assert "serving" not in proc.stdout and "Traceback" not in proc.stderr
 
 
+@pytest.mark.slow  # end to end through `anabranch` processes: over 8 s on a busy machine
 def test_serve_with_local_analysts_starts_no_llm(tmp_path):
     process, url = start_server("--backend", "local", "--threads-db", str(tmp_path / "t.db"))
     try:
@@ -318,6 +328,7 @@ def test_fault_server_is_a_subcommand():
     assert "argparse" not in source and "__main__" not in source
 
 
+@pytest.mark.slow  # end to end through `anabranch` processes: over 8 s on a busy machine
 def test_a_library_message_names_no_flag_the_cli_adds_it(faults, tmp_path):
     from anabranch.errors import ConfigError
     from anabranch.llm.connect import _only_model

@@ -176,6 +176,7 @@ async def test_a_finished_subtask_of_an_unfinished_task_is_reused(tmp_path, faul
     assert faults.stats()["requests"] == 1  # keywords only
 
 
+@pytest.mark.slow  # end to end through `anabranch` processes: over 8 s on a busy machine
 def test_two_runs_on_one_journal_get_a_clear_error(tmp_path):
     path = tmp_path / "journal.sqlite"
     first = Journal(path)
@@ -224,6 +225,7 @@ def test_a_changed_task_is_run_again_and_counted(tmp_path):
     assert Counter(output_ids(out)) == Counter(f"t{i:04d}" for i in range(5))
 
 
+@pytest.mark.slow  # end to end through `anabranch` processes: over 8 s on a busy machine
 @pytest.mark.parametrize(("sig", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
 def test_a_signal_flushes_the_journal_and_prints_the_resume_line(tmp_path, faults, sig, code):
     faults.configure(latency_ms=150)

@@ -46,6 +46,7 @@ def test_chain_of_specialists(tmp_path):
     assert report.read_text().startswith("# Chain Execution Results")
 
 
+@pytest.mark.slow  # end to end through `anabranch` processes: over 8 s on a busy machine
 def test_chat_backend_mounted_in_fastapi():
     out = run_example("chat_backend.py")
     assert out.startswith("Sentiment: positive")

@@ -4,6 +4,7 @@ import json
 import subprocess
 import sys
 
+import pytest
 from conftest import run_cli
 
 from anabranch import Task, read_tasks
@@ -107,6 +108,7 @@ def test_an_empty_input_says_0_tasks(tmp_path):
     assert f"{tasks}: 0 tasks" in proc.stderr
 
 
+@pytest.mark.slow  # end to end through `anabranch` processes: over 8 s on a busy machine
 def test_standard_input_is_an_input(tmp_path):
     text = '{"id": "a", "text": "Fine."}\n{"id": "b", "text": "Bad."}\n'
     for name in ("-", "/dev/stdin"):

@@ -82,6 +82,7 @@ def test_a_fifo_output_stays_a_fifo(tmp_path):
     assert "journal: results.fifo.journal" in proc.stdout
 
 
+@pytest.mark.slow  # end to end through `anabranch` processes: over 8 s on a busy machine
 def test_a_symlink_output_stays_a_symlink_and_its_target_gets_the_results(tmp_path):
     tasks, target, link = tmp_path / "tasks.jsonl", tmp_path / "real.jsonl", tmp_path / "out"
     ids = write_tasks(tasks, 4)
@@ -94,6 +95,7 @@ def test_a_symlink_output_stays_a_symlink_and_its_target_gets_the_results(tmp_pa
         assert ids_of(target.read_text()) == ids
 
 
+@pytest.mark.slow  # end to end through `anabranch` processes: over 8 s on a busy machine
 @pytest.mark.parametrize("flags", [["--fresh"], ["--no-journal"], []])
 def test_a_hard_link_to_the_input_is_refused_and_the_input_survives(tmp_path, flags):
     tasks = tmp_path / "tasks.jsonl"
@@ -142,6 +144,7 @@ def test_a_run_without_a_journal_refuses_an_output_another_run_writes(tmp_path):
     assert out.read_text() == "being written\n"
 
 
+@pytest.mark.slow  # end to end through `anabranch` processes: over 8 s on a busy machine
 def test_the_library_exports_a_run_as_its_output_file(tmp_path):
     tasks, out = tmp_path / "tasks.jsonl", tmp_path / "out.jsonl"
     ids = write_tasks(tasks, 4)
@@ -166,6 +169,7 @@ def cli_line(*args: object) -> str:
     return shlex.join([sys.executable, "-m", "anabranch", *map(str, args)])
 
 
+@pytest.mark.slow  # end to end through `anabranch` processes: over 8 s on a busy machine
 @pytest.mark.parametrize("journal", [False, True])
 def test_a_full_disk_is_exit_2_with_its_cause(tmp_path, journal):
     tasks, disk = tmp_path / "tasks.jsonl", tmp_path / "disk"
@@ -181,6 +185,7 @@ def test_a_full_disk_is_exit_2_with_its_cause(tmp_path, journal):
     assert "disk full" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
 
 
+@pytest.mark.slow  # end to end through `anabranch` processes: over 8 s on a busy machine
 @pytest.mark.parametrize("what", ["journal", "output"])
 def test_a_read_only_journal_or_output_is_exit_2_with_its_cause(tmp_path, what):
     tasks, ro = tmp_path / "tasks.jsonl", tmp_path / "ro"
@@ -202,6 +207,7 @@ def test_a_read_only_journal_or_output_is_exit_2_with_its_cause(tmp_path, what):
     assert "read-only" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
 
 
+@pytest.mark.slow  # end to end through `anabranch` processes: over 8 s on a busy machine
 def test_a_corrupt_journal_says_how_to_start_over_and_fresh_can(tmp_path):
     tasks, out, path = tmp_path / "tasks.jsonl", tmp_path / "out.jsonl", tmp_path / "j.sqlite"
     ids = write_tasks(tasks, 3)

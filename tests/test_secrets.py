@@ -257,6 +257,7 @@ async def test_the_python_api_never_carries_an_echoed_key(echoing, tmp_path):
     assert not seen.leaks(CANARY)
 
 
+@pytest.mark.slow  # end to end through `anabranch` processes: over 8 s on a busy machine
 def test_a_key_in_the_url_is_sent_as_the_bearer_token(tmp_path):
     """httpx would send `user:key@` as `Basic base64(user:key)`, in place of the bearer token."""
     heard: list[str] = []
