@@ -66,9 +66,8 @@ def help_rows(name: str) -> list[str]:
     rows = []
     for param in command.params:
         if param.param_type_name == "option" and param.name != "help":
-            flags, text = param.get_help_record(ctx)
-            rows.append(f"| `{flags}` | {text} |".replace("|llm>", "\\|llm>")
-                        .replace("|all>", "\\|all>"))  # fmt: skip
+            flags, text = (part.replace("|", "\\|") for part in param.get_help_record(ctx))
+            rows.append(f"| `{flags}` | {text} |")
     return rows
 
 
