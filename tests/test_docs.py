@@ -1,5 +1,5 @@
-"""The docs hold to the repository: links resolve, the CLI reference is the commands' own help, and
-the README's example runs."""
+"""The docs hold to the repository: links and anchors resolve inside it, the CLI reference is the
+commands' own help, docs/architecture.md's layout is the package, and the README's example runs."""
 
 from __future__ import annotations
 
