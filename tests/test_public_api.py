@@ -11,7 +11,13 @@ import pytest
 
 import anabranch
 
-SUBPACKAGES = ["anabranch.analysis", "anabranch.chat", "anabranch.testing"]
+SUBPACKAGES = [
+    "anabranch.analysis",
+    "anabranch.chat",
+    "anabranch.testing",
+    "anabranch.graphs.cluster",  # Ray
+    "anabranch.llm.local_server",  # the embedded server
+]
 
 
 def test_all_lists_exactly_the_public_names():

@@ -44,6 +44,8 @@ from anabranch.graphs.spec import GraphSpec, Share
 from anabranch.graphs.state import Graph, RunContext, now
 from anabranch.types import Task, TaskResult
 
+__all__ = ["GraphWorker", "RayExecutor", "init_ray"]
+
 _RESPAWNS_PER_WORKER = 3
 """Replacements per worker before the batch gives up on a cluster that keeps losing them."""
 _NICENESS = "RAY_worker_niceness"

