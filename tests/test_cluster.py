@@ -18,11 +18,12 @@ import ray
 from conftest import kill_when, output_ids, run_cli, start_run, write_tasks
 
 from anabranch import Journal, Task, run_batch
+from anabranch.analysis.recipe import analysis_graph, analysis_spec
 from anabranch.errors import ConfigError
 from anabranch.graphs.cluster import RayExecutor, init_ray
 from anabranch.graphs.progress import Display
 from anabranch.graphs.runner import Resume
-from anabranch.graphs.spec import GraphSpec, analysis_graph, analysis_spec
+from anabranch.graphs.spec import GraphSpec
 from anabranch.llm.connect import LOCAL, LLMOptions, build_endpoint, open_endpoint
 from anabranch.llm.settings import Limits, RetryPolicy
 
@@ -42,7 +43,7 @@ ONE_CALL = "tokenize=local,keywords=local,sentiment=llm"
 def spec(url: str, **limits: float) -> GraphSpec:
     llm = LLMOptions(url, "fault", limits=Limits(**limits))
     return GraphSpec(
-        "anabranch.graphs.spec:analysis_graph",
+        "anabranch.analysis.recipe:analysis_graph",
         {"llm": llm, "backend": ONE_CALL},
     )
 

@@ -7,9 +7,10 @@ from __future__ import annotations
 import pytest
 
 from anabranch import Task, run_batch
+from anabranch.analysis.recipe import analysis_spec
 from anabranch.errors import ConfigError
 from anabranch.graphs.progress import Display
-from anabranch.graphs.spec import GraphSpec, Share, analysis_spec
+from anabranch.graphs.spec import GraphSpec, Share
 from anabranch.llm.connect import LOCAL, LLMOptions, build_endpoint, open_endpoint
 from anabranch.llm.settings import Limits, RetryPolicy
 
@@ -30,7 +31,8 @@ def test_shares_divide_the_clusters_limits():
 
 
 async def test_a_spec_also_runs_in_this_process():
-    batch = run_batch(tasks(5), GraphSpec("anabranch.graphs.spec:analysis_graph", {"llm": None}))
+    recipe = GraphSpec("anabranch.analysis.recipe:analysis_graph", {"llm": None})
+    batch = run_batch(tasks(5), recipe)
     assert sorted([r.task_id async for r in batch]) == sorted(t.id for t in tasks(5))
 
 

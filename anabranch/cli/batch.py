@@ -280,8 +280,8 @@ def _where(
     """Where the batch runs: the analysis graph here, or its recipe on a Ray cluster's workers
     (each with its own endpoint to the same server, on its share of the limits)."""
     from anabranch.analysis import build_analysis_graph
+    from anabranch.analysis.recipe import analysis_spec
     from anabranch.graphs.cluster import RayExecutor
-    from anabranch.graphs.spec import analysis_spec
 
     if options.executor == "local":
         graph = build_analysis_graph(endpoint, backend=options.backend, planner=options.planner,
