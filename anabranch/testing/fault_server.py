@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import hashlib
 import json
+import math
 import random
 import select
 import subprocess
@@ -22,8 +23,10 @@ import sys
 import time
 import urllib.request
 from collections import Counter
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Iterator
 from dataclasses import dataclass, field
+from email.utils import formatdate
+from http import HTTPStatus
 from typing import Any, Literal
 
 import h11
@@ -33,10 +36,25 @@ from anabranch.errors import SetupError
 from anabranch.llm.local_server import stop_process
 
 Fault = Literal[
-    "ok", "429", "500", "503", "400", "401", "403", "reset", "hang", "malformed", "invalid"
-]
+    "ok", "429", "500", "503", "400", "401", "403", "reset", "hang", "malformed", "invalid",
+    "drip", "cut", "stream_cut",
+]  # fmt: skip
 """What one request gets: a normal answer, an HTTP error, a dropped connection, a hang past any
-timeout, a body that is not JSON, or a well-formed answer whose content fails the schema."""
+timeout, a body that is not JSON, a well-formed answer whose content fails the schema, an answer
+dripped at `drip_bytes_per_s`, a body cut mid-way (the connection closes before the
+Content-Length is reached), or a stream sent close-delimited (no Content-Length, no chunks, as
+HTTP/1.0 and some proxies do) and cut before its finish_reason and `[DONE]`, where the end of the
+connection is the only end the client sees."""
+
+RetryAfterFormat = Literal["seconds", "date", "fractional"]
+"""How Retry-After is written: whole seconds rounded up (RFC 9110 delay-seconds, what most
+servers send), an HTTP-date (RFC 9110's other form), or fractional seconds (as no standard says,
+but quick for tests)."""
+
+ErrorStyle = Literal["openai", "vllm", "llamacpp"]
+"""The shape of an error body: OpenAI's `{"error": {"message", "type", "param", "code"}}`,
+vLLM's flat `{"object": "error", "message", "type", "param", "code"}`, or llama.cpp's
+`{"error": {"code", "message", "type"}}`."""
 
 
 class Quota(BaseModel):
@@ -49,8 +67,9 @@ class Quota(BaseModel):
     worth)."""
     in_flight: int | None = None
     """Requests at once; one more gets 429 at once."""
-    headers: bool = True
-    """Send OpenAI's x-ratelimit-* headers with every answer (many servers send none)."""
+    headers: bool = False
+    """Send OpenAI's x-ratelimit-* headers with every answer (OpenAI and a few gateways do;
+    llama.cpp, vLLM and most self-hosted servers send none)."""
 
 
 class FaultConfig(BaseModel):
@@ -64,7 +83,22 @@ class FaultConfig(BaseModel):
     """Faults for the first requests, in order, before `rates` applies."""
     retry_after: float | None = 1.0
     """Retry-After seconds sent with 429 and 503; None sends none."""
+    retry_after_format: RetryAfterFormat = "fractional"
+    """How Retry-After is written, for these faults and for the quota's 429s. Real servers send
+    whole seconds ("seconds") or a date; "fractional" keeps tests quick."""
+    retry_after_ms: bool = False
+    """Also send `retry-after-ms` with the exact wait, as OpenAI does (most servers do not)."""
+    error_style: ErrorStyle = "openai"
+    """Whose error bodies to imitate."""
     hang_seconds: float = 3600.0
+    drip_bytes_per_s: float = 1.0
+    """How fast a "drip" answer's body comes: headers at once, then this many bytes a second."""
+    answer_bytes: int = 0
+    """Pad every answer's content to about this many bytes (0: no padding), sent in pieces so
+    that the server itself never holds it: a runaway or hostile answer."""
+    answer_padding: Literal["text", "whitespace"] = "text"
+    """What the padding is: letters after the answer (invalid for any schema), or whitespace
+    around it (valid JSON stays valid, only much larger)."""
     refuse_json_schema: bool = False
     """Answer 400 to `response_format: json_schema`, as servers without it do."""
     quota: Quota | None = None
@@ -152,12 +186,8 @@ class FaultApp:
             self._tokens -= cost
             return None
         self.stats.faults["quota"] += 1
-        status, headers, payload = _error(429, None, None)
-        return (
-            status,
-            {**headers, **self.quota_headers(), "retry-after": f"{max(wait, 0.05):.3f}"},
-            payload,
-        )
+        status, headers, payload = _error(429, self.config, None, wait=max(wait, 0.05))
+        return status, {**headers, **self.quota_headers()}, payload
 
     def quota_headers(self) -> dict[str, str]:
         """The x-ratelimit-* headers an answer carries, when the quota sends them."""
@@ -194,8 +224,9 @@ class FaultApp:
 
     async def handle(
         self, method: str, path: str, body: bytes, key: str = ""
-    ) -> tuple[int, dict, bytes] | str:
-        """Answer (status, headers, body), or "reset"/"hang" for the connection to act out.
+    ) -> tuple[int, dict, bytes] | str | Act:
+        """Answer (status, headers, body), "reset" for the connection to drop, or an `Act` for
+        it to play out (a drip, a cut, a close-delimited stream, a huge body).
 
         `key` is the request's bearer token, which the server quotes when `echo_credentials`.
         """
@@ -221,7 +252,7 @@ class FaultApp:
 
     async def _chat(
         self, body: bytes, key: str, *, tokenize: bool = False
-    ) -> tuple[int, dict, bytes] | str:
+    ) -> tuple[int, dict, bytes] | str | Act:
         stats = self.stats
         stats.requests += 1
         stats.prompts[_digest(body)] += 1
@@ -244,7 +275,7 @@ class FaultApp:
                 return 200, {"content-type": "application/json"}, b'{"id": "x", "choices": [{'
             if fault in ("400", "401", "403", "429", "500", "503"):
                 echoed = key if self.config.echo_credentials else None
-                return _error(int(fault), self.config.retry_after, echoed)
+                return _error(int(fault), self.config, echoed)
             request = json.loads(body or b"{}")
             if tokenize:
                 words = str(request.get("content", "")).split()
@@ -265,8 +296,13 @@ class FaultApp:
             if request.get("logprobs") and self.config.logprobs and fault != "invalid":
                 completion["choices"][0]["logprobs"] = _logprobs(content, request)
             if request.get("stream"):
-                return 200, {"content-type": "text/event-stream"}, _sse(completion)
-            return _json(200, completion, self.quota_headers())
+                events = _sse(completion, cut=fault == "stream_cut")
+                if fault == "stream_cut":
+                    return Act({"content-type": "text/event-stream"}, [events], length=None)
+                return _acted(fault, self.config, 200, {"content-type": "text/event-stream"},
+                              [events])  # fmt: skip
+            headers = {"content-type": "application/json", **self.quota_headers()}
+            return _acted(fault, self.config, 200, headers, _padded(completion, self.config))
         finally:
             stats.in_flight -= 1
 
@@ -375,8 +411,69 @@ def _logprobs(content: str, request: dict[str, Any]) -> dict[str, Any]:
     return {"content": [{"token": first, "logprob": -0.4, "top_logprobs": top}]}
 
 
-def _sse(completion: dict[str, Any]) -> bytes:
-    """The completion as OpenAI's stream: a chunk per word, a usage chunk, then [DONE]."""
+@dataclass
+class Act:
+    """A reply the connection plays out by hand, then closes: what h11 would not send."""
+
+    headers: dict[str, str]
+    pieces: list[bytes | tuple[int, bytes]]
+    """The body: bytes, or (count, byte) for that byte repeated, made a megabyte at a time."""
+    status: int = 200
+    length: int | None = -1
+    """The Content-Length sent: -1 for the body's own, None for none (close-delimited)."""
+    cut_at: int | None = None
+    """Bytes of the body sent before the connection is dropped."""
+    rate: float | None = None
+    """Bytes per second, for a drip."""
+
+    def size(self) -> int:
+        return sum(len(p) if isinstance(p, bytes) else p[0] for p in self.pieces)
+
+    def chunks(self) -> Iterator[bytes]:
+        for piece in self.pieces:
+            if isinstance(piece, bytes):
+                yield piece
+                continue
+            count, byte = piece
+            while count > 0:
+                step = min(count, 1 << 20)
+                yield byte * step
+                count -= step
+
+
+def _acted(
+    fault: Fault, config: FaultConfig, status: int, headers: dict[str, str],
+    pieces: list[bytes | tuple[int, bytes]],
+) -> tuple[int, dict, bytes] | Act:  # fmt: skip
+    """The answer as the fault wants it sent: plain, dripped, cut half-way, or huge."""
+    if fault == "drip":
+        return Act(headers, pieces, status, rate=config.drip_bytes_per_s)
+    act = Act(headers, pieces, status)
+    if fault in ("cut", "stream_cut"):
+        act.cut_at = act.size() // 2
+        return act
+    if len(pieces) == 1 and isinstance(pieces[0], bytes):
+        return status, headers, pieces[0]
+    return act
+
+
+def _padded(completion: dict[str, Any], config: FaultConfig) -> list[bytes | tuple[int, bytes]]:
+    """The completion's JSON, its content padded to `answer_bytes` without building it whole."""
+    if not config.answer_bytes:
+        return [json.dumps(completion).encode()]
+    message = completion["choices"][0]["message"]
+    content, message["content"] = message["content"], "\x00"
+    before, after = json.dumps(completion).encode().split(b"\\u0000")
+    text = json.dumps(content).encode()[1:-1]
+    if config.answer_padding == "whitespace":
+        half = config.answer_bytes // 2
+        return [before, (half, b" "), text, (half, b" "), after]
+    return [before, text, (config.answer_bytes, b"x"), after]
+
+
+def _sse(completion: dict[str, Any], *, cut: bool = False) -> bytes:
+    """The completion as OpenAI's stream: a chunk per word, a usage chunk, then [DONE]; `cut`
+    stops half-way through the words, before any finish_reason or [DONE]."""
     base = {k: completion[k] for k in ("id", "created", "model")} | {
         "object": "chat.completion.chunk"
     }
@@ -386,6 +483,9 @@ def _sse(completion: dict[str, Any]) -> bytes:
         base | {"choices": [{"index": 0, "delta": {"content": p}, "finish_reason": None}]}
         for p in pieces
     ]
+    if cut:
+        events = events[: max(1, len(events) // 2)]
+        return b"".join(f"data: {json.dumps(e)}\n\n".encode() for e in events)
     events.append(base | {"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
     events.append(base | {"choices": [], "usage": completion["usage"]})
     return b"".join(f"data: {json.dumps(e)}\n\n".encode() for e in events) + b"data: [DONE]\n\n"
@@ -399,20 +499,59 @@ def _json(status: int, payload: Any, headers: dict | None = None) -> tuple[int, 
     )
 
 
-def _error(status: int, retry_after: float | None, echoed: str | None) -> tuple[int, dict, bytes]:
+def retry_after_headers(seconds: float, config: FaultConfig) -> dict[str, str]:
+    """Retry-After for a wait of `seconds`, written as the config says (and retry-after-ms)."""
+    whole = max(0, math.ceil(seconds - 1e-9))
+    if config.retry_after_format == "seconds":
+        headers = {"retry-after": str(whole)}
+    elif config.retry_after_format == "date":
+        headers = {"retry-after": formatdate(time.time() + whole, usegmt=True)}
+    else:
+        headers = {"retry-after": f"{seconds:.3f}".rstrip("0").rstrip(".")}
+    if config.retry_after_ms:
+        headers["retry-after-ms"] = str(round(seconds * 1000))
+    return headers
+
+
+_MESSAGES = {
+    400: "bad request: 'messages' does not match the message schema",
+    401: "invalid api key",
+    403: "forbidden",
+    429: "rate limit exceeded",
+}
+_TYPES = {
+    "openai": {400: "invalid_request_error", 401: "invalid_request_error", 403: "permission_error",
+               429: "requests"},
+    "vllm": {400: "BadRequestError", 401: "Unauthorized", 403: "Forbidden",
+             429: "TooManyRequests"},
+    "llamacpp": {400: "invalid_request_error", 401: "authentication_error",
+                 403: "permission_error", 429: "unavailable_error"},
+}  # fmt: skip
+
+
+def _error(
+    status: int, config: FaultConfig, echoed: str | None, *, wait: float | None = None
+) -> tuple[int, dict, bytes]:
+    """An error answer as the configured kind of server writes it; 429 and 503 carry
+    Retry-After (`wait`, else the configured one)."""
     headers = {}
-    if status in (429, 503) and retry_after is not None:
-        headers["retry-after"] = f"{retry_after:g}"
-    message = {
-        400: "bad request: 'messages' does not match the message schema",
-        401: "invalid api key",
-        403: "forbidden",
-        429: "rate limit exceeded",
-    }.get(status, "server error")
+    wait = config.retry_after if wait is None else wait
+    if status in (429, 503) and wait is not None:
+        headers = retry_after_headers(wait, config)
+    message = _MESSAGES.get(status, "server error")
     if echoed is not None:
         message += f": Incorrect API key provided: {echoed} (Authorization: Bearer {echoed})"
         headers["x-echoed-authorization"] = f"Bearer {echoed}"
-    return _json(status, {"error": {"message": message, "type": str(status)}}, headers)
+    kind = _TYPES[config.error_style].get(status, "server_error")
+    body: dict[str, Any]
+    if config.error_style == "vllm":
+        body = {"object": "error", "message": message, "type": kind, "param": None,
+                "code": status}  # fmt: skip
+    elif config.error_style == "llamacpp":
+        body = {"error": {"code": status, "message": message, "type": kind}}
+    else:
+        body = {"error": {"message": message, "type": kind, "param": None, "code": None}}
+    return _json(status, body, headers)
 
 
 async def _serve_connection(
@@ -444,6 +583,9 @@ async def _serve_connection(
             if isinstance(answer, str):  # "reset": drop the connection without a word
                 writer.transport.abort()
                 return
+            if isinstance(answer, Act):
+                await _play(answer, reader, writer)
+                return
             status, headers, payload = answer
             sent = [*headers.items(), ("content-length", str(len(payload)))]
             writer.write(conn.send(h11.Response(status_code=status, headers=sent)))
@@ -459,12 +601,39 @@ async def _serve_connection(
         writer.close()
 
 
+async def _play(act: Act, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Send an `Act` by hand: its head, then its body as it says (dripped, cut, huge), then
+    close; a client that leaves ends it."""
+    headers = {**act.headers, "connection": "close"}
+    if act.length is not None:
+        headers["content-length"] = str(act.size() if act.length < 0 else act.length)
+    head = f"HTTP/1.1 {act.status} {HTTPStatus(act.status).phrase}\r\n"
+    head += "".join(f"{k}: {v}\r\n" for k, v in headers.items()) + "\r\n"
+    writer.write(head.encode("latin-1"))
+    sent = 0
+    for chunk in act.chunks():
+        if act.cut_at is not None:
+            chunk = chunk[: act.cut_at - sent]
+        step = max(1, int(act.rate / 10)) if act.rate else len(chunk) or 1
+        for i in range(0, len(chunk), step):
+            if writer.is_closing() or reader.at_eof():
+                return
+            writer.write(chunk[i : i + step])
+            await writer.drain()
+            if act.rate:
+                await asyncio.sleep(step / act.rate)
+        sent += len(chunk)
+        if act.cut_at is not None and sent >= act.cut_at:
+            writer.transport.abort()  # cut: the rest never comes
+            return
+
+
 async def _unless_client_leaves(
     app: FaultApp,
     conn: h11.Connection,
     reader: asyncio.StreamReader,
-    work: Awaitable[tuple[int, dict[str, str], bytes] | str],
-) -> tuple[int, dict[str, str], bytes] | str | None:
+    work: Awaitable[tuple[int, dict[str, str], bytes] | str | Act],
+) -> tuple[int, dict[str, str], bytes] | str | Act | None:
     """Run the handler, but cancel it if the client closes the connection meanwhile (as a
     cancelled LLM call does), so that in-flight counts show cancellation for real."""
     handler = asyncio.ensure_future(work)
