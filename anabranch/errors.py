@@ -16,6 +16,7 @@
         ├── LLMConnectionError     unreachable, or the connection dropped
         │   └── LLMUnavailableError   the server kept failing: the endpoint gave up on it
         ├── LLMStatusError         an HTTP error that retries did not cure or must not retry
+        │   └── LLMAuthError          401 or 403: the server refused the key; the run stops
         └── LLMOutputError         an answer that is not valid for the schema, even repaired
             └── NoProbabilities    an answer without the token probabilities it was asked for
 
@@ -152,6 +153,11 @@ class LLMStatusError(LLMError):
     """The endpoint answered an HTTP error (4xx/5xx) that retries did not cure or must not retry."""
 
 
+class LLMAuthError(LLMStatusError):
+    """The server answered 401 or 403: the key is wrong for every request, so the endpoint
+    sends no more and every later call fails at once with this error."""
+
+
 class LLMOutputError(LLMError):
     """The endpoint answered, but the content is not valid for the requested schema,
     even after one repair re-ask."""
@@ -159,6 +165,21 @@ class LLMOutputError(LLMError):
 
 class NoProbabilities(LLMOutputError):
     """The server answered without token probabilities: it does not support `logprobs`."""
+
+
+SERVER_FAILURES = frozenset(
+    {"LLMUnavailableError", "LLMTimeoutError", "LLMConnectionError", "LLMRateLimitError",
+     "LLMAuthError"}
+)  # fmt: skip
+"""The error types that say the server failed, not the task: a plain re-run retries them."""
+
+
+def failed_because_of_server(error_type: str, message: str) -> bool:
+    """Whether an error record is the server's failure (down, slow, overloaded, 5xx, a refused
+    key), which a re-run once the server is back can cure."""
+    return error_type in SERVER_FAILURES or (
+        error_type == "LLMStatusError" and message.startswith("HTTP 5")
+    )
 
 
 def describe(exc: ValidationError) -> str:

@@ -10,7 +10,9 @@ Re-running the same run finds the journal: a delivered task is delivered again f
 finished subtask of an unfinished task is reused, not recomputed, and only the rest runs. A task
 whose text or configuration changed is re-run (and counted). `retry_failed` treats tasks that an
 earlier run delivered as `partial` or `error` as unfinished: their failed subtasks run again,
-their good ones are reused. One run at a time per journal: a second gets `JournalBusyError`.
+their good ones are reused; a plain re-run does the same for tasks whose errors the server
+caused (down, slow, overloaded, 5xx, a refused key), which a server that is back can cure. One
+run at a time per journal: a second gets `JournalBusyError`.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from anabranch.errors import JournalBusyError, JournalError
+from anabranch.errors import JournalBusyError, JournalError, failed_because_of_server
 from anabranch.ledger import LedgerWriter, RunLedger
 from anabranch.outputs import Line, ResultsFile, as_json
 from anabranch.store import cause, connect
@@ -248,11 +250,12 @@ class Journal:
             )
         done: dict[str, str] = {}
         ids: dict[str, str] = {}
-        for key, task_id, status in self._db.execute(
-            "SELECT task_key, task_id, status FROM tasks WHERE run_id = ?", (run_id,)
+        for key, task_id, status, text in self._db.execute(
+            "SELECT task_key, task_id, status, result FROM tasks WHERE run_id = ?", (run_id,)
         ):
             ids[task_id] = key
-            if not (retry_failed and status in ("partial", "error")):
+            failed = status in ("partial", "error")
+            if not (failed and (retry_failed or _server_failed(text))):
                 done[key] = status
         reusable: dict[tuple[str, str, int], SubtaskResult] = {}
         for key, text in self._db.execute(
@@ -288,6 +291,13 @@ class Journal:
         if self._lock is not None:
             self._lock.close()  # closing the file drops the lock
             self._lock = None
+
+
+def _server_failed(result: str) -> bool:
+    """A delivered task with an error the server caused (down, slow, 5xx, 429, a refused key):
+    a plain re-run retries it, as it would a task the run never reached."""
+    errors = json.loads(result).get("errors") or ()
+    return any(failed_because_of_server(e.get("type", ""), e.get("message", "")) for e in errors)
 
 
 def run_id_for(input: Path, out: Path) -> str:

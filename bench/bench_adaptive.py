@@ -1,11 +1,18 @@
-"""Benchmark: a static concurrency cap against adaptive concurrency, on a server with a quota.
+"""Benchmark: a static concurrency cap against adaptive concurrency, on servers as they are.
 
-The fault server's quota mode answers 429 (with Retry-After and OpenAI's x-ratelimit-* headers,
-or without them) beyond R requests per second. Each case sends the same calls at a cap of 64 and
-reports the wall time, the goodput as a fraction of the quota, the share of requests answered
-429, and the calls that failed for good. One case halves the quota mid-run.
+Four kinds of server, each a behaviour of the fault server (docs/architecture.md, "Holding a
+server's capacity"):
+- `seconds`: a quota of R requests per second whose 429s say `Retry-After` in whole seconds
+  (RFC 9110), and nothing else: llama.cpp's and vLLM's gateways, most self-hosted proxies;
+- `ms`: the same with `retry-after-ms`, the exact wait;
+- `headers`: the same with OpenAI's x-ratelimit-* headers on every answer;
+- `random`: no quota, but 15 % of requests answered 429 (`Retry-After: 1`) and 15 % 500 at
+  random, as a flaky gateway does; measured against the same calls without faults.
+Each case sends the same calls at a cap of 64 and reports the wall time, the goodput as a
+fraction of the quota (or the fault-free time), the share of requests answered 429, and the
+calls that failed for good. One more case halves the `seconds` quota mid-run.
 
-    python bench/bench_adaptive.py [--calls 400] [--rps 40]
+    python bench/bench_adaptive.py [--calls 600] [--rps 40]
 """
 
 from __future__ import annotations
@@ -13,59 +20,90 @@ from __future__ import annotations
 import argparse
 import asyncio
 import time
+from typing import Literal
 
 from anabranch.llm.connect import LLMOptions, build_endpoint
 from anabranch.llm.settings import Limits, RetryPolicy
-from anabranch.testing.fault_server import FaultServer, Quota
+from anabranch.testing.fault_server import FaultConfig, FaultServer, Quota
 
 HI = [{"role": "user", "content": "hi"}]
+Kind = Literal["seconds", "ms", "headers", "random", "clean"]
+
+
+def config(kind: Kind, rps: float) -> FaultConfig:
+    """The fault server as that kind of server."""
+    if kind == "random":
+        return FaultConfig(latency_ms=20, rates={"429": 0.15, "500": 0.15}, retry_after=1,
+                           retry_after_format="seconds")  # fmt: skip
+    if kind == "clean":
+        return FaultConfig(latency_ms=20)
+    quota = Quota(rps=rps, headers=kind == "headers")
+    return FaultConfig(latency_ms=20, quota=quota, retry_after_format="seconds",
+                       retry_after_ms=kind in ("ms", "headers"))  # fmt: skip
+
+
+async def run(server: FaultServer, calls: int, adaptive: bool) -> tuple[float, int]:
+    """The calls at once through one endpoint: (seconds, answered)."""
+    options = LLMOptions(server.url, "fault", limits=Limits(64, adaptive=adaptive),
+                         retry=RetryPolicy(max_attempts=4))  # fmt: skip
+    async with build_endpoint(options) as llm:
+        start = time.perf_counter()
+        done = await asyncio.gather(*(llm.chat(HI) for _ in range(calls)), return_exceptions=True)
+        return time.perf_counter() - start, sum(not isinstance(d, BaseException) for d in done)
 
 
 async def one_case(
-    server: FaultServer, calls: int, rps: float, *, adaptive: bool, headers: bool, halve: bool
-) -> str:
-    server.configure(latency_ms=20, quota=Quota(rps=rps, headers=headers))
-    limits = Limits(64, adaptive=adaptive)
-    retry = RetryPolicy(max_attempts=4)
+    server: FaultServer, kind: Kind, calls: int, rps: float, *, adaptive: bool, halve: bool,
+    clean: float,
+) -> str:  # fmt: skip
+    server.configure(config(kind, rps))
 
     async def halving() -> None:
         await asyncio.sleep(3.0)
-        await asyncio.to_thread(server.set_quota, Quota(rps=rps / 2, headers=headers))
+        await asyncio.to_thread(server.set_quota, Quota(rps=rps / 2))
 
-    async with build_endpoint(LLMOptions(server.url, "fault", limits=limits, retry=retry)) as llm:
-        halver = asyncio.create_task(halving()) if halve else None
-        start = time.perf_counter()
-        done = await asyncio.gather(*(llm.chat(HI) for _ in range(calls)), return_exceptions=True)
-        wall = time.perf_counter() - start
-        if halver is not None:
-            await halver
+    halver = asyncio.create_task(halving()) if halve else None
+    wall, answered = await run(server, calls, adaptive)
+    if halver is not None:
+        await halver
     stats = server.stats()
-    answered = sum(not isinstance(d, BaseException) for d in done)
-    refused = stats["faults"].get("quota", 0)
-    # What the quota allowed over the run: its one-second burst, then its rate.
-    allowed = rps + (rps * min(wall, 3.0) + rps / 2 * max(0.0, wall - 3.0) if halve else rps * wall)
+    refused = stats["faults"].get("quota", 0) + stats["faults"].get("429", 0)
+    if kind == "random":
+        measure = f"{wall / clean:.2f}x fault-free"
+    else:  # what the quota allowed over the run: its one-second burst, then its rate
+        allowed = rps + (rps * min(wall, 3.0) + rps / 2 * max(0.0, wall - 3.0) if halve
+                         else rps * wall)  # fmt: skip
+        measure = f"{answered / allowed:.0%} of the quota"
     return (
-        f"| {'adaptive' if adaptive else 'static 64'} | {'yes' if headers else 'no'} "
+        f"| {kind} | {'adaptive' if adaptive else 'static 64'} "
         f"| {'halves at 3 s' if halve else 'fixed'} | {wall:.1f} | {answered}/{calls} "
-        f"| {answered / allowed:.0%} | {refused / stats['requests']:.1%} |"
+        f"| {measure} | {refused / stats['requests']:.1%} |"
     )
 
 
 async def main(calls: int, rps: float) -> None:
-    print(f"{calls} chat calls at a cap of 64, fault server: {rps:g} requests/s quota, 20 ms")
-    print("| mode | headers | quota | wall s | answered | goodput / quota | 429 share |")
+    print(f"{calls} chat calls at a cap of 64, fault server with 20 ms latency; quotas of "
+          f"{rps:g} requests/s")  # fmt: skip
+    print("| server | mode | quota | wall s | answered | goodput | 429 share |")
     print("|---|---|---|---|---|---|---|")
     with FaultServer() as server:
-        for headers, halve in ((True, False), (False, False), (True, True)):
+        server.configure(config("clean", rps))
+        clean, _ = await run(server, calls, True)
+        print(f"| clean | adaptive | none | {clean:.1f} | {calls}/{calls} | 1.00x | 0.0% |")
+        cases: list[tuple[Kind, bool]] = [
+            ("seconds", False), ("ms", False), ("headers", False), ("random", False),
+            ("seconds", True),
+        ]  # fmt: skip
+        for kind, halve in cases:
             for adaptive in (False, True):
-                row = await one_case(server, calls, rps, adaptive=adaptive, headers=headers,
-                                     halve=halve)  # fmt: skip
+                row = await one_case(server, kind, calls, rps, adaptive=adaptive, halve=halve,
+                                     clean=clean)  # fmt: skip
                 print(row, flush=True)
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
-    parser.add_argument("--calls", type=int, default=400)
+    parser.add_argument("--calls", type=int, default=600)
     parser.add_argument("--rps", type=float, default=40)
     args = parser.parse_args()
     asyncio.run(main(args.calls, args.rps))

@@ -37,9 +37,9 @@ async def burst(faults, calls: int, limits: Limits) -> tuple[float, int, int]:
 
 
 async def test_a_static_cap_hammers_a_quota_and_adaptation_holds_it(faults):
-    faults.configure(latency_ms=20, quota=Quota(rps=R))
+    faults.configure(latency_ms=20, quota=Quota(rps=R, headers=True))
     _, static_ok, static_429 = await burst(faults, 200, Limits(64, adaptive=False))
-    faults.configure(latency_ms=20, quota=Quota(rps=R))
+    faults.configure(latency_ms=20, quota=Quota(rps=R, headers=True))
     seconds, ok, refused = await burst(faults, 200, Limits(64))
     sent = faults.stats()["requests"]
     print(
@@ -53,11 +53,11 @@ async def test_a_static_cap_hammers_a_quota_and_adaptation_holds_it(faults):
 
 
 async def test_adaptation_follows_a_quota_that_halves_mid_run(faults):
-    faults.configure(latency_ms=20, quota=Quota(rps=R))
+    faults.configure(latency_ms=20, quota=Quota(rps=R, headers=True))
 
     async def halve() -> None:
         await asyncio.sleep(2.0)
-        await asyncio.to_thread(faults.set_quota, Quota(rps=R / 2))
+        await asyncio.to_thread(faults.set_quota, Quota(rps=R / 2, headers=True))
 
     halving = asyncio.create_task(halve())
     seconds, ok, refused = await burst(faults, 200, Limits(64))
@@ -101,7 +101,7 @@ async def test_a_server_that_hangs_is_given_up_on_within_the_bound(faults):
 
 
 def test_the_cli_shows_concurrency_and_429s(tmp_path, faults):
-    faults.configure(latency_ms=20, quota=Quota(rps=R))
+    faults.configure(latency_ms=20, quota=Quota(rps=R, headers=True))
     tasks = tmp_path / "tasks.jsonl"
     tasks.write_text("".join(json.dumps({"id": str(i), "text": f"T {i}."}) + "\n"
                              for i in range(60)))  # fmt: skip
@@ -150,7 +150,7 @@ async def test_a_tokens_per_minute_quota_is_paced(faults):
     """The tokens headers pace requests by their token estimate (prompt and max_tokens, as the
     server counts them): the batch runs at the quota with few 429s (before the pacing: 43-61 %)."""
     # "hi" + max_tokens 9 = 10 tokens a request; 24,000 a minute = 400 a second = 40 requests/s.
-    faults.configure(latency_ms=20, quota=Quota(tpm=24_000))
+    faults.configure(latency_ms=20, quota=Quota(tpm=24_000, headers=True))
     retry = RetryPolicy(max_attempts=12, backoff_initial=0.05)
     async with Endpoint(faults.url, "fault", limits=Limits(64), retry=retry) as llm:
         start = time.perf_counter()

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import typer
 
 from anabranch.cli.codes import EXIT_OK, EXIT_PARTIAL, EXIT_SIGNALLED, EXIT_USAGE, UsageError
-from anabranch.cli.options import PlannerKind
+from anabranch.cli.options import PlannerKind, server_failure
 
 if TYPE_CHECKING:
     from anabranch.graphs.cluster import RayExecutor
@@ -177,6 +177,7 @@ class _Run:
     total: int | None = None
     delivered: int = 0
     signalled: signal.Signals | None = None
+    failure: str | None = None
 
     def say(self, line: str) -> None:
         """Progress lines go to standard output, unless the results do."""
@@ -219,6 +220,7 @@ class _Run:
                               resume=resume, display=display)  # fmt: skip
             try:
                 rejections = await self._write(batch, skip_replayed=resumed)
+                self.failure = server_failure(endpoint, llm.llm) if executor is None else None
             except asyncio.CancelledError:
                 if self.signalled is None:
                     raise
@@ -257,6 +259,9 @@ class _Run:
         if self.journal is not None:
             self.say(f"journal: {self.journal.path} (run {self.run_id})")
         if report.tasks_rejected:
+            return EXIT_USAGE
+        if self.failure is not None:
+            typer.echo(f"error: {self.failure}", err=True)
             return EXIT_USAGE
         return EXIT_PARTIAL if report.tasks_partial or report.tasks_failed else EXIT_OK
 

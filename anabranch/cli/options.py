@@ -15,6 +15,7 @@ import typer
 
 if TYPE_CHECKING:
     from anabranch.llm.connect import LLMOptions
+    from anabranch.llm.endpoint import Endpoint
 
 API_KEY_VARIABLES = ("ANABRANCH_LLM_API_KEY", "OPENAI_API_KEY")
 """Where the API key is read from, first found wins (a key inside the `--llm` URL wins over
@@ -101,7 +102,23 @@ def llm_options(
         llm=llm,
         model=model,
         api_key=SecretStr(key) if key else None,
-        timeouts=Timeouts(attempt=timeout, call=max(deadline, timeout)),
+        timeouts=Timeouts(attempt=min(timeout, deadline), call=deadline),
         limits=Limits(concurrency, rpm, tpm, adaptive=adaptive, give_up_after=give_up_after),
         cache=cache,
     )
+
+
+def server_failure(endpoint: Endpoint | None, url: str | None) -> str | None:
+    """Why a run's results are not results: the server refused the key (and where the key came
+    from, to fix it), or not one LLM call got an answer."""
+    if endpoint is None:
+        return None
+    if (refused := endpoint.refused_key) is not None:
+        given = next((v for v in API_KEY_VARIABLES if os.environ.get(v)), None)
+        source = (f"${given}" if given else "the URL" if url and "@" in url
+                  else f"no key was given (set {API_KEY_VARIABLES[0]})")  # fmt: skip
+        return f"{refused}; the key came from {source}"
+    stats = endpoint.slot_stats
+    if stats.requests and not stats.answered:
+        return f"not one LLM call to {endpoint.public_url} got an answer ({stats.requests} sent)"
+    return None

@@ -5,32 +5,38 @@ does, within [1, the user's cap]:
 - slow start: from a few slots, one more per success while the slots are full, so the limit
   doubles each round trip until the first sign of overload;
 - then additive increase: about one more slot per round trip of successes;
-- multiplicative decrease (halving, at most once per round trip) on 429 and 503, and on latency
-  that shows queueing: a smoothed time per token over `_QUEUEING` times the best seen. Not
+- multiplicative decrease (halving, at most once per round trip) on latency that shows
+  queueing: a smoothed time per token over `_QUEUEING` times the best seen (429 and 503 are a
+  quota's business, paced by rate, not by halving the concurrency). Not
   while the client's own event loop lags: a batch whose client is CPU-bound hears every answer
   late, and halving its concurrency then only slows it down (measured: 11 % slower at 64 in
   flight on a 20 ms server).
 A static cap is the same gate with adaptation off.
 
 `RateLimitHeaders` reads OpenAI's `x-ratelimit-remaining-*` and `x-ratelimit-reset-*` and spaces
-requests so that what is left lasts until the reset, instead of earning 429s.
+requests so that what is left lasts until the reset, instead of earning 429s; without them,
+`QuotaLearner` finds a quota from its 429s and tells it from sporadic ones.
 
 `Breaker` stops sending to a server whose calls keep failing or hanging: after N failures in a
-row it opens, lets one probe through at a growing interval, and closes when a probe succeeds;
-open past `give_up_after`, every call waiting on it fails at once with `LLMUnavailableError`,
-so a journaled batch ends and can be resumed later.
+row (timeouts only when a cheap check fails too: slow is not dead) it opens, says so, lets one
+probe through at a growing interval, and closes when a probe succeeds; open past
+`give_up_after`, every call waiting on it fails at once with `LLMUnavailableError`, so a
+journaled batch ends and a plain re-run retries those calls.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import logging
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
 from anabranch.errors import LLMUnavailableError
+
+logger = logging.getLogger(__name__)
 
 _START = 4
 """Slots an adaptive gate starts with (or the cap, if lower)."""
@@ -59,6 +65,8 @@ class SlotStats:
     """429 and 503 answers seen."""
     requests: int = 0
     """Requests sent (attempts)."""
+    answered: int = 0
+    """Attempts that got an answer."""
 
 
 class AdaptiveSlots:
@@ -79,14 +87,19 @@ class AdaptiveSlots:
         self._probe: asyncio.TimerHandle | None = None
         self.stats = SlotStats(self.limit, self.limit, self.limit)
 
-    async def acquire(self) -> None:
+    async def acquire(self, *, first: bool = False) -> None:
+        """Take a slot; `first` jumps the queue (a call coming back from a wait between its
+        attempts, which already waited its turn once)."""
         if self.adaptive and self._probe is None:
             self._arm(asyncio.get_running_loop())
-        if self.in_flight < int(self.limit) and not self._waiters:
+        if self.in_flight < int(self.limit) and (first or not self._waiters):
             self.in_flight += 1
             return
         waiter = asyncio.get_running_loop().create_future()
-        self._waiters.append(waiter)
+        if first:
+            self._waiters.appendleft(waiter)
+        else:
+            self._waiters.append(waiter)
         try:
             await waiter
         except BaseException:
@@ -124,6 +137,7 @@ class AdaptiveSlots:
     def succeeded(self, latency: float, tokens: int) -> None:
         """A call answered after `latency` seconds with `tokens` generated."""
         self.stats.requests += 1
+        self.stats.answered += 1
         if not self.adaptive:
             return
         self._fastest = min(self._fastest, latency)
@@ -140,10 +154,11 @@ class AdaptiveSlots:
             self._set(min(self.cap, self.limit + step))
 
     def overloaded(self) -> None:
-        """A 429 or a 503: the server has less room than the limit assumed."""
+        """A 429 or a 503, counted. Not a reason to halve: a quota's 429s are paced by rate
+        (`QuotaLearner`), and halving on a sporadic one turned 15 % random 429s into a batch
+        run two at a time (measured: 64.7 s where 25 s did)."""
         self.stats.requests += 1
         self.stats.overloads += 1
-        self.back_off()
 
     def back_off(self) -> None:
         """Halve the limit (once per round trip), if it adapts."""
@@ -196,18 +211,18 @@ class RateLimitHeaders:
     refill rate is `(limit - remaining) / reset`; once half is spent, requests go one per
     refill, instead of a burst of 429s each time it refills. A tokens quota refills in tokens:
     a request then waits for its own estimate (prompt and max_tokens, as OpenAI counts it) to
-    refill. Without headers, a 429's
-    Retry-After sets that spacing, and each answer that follows loosens it a little, probing for
-    room again.
+    refill. Without headers, `QuotaLearner` finds the rate from the 429s themselves.
     """
 
     def __init__(self) -> None:
         self._next = 0.0
         self._spacing = 0.0
         self._token_rate = 0.0
-        self._heard = False
+        self.heard = False
+        """The server sends quota headers: they, not the 429s, say what the quota is."""
         self.heard_tokens = False
         """The server counts tokens: requests need a token estimate to be paced."""
+        self.learner = QuotaLearner()
         self._lock = asyncio.Lock()
 
     def observe(self, headers: Mapping[str, str]) -> bool:
@@ -236,18 +251,14 @@ class RateLimitHeaders:
                     token_rate = max(limit - left, 1.0) / max(wait, 1e-3)
             spent = spent or left < 1
         if heard:
-            self._heard = True
+            self.heard = True
             self._spacing = spacing
             self._token_rate = token_rate
-        elif not self._heard:
-            self._spacing *= 0.95  # no word from the server: probe for room, slowly
         return spent
 
     def pause(self, seconds: float) -> None:
-        """A 429's Retry-After holds back every request, and spaces those that follow."""
+        """Hold back every request for `seconds`: what a spent quota needs to refill."""
         self._next = max(self._next, time.monotonic() + seconds)
-        if not self._heard:
-            self._spacing = max(self._spacing, seconds)
 
     async def wait(self, estimated_tokens: int = 0) -> None:
         """Until the quota has room for one more request of about this many tokens."""
@@ -256,49 +267,227 @@ class RateLimitHeaders:
         async with self._lock:  # one at a time, each `spacing` after the last
             delay = self._next - time.monotonic()
             if delay > 0:
+                self.learner.waited()
                 await asyncio.sleep(delay)
             # What the server said while this request waited counts: a quota can shrink.
             self._next = time.monotonic() + self._spacing_for(estimated_tokens)
 
     def _spacing_for(self, estimated_tokens: int) -> float:
+        spacing = self._spacing
+        if not self.heard and self.learner.rate is not None:
+            spacing = 1.0 / self.learner.rate
         if self._token_rate:
-            return max(self._spacing, estimated_tokens / self._token_rate)
-        return self._spacing
+            return max(spacing, estimated_tokens / self._token_rate)
+        return spacing
+
+
+_WINDOW = 32
+"""Answers over which the share of 429s is judged, and a trial's length: long enough that a
+share of 15 % is told from 0 % (about 5 refusals against none), short enough to be a second of a
+batch."""
+_MARGIN = 0.05
+"""A share of 429s this far above the sporadic share (`QuotaLearner.baseline`) may be a quota's."""
+_PROBE_STEP = 0.04
+"""Requests/s added to the paced rate per answer: about 4 % a second whatever the rate, so a
+quota that grows is found again, and one that does not costs a 429 now and then."""
+
+
+class QuotaLearner:
+    """Finds a quota the server does not state, from its 429s, and tells it from sporadic ones.
+
+    A server without quota headers says only `429, Retry-After: 1`, whether 40 requests a second
+    is its quota or a flaky gateway refuses one request in seven at any rate. The two differ in
+    how they answer a slower client: below a quota the 429s stop; a sporadic share stays. So a
+    share of 429s above the sporadic share is a suspicion, and it is tested: pace at half the
+    rate sent over the last second and count the next `_WINDOW` answers to requests sent since.
+    If the pacing held them back (else the client's own demand was below the rate, and the rate
+    cannot have caused the 429s) and the share fell by half, it was the quota: pace at what got
+    through (or at the trial's rate, if nothing was refused), and grow by `_PROBE_STEP` per
+    answer until the next 429, which starts the next trial. If not, it was sporadic: its share
+    becomes the baseline that later suspicions must exceed, and the rate goes back to what it
+    was. A sporadic 429 costs the retried request its Retry-After, never the batch (measured in
+    bench/bench_adaptive.py; the rule in docs/architecture.md).
+    """
+
+    def __init__(self) -> None:
+        self.rate: float | None = None
+        """The paced requests per second, or None when nothing says there is a quota."""
+        self.baseline = 0.0
+        """The share of 429s that did not fall with the rate: sporadic."""
+        self.quota = False
+        """The last trial found a quota: a 429 over the baseline is taken as its signal."""
+        self._recent: collections.deque[bool] = collections.deque(maxlen=_WINDOW)
+        self._sent: collections.deque[tuple[float, bool]] = collections.deque()
+        """The last second's attempts: when, and whether they got through."""
+        self._trial: _Trial | None = None
+        self._first = 0.0
+
+    def answered(self) -> None:
+        """An attempt got an answer (not a 429)."""
+        self._count(refused=False)
+        if self.rate is not None and self._trial is None:
+            self.rate += _PROBE_STEP
+
+    def waited(self) -> None:
+        """A request waited for the pacing: the rate, not the client's demand, set its time."""
+        if self._trial is not None and self._trial.skip <= 0:
+            self._trial.paced += 1
+
+    def refused(self, in_flight: int) -> bool:
+        """A 429 or 503, with `in_flight` other attempts out; True when it is taken as a
+        quota's signal (and the pacing tightens)."""
+        self._count(refused=True)
+        if self._trial is not None:
+            return False  # a trial under way decides
+        refusals = sum(self._recent)
+        share = refusals / len(self._recent)
+        margin = 0.0 if self.quota else _MARGIN
+        if share <= self.baseline + margin or (
+            not self.quota and (refusals < 2 or len(self._recent) < _WINDOW)
+        ):
+            return False
+        now = time.monotonic()
+        span = max(min(1.0, now - self._first), 1e-3)  # the first second is not a whole one
+        sent = len(self._sent) / span
+        self._trial = _Trial(self.rate, share, now, skip=in_flight)
+        self.rate = max(0.5, 0.5 * min(sent, self.rate or float("inf")))
+        return True
+
+    def _count(self, refused: bool) -> None:
+        now = time.monotonic()
+        if not self._first:
+            self._first = now
+        self._recent.append(refused)
+        self._sent.append((now, not refused))
+        while self._sent[0][0] < now - 1.0:
+            self._sent.popleft()
+        trial = self._trial
+        if trial is None:
+            return
+        if trial.skip > 0:  # sent before the trial began: it says nothing of its rate
+            trial.skip -= 1
+            trial.began = now
+            return
+        trial.answers += 1
+        trial.refused += refused
+        if trial.answers < _WINDOW:
+            return
+        self._trial = None
+        share = trial.refused / trial.answers
+        through = (trial.answers - trial.refused) / max(now - trial.began, 1e-3)
+        bound = trial.paced >= 0.5 * trial.answers  # else our demand, not the rate, was low
+        self.quota = bound and share <= 0.5 * trial.share
+        self._recent.clear()  # the next suspicion is judged on answers after this verdict
+        if self.quota:  # above the quota, what got through is the quota; below, the trial's
+            self.rate = max(0.5, min(through, self.rate or through) if share else self.rate or 0.5)
+        else:  # it did not fall with the rate: sporadic
+            self.baseline = max(self.baseline, share, trial.share)
+            self.rate = trial.before
+
+
+@dataclass
+class _Trial:
+    """A test of whether 429s fall with the rate."""
+
+    before: float | None
+    """The paced rate before the trial, restored if they do not."""
+    share: float
+    """The share of 429s that started it."""
+    began: float
+    skip: int = 0
+    """Answers still to come for attempts sent before it began."""
+    answers: int = 0
+    refused: int = 0
+    paced: int = 0
+    """Requests that waited for the pacing during it."""
+
+
+def _clock(moment: float) -> str:
+    """A monotonic moment as the wall clock's HH:MM:SS, for messages."""
+    return time.strftime("%H:%M:%S", time.localtime(time.time() - (time.monotonic() - moment)))
+
+
+def _span(seconds: float) -> str:
+    """`45 s`, `4 min`: how long, as a person says it."""
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min"
+
+
+Check = Callable[[], Awaitable[bool]]
+"""A cheap question to the server (is it there at all?), True when it answered."""
 
 
 class Breaker:
-    """Opens after `failures` failures in a row; probes at a growing interval; gives up."""
+    """Opens after `failures` failures in a row; probes at a growing interval; gives up.
 
-    def __init__(self, failures: int, give_up_after: float | None, where: str) -> None:
+    Refused connections and server errors count at once. Timeouts count only when the server
+    does not answer a cheap `check` either (`/health`, `/v1/models`): a busy server that takes
+    longer than the attempt timeout is slow, not down, and its calls are retried rather than
+    failed after `give_up_after`. Opening, every minute while open, and giving up are said on
+    the `anabranch` logger as warnings (stderr, unless an application routes them), with
+    the time the server stopped answering and what happens next.
+    """
+
+    def __init__(
+        self, failures: int, give_up_after: float | None, where: str, check: Check | None = None
+    ) -> None:
         self.failures = failures
         self.give_up_after = give_up_after
         self.where = where
+        self.check = check
         self._in_a_row = 0
         self._opened: float | None = None
         self._next_probe = 0.0
         self._interval = 1.0
         self._probing = False
+        self._checking: asyncio.Task[None] | None = None
+        self._said = 0.0
+        self._gave_up = False
+
+    @property
+    def outage(self) -> str | None:
+        """What the progress line says while the breaker is open, else None."""
+        if self._opened is None:
+            return None
+        text = f"server not answering since {_clock(self._opened)}"
+        if self.give_up_after is not None:
+            left = max(0.0, self._opened + self.give_up_after - time.monotonic())
+            text += f"; giving up in {_span(left)}"
+        return text
+
+    def unavailable(self, why: str) -> LLMUnavailableError:
+        """The error of a call that the outage ended, naming the server and what to do."""
+        since = f" since {_clock(self._opened)}" if self._opened is not None else ""
+        return LLMUnavailableError(
+            f"the server at {self.where} has not answered{since}; {why}; run the same command "
+            "again when it is back (the subtasks that failed because of it are retried)",
+            attempts=0,
+        )
 
     async def admit(self) -> None:
         """Wait until a request may go: at once when closed; as the probe, or never, when open."""
         while self._opened is not None:
             now = time.monotonic()
             if self.give_up_after is not None and now - self._opened > self.give_up_after:
-                raise LLMUnavailableError(
-                    f"the server at {self.where} kept failing for {now - self._opened:.0f} s "
-                    f"(gave up after {self.give_up_after:g} s); resume the run when it is back",
-                    attempts=0,
-                )
+                if not self._gave_up:
+                    self._gave_up = True
+                    logger.warning("gave up: %s", self.unavailable("gave up after "
+                                   f"{self.give_up_after:g} s (--give-up-after)"))  # fmt: skip
+                raise self.unavailable(f"gave up after {self.give_up_after:g} s")
+            if now - self._said >= 60.0:
+                self._said = now
+                logger.warning("the %s at %s", self.outage, self.where)
             if not self._probing and now >= self._next_probe:
                 self._probing = True
                 return
             await asyncio.sleep(min(0.1, max(0.01, self._next_probe - now)))
 
     def succeeded(self) -> None:
+        if self._opened is not None:
+            logger.warning("the server at %s answers again", self.where)
         self._in_a_row = 0
-        self._opened, self._probing, self._interval = None, False, 1.0
+        self._opened, self._probing, self._interval, self._gave_up = None, False, 1.0, False
 
-    def failed(self) -> None:
+    def failed(self, *, timed_out: bool = False) -> None:
         self._in_a_row += 1
         now = time.monotonic()
         if self._opened is not None:
@@ -307,4 +496,21 @@ class Breaker:
                 self._interval = min(30.0, self._interval * 2)
                 self._next_probe = now + self._interval
         elif self._in_a_row >= self.failures:
-            self._opened, self._next_probe = now, now + self._interval
+            if not timed_out or self.check is None:
+                self._open(now)
+            elif self._checking is None:  # slow or down? ask the cheap question first
+                self._checking = asyncio.ensure_future(self._check_then_open(self.check))
+
+    async def _check_then_open(self, check: Check) -> None:
+        try:
+            alive = await check()
+        finally:
+            self._checking = None
+        if alive:  # slow, not down: its calls go on, each with its own timeout and retries
+            self._in_a_row = 0
+        elif self._opened is None and self._in_a_row >= self.failures:
+            self._open(time.monotonic())
+
+    def _open(self, now: float) -> None:
+        self._opened, self._next_probe, self._said = now, now + self._interval, now
+        logger.warning("the %s at %s", self.outage, self.where)

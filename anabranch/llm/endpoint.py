@@ -14,6 +14,7 @@ in frozen settings (`Timeouts`, `RetryPolicy`, `Limits`, `Sampling`).
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -23,7 +24,13 @@ from urllib.parse import urlsplit
 import openai
 from pydantic import BaseModel, SecretStr, ValidationError
 
-from anabranch.errors import ConfigError, LLMOutputError, LLMStatusError
+from anabranch.errors import (
+    ConfigError,
+    LLMAuthError,
+    LLMOutputError,
+    LLMStatusError,
+    LLMTimeoutError,
+)
 from anabranch.llm.adaptive import SlotStats
 from anabranch.llm.cache import ResponseCache
 from anabranch.llm.limits import CallLimiter
@@ -42,6 +49,10 @@ from anabranch.tools.tokenizer import count_tokens, readable_pieces
 from anabranch.types import Usage
 
 T = TypeVar("T", bound=BaseModel)
+
+_CHECK_TIMEOUT = 5.0
+"""Seconds the cheap check (/health, /v1/models) may take: a server that cannot answer that in
+five seconds is not merely slow at generating."""
 
 
 @dataclass(slots=True)
@@ -117,17 +128,19 @@ class Endpoint:
             self.api_key = SecretStr(self.api_key)
         register_secret(self.api_key.get_secret_value())
         self.base_url = normalize_base_url(self.base_url)
-        self._limiter = CallLimiter(self.limits, public_url(self.base_url))
+        self._limiter = CallLimiter(self.limits, public_url(self.base_url), self._answers)
         self._transport = Transport(
             self.base_url,
             self.api_key,
             self.timeouts,
             on_headers=self._limiter.observe,
             connections=self.limits.concurrency,
+            max_bytes=self.limits.max_response_bytes,
         )
         self._retrier = Retrier(self.retry, self.timeouts)
         self._output_mode: OutputMode = "json_schema"
         self._has_tokenize: bool | None = None
+        self._refused: LLMAuthError | None = None
 
     @property
     def client(self) -> openai.AsyncOpenAI:
@@ -149,6 +162,24 @@ class Endpoint:
     def server_root(self) -> str:
         """The server's own root, where llama.cpp and vLLM serve /tokenize and /health."""
         return self.base_url.removesuffix("/v1")
+
+    @property
+    def refused_key(self) -> LLMAuthError | None:
+        """The server's 401 or 403, once it refused the key: the endpoint sends no more."""
+        return self._refused
+
+    @property
+    def outage(self) -> str | None:
+        """While the server is taken for down: since when, and when the endpoint gives up."""
+        return self._limiter.breaker.outage
+
+    async def _answers(self) -> bool:
+        """The cheap check: does the server answer anything at all (its /health, else
+        /v1/models), within a few seconds? A slow server does; a hung or dead one does not."""
+        for url in (f"{self.server_root}/health", f"{self.base_url}/models"):
+            if await self._transport.answers(url, _CHECK_TIMEOUT):
+                return True
+        return False
 
     @property
     def output_mode(self) -> OutputMode:
@@ -253,6 +284,8 @@ class Endpoint:
         limiter = self._limiter
         estimate = 0
         tally = Tally()
+        if self._refused is not None:  # the same key, refused for every request: not sent
+            raise LLMAuthError(str(self._refused), attempts=0, status=self._refused.status)
 
         async def attempt() -> Answer:
             nonlocal estimate
@@ -264,19 +297,49 @@ class Endpoint:
             try:
                 answer = await send()
             except Exception as exc:
+                tally.last = exc
+                if isinstance(exc, openai.APIStatusError) and exc.status_code in (401, 403):
+                    self._refused = LLMAuthError(
+                        f"the server at {self.public_url} refused the API key "
+                        f"(HTTP {exc.status_code}: {short(exc.message, 160)})",
+                        attempts=tally.sent,
+                        status=exc.status_code,
+                    )
+                    raise self._refused from exc
                 if _unhealthy(exc):
                     wait = retry_after(exc)
                     capped = None if wait is None else min(wait, self.retry.max_retry_after)
-                    limiter.failed(overloaded=_overloaded(exc), retry_after=capped)
+                    exact = isinstance(exc, openai.APIStatusError) and (
+                        "retry-after-ms" in exc.response.headers
+                    )
+                    timed_out = isinstance(exc, TimeoutError | openai.APITimeoutError)
+                    limiter.failed(_overloaded(exc), capped, exact=exact, timed_out=timed_out)
                 raise
             used = answer.tokens.completion if answer.tokens else 0
             limiter.succeeded(time.perf_counter() - began, used)
             return answer
 
+        start = time.perf_counter()
+        budget = self.timeouts.call
+        if limiter.breaker.outage is not None:  # a server that is down: wait here, slot-free,
+            try:  # within the call's deadline (--deadline bounds a call's whole life)
+                async with asyncio.timeout(budget):
+                    await limiter.breaker.admit()
+            except TimeoutError:
+                raise limiter.breaker.unavailable(
+                    f"the call's deadline ({budget:g} s) passed while waiting for it"
+                ) from None
+            budget -= time.perf_counter() - start
         async with limiter.slot():
-            start = time.perf_counter()
-            await limiter.breaker.admit()  # a server that is down: wait here, off the deadline
-            answer = await self._retrier.run(attempt, tally)
+            try:
+                answer = await self._retrier.run(attempt, tally, limiter.lend, budget=budget)
+            except LLMTimeoutError as exc:
+                if tally.sent == 0 and limiter.breaker.outage is not None:
+                    raise limiter.breaker.unavailable(
+                        f"the call's deadline ({self.timeouts.call:g} s) passed while waiting "
+                        "for it"
+                    ) from exc
+                raise
         tokens = answer.tokens
         prompt, completion = (tokens.prompt, tokens.completion) if tokens else (0, 0)
         if tokens:
@@ -312,7 +375,7 @@ class Endpoint:
             self._forget(sent, mode, schema, temperature, max_tokens)
             repair = [
                 *sent,
-                {"role": "assistant", "content": completion.text},
+                {"role": "assistant", "content": excerpt(completion.text)},
                 {
                     "role": "user",
                     "content": "That answer is not valid JSON for the schema: "
@@ -393,6 +456,19 @@ class Endpoint:
         self._has_tokenize = True
         tokens = response.get("tokens", []) if isinstance(response, dict) else []
         return readable_pieces([_piece_bytes(t) for t in tokens]), len(tokens)
+
+
+_EXCERPT = 2000
+"""Characters of an invalid answer quoted back in the repair re-ask: enough for the model to see
+its mistake, never the whole of a runaway answer sent back to the server."""
+
+
+def excerpt(text: str) -> str:
+    """The start and end of `text`, at most `_EXCERPT` characters in all."""
+    if len(text) <= _EXCERPT:
+        return text
+    half = _EXCERPT // 2
+    return f"{text[:half]} … ({len(text) - _EXCERPT} characters left out) … {text[-half:]}"
 
 
 def _overloaded(exc: BaseException) -> bool:

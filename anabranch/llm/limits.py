@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 
 from anabranch.errors import ConfigError
-from anabranch.llm.adaptive import AdaptiveSlots, Breaker, RateLimitHeaders
+from anabranch.llm.adaptive import AdaptiveSlots, Breaker, Check, RateLimitHeaders
 from anabranch.llm.settings import Limits
 
 
@@ -58,11 +58,11 @@ class RateLimiter:
 class CallLimiter:
     """The live state behind `Limits`: one per endpoint."""
 
-    def __init__(self, limits: Limits, where: str) -> None:
+    def __init__(self, limits: Limits, where: str, check: Check | None = None) -> None:
         self.limits = limits
         self.slots = AdaptiveSlots(limits.concurrency, adaptive=limits.adaptive)
         self.headers = RateLimitHeaders()
-        self.breaker = Breaker(limits.breaker_failures, limits.give_up_after, where)
+        self.breaker = Breaker(limits.breaker_failures, limits.give_up_after, where, check)
         self._rpm = RateLimiter(limits.rpm) if limits.rpm else None
         self._tpm = RateLimiter(limits.tpm) if limits.tpm else None
 
@@ -81,6 +81,19 @@ class CallLimiter:
         finally:
             self.slots.release()
 
+    async def lend(self, seconds: float) -> None:
+        """Wait `seconds` between two attempts of a call without its slot, then take it back
+        ahead of the queue. A call that waits out a Retry-After or a backoff has nothing at the
+        server: holding its slot meanwhile ran a batch with 15 % random 429s (Retry-After: 1)
+        two requests at a time."""
+        self.slots.release()
+        try:
+            await asyncio.sleep(seconds)
+            await self.slots.acquire(first=True)
+        except BaseException:
+            self.slots.in_flight += 1  # not taken back, but the slot's own release follows
+            raise
+
     async def pace(self, estimated_tokens: int) -> None:
         """Wait until the server may take one more request of about this many tokens: the
         breaker is closed (or this is its probe), its quota headers allow it, and so do the
@@ -97,17 +110,33 @@ class CallLimiter:
         """An attempt got an answer: judge the load by its time per generated token."""
         self.breaker.succeeded()
         self.slots.succeeded(latency, completion_tokens)
+        self.headers.learner.answered()
 
-    def failed(self, overloaded: bool, retry_after: float | None = None) -> None:
-        """An attempt failed: overloaded (429, 503) or down (timeouts, resets, 5xx). An overload's
-        Retry-After holds back every request of the endpoint, not only the one retried."""
+    def failed(
+        self,
+        overloaded: bool,
+        retry_after: float | None = None,
+        *,
+        exact: bool = False,
+        timed_out: bool = False,
+    ) -> None:
+        """An attempt failed: overloaded (429, 503) or down (timeouts, resets, 5xx).
+
+        An overload holds back every request of the endpoint only when it is a quota's signal
+        (headers that say it is spent, or a share of 429s that falls with the rate), and then
+        only for what the server says the quota needs to the millisecond (`retry-after-ms`,
+        `exact`): a whole-second Retry-After is the wait of the request that got it, not of
+        the batch (it turned a quota of 40 requests/s into 7)."""
         if overloaded:
             self.slots.overloaded()
-            if retry_after and self.limits.adaptive:
+            if not self.limits.adaptive:
+                return
+            signal = self.headers.heard or self.headers.learner.refused(self.slots.in_flight - 1)
+            if signal and exact and retry_after:
                 self.headers.pause(min(retry_after, 60.0))
         else:
             self.slots.failed()
-            self.breaker.failed()
+            self.breaker.failed(timed_out=timed_out)
 
     def observe(self, headers: Mapping[str, str]) -> None:
         """A response's headers: a spent quota slows down before it costs a 429."""

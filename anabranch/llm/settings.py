@@ -72,10 +72,16 @@ class Limits:
     until a probe gets through."""
     give_up_after: float | None = 300.0
     """Seconds the server may stay down before every call waiting on it fails; None waits."""
+    max_response_bytes: int = 8 * 1024 * 1024
+    """The largest answer read (8 MiB: about two million tokens of text, far past any
+    max_tokens a call asks for); a larger one fails its call as an `LLMOutputError`, so a
+    runaway or hostile server cannot fill the client's memory."""
 
     def __post_init__(self) -> None:
         if self.breaker_failures < 1:
             raise ConfigError(f"breaker_failures must be at least 1, got {self.breaker_failures}")
+        if self.max_response_bytes < 1:
+            raise ConfigError(f"max_response_bytes must be positive, got {self.max_response_bytes}")
         if self.concurrency < 1:
             raise ConfigError(f"concurrency must be at least 1, got {self.concurrency}")
         for name in ("rpm", "tpm"):

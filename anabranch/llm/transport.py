@@ -82,8 +82,11 @@ class Transport:
         timeouts: Timeouts,
         on_headers: Callable[[Mapping[str, str]], None] | None = None,
         connections: int = _PER_POOL,
+        max_bytes: int = 8 * 1024 * 1024,
     ) -> None:
         self.timeouts = timeouts
+        self.max_bytes = max_bytes
+        """The largest answer read; past it the attempt fails (`Limits.max_response_bytes`)."""
 
         async def heard(response: httpx2.Response) -> None:
             if on_headers is not None:
@@ -116,27 +119,55 @@ class Transport:
 
     async def chat(self, params: dict[str, Any]) -> Answer:
         """One chat completion, posted straight through the HTTP client."""
+        pool = next(self._next_pool)
+        request = pool.build_request(
+            "POST", self._chat_url, content=orjson.dumps(params), headers=self._headers
+        )
         try:
             async with asyncio.timeout(self.timeouts.attempt):
-                response = await next(self._next_pool).post(
-                    self._chat_url, content=orjson.dumps(params), headers=self._headers
-                )
+                response = await pool.send(request, stream=True)
+                try:
+                    body = await self._read(response)
+                finally:
+                    await response.aclose()
         except httpx2.TimeoutException as exc:
             raise openai.APITimeoutError(request=self._request) from exc
         except httpx2.TransportError as exc:
             raise openai.APIConnectionError(message=short(exc), request=self._request) from exc
         if response.status_code >= 400:
-            raise _status_error(response)
-        return _answer(orjson.loads(response.content))
+            raise _status_error(response, body)
+        return _answer(orjson.loads(body))
+
+    async def _read(self, response: httpx2.Response) -> bytes:
+        """The body, up to `max_bytes`: a larger one is refused before it is all read."""
+        declared = response.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            raise self._too_large(int(declared))
+        parts, size = [], 0
+        async for chunk in response.aiter_raw():
+            size += len(chunk)
+            if size > self.max_bytes:
+                raise self._too_large(size)
+            parts.append(chunk)
+        return b"".join(parts)
+
+    def _too_large(self, size: int) -> LLMOutputError:
+        return LLMOutputError(
+            f"the answer is larger than the {self.max_bytes / 2**20:g} MiB read at most "
+            f"({size / 2**20:.1f} MiB or more; Limits.max_response_bytes)"
+        )
 
     async def stream(self, params: dict[str, Any], on_text: Callable[[str], None]) -> Answer:
         """A streamed answer; the attempt timeout is an idle timeout (no new piece for that
-        long), so a long answer that keeps coming is never cut. A failure after the first piece
-        is a broken connection that is not retried (an LLMConnectionError, not one of openai's
+        long), so a long answer that keeps coming is never cut. A stream that ends without a
+        finish_reason was cut (the end of a close-delimited stream looks like any other end),
+        and a piece past `max_bytes` ends it too. A failure after the first piece is a broken
+        connection that is not retried (an LLMConnectionError, not one of openai's
         errors): the text was already shown."""
         parts: list[str] = []
         usage: Any = None
         finish = None
+        size = 0
         idle_for = self.timeouts.attempt
         params = {**params, "stream": True, "stream_options": {"include_usage": True}}
         try:
@@ -149,7 +180,17 @@ class Transport:
                         finish = choice.finish_reason or finish
                         if choice.delta and choice.delta.content:
                             parts.append(choice.delta.content)
+                            size += len(choice.delta.content)
+                            if size > self.max_bytes:
+                                raise self._too_large(size)
                             on_text(choice.delta.content)
+            if finish is None:  # the connection ended, not the answer
+                raise openai.APIConnectionError(
+                    message="the stream ended without a finish_reason or [DONE]",
+                    request=self._request,
+                )
+        except LLMOutputError:
+            raise
         except Exception as exc:
             if parts:
                 raise LLMConnectionError(
@@ -163,6 +204,14 @@ class Transport:
         """A JSON POST to one of the server's own routes (llama.cpp's /tokenize, say)."""
         async with asyncio.timeout(self.timeouts.attempt):
             return await self.client.post(url, body=body, cast_to=object)
+
+    async def answers(self, url: str, timeout: float) -> bool:
+        """Whether a GET of `url` gets any answer but 404 within `timeout` seconds."""
+        try:
+            response = await self._pools[0].get(url, headers=self._headers, timeout=timeout)
+        except httpx2.HTTPError:
+            return False
+        return response.status_code != 404
 
     async def aclose(self) -> None:
         await self.client.close()
@@ -190,12 +239,12 @@ def _answer(data: Any) -> Answer:
         raise LLMOutputError(f"not a chat completion: {short(data, 120)}") from exc
 
 
-def _status_error(response: httpx2.Response) -> openai.APIStatusError:
+def _status_error(response: httpx2.Response, content: bytes) -> openai.APIStatusError:
     """The openai client's exception for an error status, with the server's message."""
     try:
-        body: Any = orjson.loads(response.content)
+        body: Any = orjson.loads(content)
     except orjson.JSONDecodeError:
-        body = response.text or None
+        body = content.decode("utf-8", "replace") or None
     message = f"Error code: {response.status_code}"
     if body:
         detail = body.get("error", body) if isinstance(body, dict) else body

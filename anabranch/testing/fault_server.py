@@ -211,6 +211,19 @@ class FaultApp:
             "x-ratelimit-reset-requests": f"{(quota.rps - self._bucket) / quota.rps:.3f}s",
         }
 
+    def _down(self) -> Fault | None:
+        """A server that hangs or drops its connections does so on every route, its cheap ones
+        (/health, /v1/models) included, at the same rates; its HTTP errors are chat's alone."""
+        if not any(self.config.rates.get(f) for f in ("hang", "reset")):
+            return None
+        roll = self._random.random()
+        for fault in ("hang", "reset"):
+            rate = self.config.rates.get(fault, 0.0)
+            if roll < rate:
+                return fault
+            roll -= rate
+        return None
+
     def _pick(self) -> Fault:
         index = self.stats.requests - 1
         if index < len(self.config.script):
@@ -231,6 +244,10 @@ class FaultApp:
         `key` is the request's bearer token, which the server quotes when `echo_credentials`.
         """
         path = path.split("?", 1)[0]
+        if method == "GET" and path in ("/health", "/v1/models") and (down := self._down()):
+            if down == "hang":
+                await asyncio.sleep(self.config.hang_seconds)
+            return "reset"
         if method == "GET" and path == "/health":
             return _json(200, {"status": "ok"})
         if method == "GET" and path == "/stats":
