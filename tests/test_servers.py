@@ -157,7 +157,8 @@ def test_a_plain_re_run_retries_what_the_server_failed(tmp_path, faults):
     faults.configure(rates={"500": 1.0}, retry_after=0)
     write_tasks(tmp_path / "tasks.jsonl", 6)
     args = ("run", str(tmp_path / "tasks.jsonl"), "--llm", faults.url, "--model", "fault",
-            "--out", str(tmp_path / "o.jsonl"), "--give-up-after", "1", "--deadline", "3")  # fmt: skip
+            "--out", str(tmp_path / "o.jsonl"), "--give-up-after", "1",
+            "--deadline", "3")  # fmt: skip
     first = run_cli(*args)
     assert first.returncode == 2, first.stderr  # not one LLM call was answered
     faults.configure()
