@@ -11,8 +11,14 @@ import os
 import pytest
 from conftest import run_cli, write_tasks
 
-from anabranch import LLMAuthError, LLMConnectionError, LLMError, LLMOutputError
-from anabranch.errors import LLMTimeoutError, LLMUnavailableError
+from anabranch.errors import (
+    LLMAuthError,
+    LLMConnectionError,
+    LLMError,
+    LLMOutputError,
+    LLMTimeoutError,
+    LLMUnavailableError,
+)
 from anabranch.llm.endpoint import Endpoint
 from anabranch.llm.settings import Limits, RetryPolicy, Timeouts
 from anabranch.testing.fault_server import Quota
