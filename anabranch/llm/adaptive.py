@@ -269,8 +269,12 @@ class RateLimitHeaders:
             if delay > 0:
                 self.learner.waited()
                 await asyncio.sleep(delay)
-            # What the server said while this request waited counts: a quota can shrink.
-            self._next = time.monotonic() + self._spacing_for(estimated_tokens)
+            # What the server said while this request waited counts: a quota can shrink. The
+            # next slot follows this one's, not the moment the sleep ended (a busy loop wakes
+            # late, and the rate sent fell below the paced one by as much), with at most one
+            # spacing made up.
+            spacing = self._spacing_for(estimated_tokens)
+            self._next = max(self._next, time.monotonic() - spacing) + spacing
 
     def _spacing_for(self, estimated_tokens: int) -> float:
         spacing = self._spacing
@@ -290,6 +294,10 @@ _MARGIN = 0.05
 _PROBE_STEP = 0.04
 """Requests/s added to the paced rate per answer: about 4 % a second whatever the rate, so a
 quota that grows is found again, and one that does not costs a 429 now and then."""
+
+_CUT = 0.85
+"""A known quota's 429 (its share of answers low) paces at this share of the rate: the probe
+went just past the quota, and a step back of 15 % is below it again."""
 
 
 class QuotaLearner:
@@ -321,6 +329,7 @@ class QuotaLearner:
         """The last second's attempts: when, and whether they got through."""
         self._trial: _Trial | None = None
         self._first = 0.0
+        self._cut = 0.0
 
     def answered(self) -> None:
         """An attempt got an answer (not a 429)."""
@@ -339,14 +348,23 @@ class QuotaLearner:
         self._count(refused=True)
         if self._trial is not None:
             return False  # a trial under way decides
+        if not self._recent:  # a trial's verdict just cleared the window: judge afresh
+            return False
         refusals = sum(self._recent)
         share = refusals / len(self._recent)
+        now = time.monotonic()
+        if self.quota and self.rate is not None and share <= 2 * _MARGIN:
+            # A known quota, probed past: step back a little (once per second, as a whole-second
+            # Retry-After cannot say more), not a whole trial at half the rate each time.
+            if now - self._cut >= 1.0:
+                self._cut = now
+                self.rate = max(0.5, _CUT * self.rate)
+            return True
         margin = 0.0 if self.quota else _MARGIN
         if share <= self.baseline + margin or (
             not self.quota and (refusals < 2 or len(self._recent) < _WINDOW)
         ):
             return False
-        now = time.monotonic()
         span = max(min(1.0, now - self._first), 1e-3)  # the first second is not a whole one
         sent = len(self._sent) / span
         self._trial = _Trial(self.rate, share, now, skip=in_flight)
@@ -442,6 +460,7 @@ class Breaker:
         self._checking: asyncio.Task[None] | None = None
         self._said = 0.0
         self._gave_up = False
+        self._stopped = False
 
     @property
     def outage(self) -> str | None:
@@ -454,18 +473,29 @@ class Breaker:
             text += f"; giving up in {_span(left)}"
         return text
 
-    def unavailable(self, why: str) -> LLMUnavailableError:
+    def unavailable(self, why: str, attempts: int = 0) -> LLMUnavailableError:
         """The error of a call that the outage ended, naming the server and what to do."""
         since = f" since {_clock(self._opened)}" if self._opened is not None else ""
         return LLMUnavailableError(
             f"the server at {self.where} has not answered{since}; {why}; run the same command "
             "again when it is back (the subtasks that failed because of it are retried)",
-            attempts=0,
+            attempts=attempts,
         )
+
+    def stop(self) -> None:
+        """The server refused the key: nothing more is sent, so nothing waits for it to come
+        back (calls waiting here go on, and fail without sending)."""
+        self._stopped = True
+
+    async def aclose(self) -> None:
+        """Cancel a cheap check still under way (its client is about to close)."""
+        if self._checking is not None:
+            self._checking.cancel()
+            await asyncio.gather(self._checking, return_exceptions=True)
 
     async def admit(self) -> None:
         """Wait until a request may go: at once when closed; as the probe, or never, when open."""
-        while self._opened is not None:
+        while self._opened is not None and not self._stopped:
             now = time.monotonic()
             if self.give_up_after is not None and now - self._opened > self.give_up_after:
                 if not self._gave_up:
@@ -504,6 +534,8 @@ class Breaker:
     async def _check_then_open(self, check: Check) -> None:
         try:
             alive = await check()
+        except Exception:  # noqa: BLE001 - a check that cannot be made says nothing
+            return
         finally:
             self._checking = None
         if alive:  # slow, not down: its calls go on, each with its own timeout and retries

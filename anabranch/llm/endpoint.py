@@ -51,8 +51,10 @@ from anabranch.types import Usage
 T = TypeVar("T", bound=BaseModel)
 
 _CHECK_TIMEOUT = 5.0
-"""Seconds the cheap check (/health, /v1/models) may take: a server that cannot answer that in
-five seconds is not merely slow at generating."""
+"""Seconds the cheap check (/health, /v1/models) may take, or the attempt timeout if shorter: a
+server that cannot answer that in five seconds is not merely slow at generating (and a check
+longer than the attempts it judges let a hung server's calls run out their retries as timeouts
+before the breaker opened)."""
 
 
 @dataclass(slots=True)
@@ -176,10 +178,9 @@ class Endpoint:
     async def _answers(self) -> bool:
         """The cheap check: does the server answer anything at all (its /health, else
         /v1/models), within a few seconds? A slow server does; a hung or dead one does not."""
-        for url in (f"{self.server_root}/health", f"{self.base_url}/models"):
-            if await self._transport.answers(url, _CHECK_TIMEOUT):
-                return True
-        return False
+        timeout = min(_CHECK_TIMEOUT, self.timeouts.attempt)  # both at once: a hung server
+        urls = (f"{self.server_root}/health", f"{self.base_url}/models")  # costs one timeout
+        return any(await asyncio.gather(*(self._transport.answers(u, timeout) for u in urls)))
 
     @property
     def output_mode(self) -> OutputMode:
@@ -187,6 +188,7 @@ class Endpoint:
         return self._output_mode
 
     async def aclose(self) -> None:
+        await self._limiter.breaker.aclose()
         await self._transport.aclose()
 
     async def __aenter__(self) -> Endpoint:
@@ -292,6 +294,9 @@ class Endpoint:
             if not estimate and limiter.counts_tokens:  # known once a slot is held
                 estimate = _estimate_tokens(params["messages"]) + params["max_tokens"]
             await limiter.pace(estimate)
+            if self._refused is not None:  # refused while this call waited to retry: not sent
+                raise LLMAuthError(str(self._refused), attempts=tally.sent,
+                                   status=self._refused.status)  # fmt: skip
             tally.sent += 1
             began = time.perf_counter()
             try:
@@ -305,6 +310,7 @@ class Endpoint:
                         attempts=tally.sent,
                         status=exc.status_code,
                     )
+                    limiter.breaker.stop()  # calls waiting on it are let through, to fail
                     raise self._refused from exc
                 if _unhealthy(exc):
                     wait = retry_after(exc)
@@ -334,10 +340,11 @@ class Endpoint:
             try:
                 answer = await self._retrier.run(attempt, tally, limiter.lend, budget=budget)
             except LLMTimeoutError as exc:
-                if tally.sent == 0 and limiter.breaker.outage is not None:
+                if limiter.breaker.outage is not None:  # it ended waiting for a down server
                     raise limiter.breaker.unavailable(
                         f"the call's deadline ({self.timeouts.call:g} s) passed while waiting "
-                        "for it"
+                        "for it",
+                        attempts=tally.sent,
                     ) from exc
                 raise
         tokens = answer.tokens

@@ -96,10 +96,14 @@ class Retrier:
                 return await retrying(attempt)
         except Exception as exc:
             spent = f"{tally.sent} attempt(s) in {loop.time() - began:.1f} s"
-            if deadline.expired():
+            # A transient failure with attempts left stopped only because the deadline would
+            # pass before the next one: the deadline ended the call, as if it had expired.
+            cut = self.is_transient(exc) and tally.sent < policy.max_attempts
+            if deadline.expired() or cut:
                 last = f"; the last one: {describe(tally.last)}" if tally.last else ""
                 raise LLMTimeoutError(
-                    f"the call's deadline ({(deadline.when() or began) - began:.0f} s) passed "
+                    f"the call's deadline ({(deadline.when() or began) - began:.1f} s) "
+                    f"{'passed' if deadline.expired() else 'left no time for another attempt'} "
                     f"after {spent}{last}",
                     attempts=tally.sent,
                 ) from exc
