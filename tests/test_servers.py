@@ -32,18 +32,20 @@ async def many(llm: Endpoint, calls: int) -> list[object]:
 
 async def test_sporadic_429s_and_500s_cost_the_retried_request_not_the_batch(faults):
     """15 % random 429s (Retry-After: 1, whole seconds) and 15 % 500s: before, each 429 halved
-    the concurrency and paused the endpoint, and the batch ran two requests at a time. At 200 ms
-    a request, what the server has in flight is the endpoint's concurrency, not how fast a busy
-    client can send (at 10 ms, a loaded machine's client kept 5-9 in flight with or without
-    faults)."""
-    faults.configure(latency_ms=200, rates={"429": 0.15, "500": 0.15}, retry_after=1,
-                     retry_after_format="seconds", seed=3)  # fmt: skip
+    the concurrency and paused the endpoint, and the batch ran two requests at a time. What the
+    server has in flight is compared with the same batch without faults, on the same machine: at
+    a load of 15 on 2 cores, a client keeps fewer than its 32 in flight with or without faults."""
     retry = RetryPolicy(max_attempts=8, backoff_initial=0.05, backoff_max=0.2)
-    async with Endpoint(faults.url, "fault", limits=Limits(32), retry=retry) as llm:
-        done = await many(llm, 300)
-    stats = faults.stats()
-    assert all(not isinstance(d, BaseException) for d in done)
-    assert stats["max_in_flight"] >= 16, stats["max_in_flight"]
+    most = []
+    for rates in ({}, {"429": 0.15, "500": 0.15}):
+        faults.configure(latency_ms=200, rates=rates, retry_after=1,
+                         retry_after_format="seconds", seed=3)  # fmt: skip
+        async with Endpoint(faults.url, "fault", limits=Limits(32), retry=retry) as llm:
+            done = await many(llm, 200)
+        assert all(not isinstance(d, BaseException) for d in done)
+        most.append(faults.stats()["max_in_flight"])
+    clean, faulty = most
+    assert faulty >= 0.5 * clean, most  # before: 2 against 32
 
 
 async def test_a_quota_without_headers_and_whole_second_retry_after_is_learnt(faults):
@@ -122,6 +124,7 @@ async def test_a_refused_key_stops_sending(faults):
     assert faults.stats()["requests"] <= 5  # not 20 calls x 4 attempts
 
 
+@pytest.mark.slow  # an anabranch process end to end
 def test_a_refused_key_ends_the_run_with_exit_2_and_names_the_key(tmp_path, faults):
     faults.configure(rates={"401": 1.0})
     write_tasks(tmp_path / "tasks.jsonl", 8)
@@ -162,6 +165,7 @@ async def test_an_answer_past_the_size_cap_fails_its_call(faults, padding):
             await llm.chat(HI)
 
 
+@pytest.mark.slow  # two anabranch processes end to end
 def test_a_plain_re_run_retries_what_the_server_failed(tmp_path, faults):
     faults.configure(rates={"500": 1.0}, retry_after=0)
     write_tasks(tmp_path / "tasks.jsonl", 6)

@@ -36,6 +36,7 @@ from anabranch.llm.cache import ResponseCache
 from anabranch.llm.limits import CallLimiter
 from anabranch.llm.retry import Retrier, Tally, retry_after, short
 from anabranch.llm.settings import Limits, RetryPolicy, Sampling, Timeouts
+from anabranch.llm.speed import Speed
 from anabranch.llm.structured import (
     OutputMode,
     next_mode,
@@ -143,6 +144,7 @@ class Endpoint:
         self._output_mode: OutputMode = "json_schema"
         self._has_tokenize: bool | None = None
         self._refused: LLMAuthError | None = None
+        self._speed = Speed()
 
     @property
     def client(self) -> openai.AsyncOpenAI:
@@ -229,7 +231,9 @@ class Endpoint:
                     finish_reason=hit.finish_reason,
                     alternatives=hit.alternatives,
                 )
-        completion = await self._call(params, lambda: self._transport.chat(params))
+        completion = await self._call(
+            params, lambda: self._transport.chat(params, self._timeout(params))
+        )
         if self.cache is not None and key is not None:
             self.cache.put(key, completion.answer)
         return completion
@@ -251,6 +255,12 @@ class Endpoint:
         """
         params = self._params(messages, temperature, max_tokens, model)
         return await self._call(params, lambda: self._transport.stream(params, on_text))
+
+    def _timeout(self, params: dict[str, Any]) -> float:
+        """This attempt's timeout: the configured one, or longer when the server's measured
+        speed needs it for the request's max_tokens (a busy server is slow, not dead)."""
+        attempt, call = self.timeouts.attempt, self.timeouts.call
+        return self._speed.timeout(attempt, params["max_tokens"], call)
 
     def _params(
         self,
@@ -323,6 +333,7 @@ class Endpoint:
                 raise
             used = answer.tokens.completion if answer.tokens else 0
             limiter.succeeded(time.perf_counter() - began, used)
+            self._speed.answered(time.perf_counter() - began, used)
             return answer
 
         start = time.perf_counter()

@@ -13,6 +13,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
+from math import inf
 from typing import TypeVar
 
 import openai
@@ -21,8 +22,9 @@ from tenacity import (
     RetryCallState,
     retry_if_exception,
     stop_after_attempt,
-    stop_before_delay,
+    stop_any,
 )
+from tenacity.stop import stop_base
 
 from anabranch.errors import (
     LLMConnectionError,
@@ -73,6 +75,16 @@ class Retrier:
         began = asyncio.get_running_loop().time()
         deadline = asyncio.timeout(max(0.0, self.timeouts.call if budget is None else budget))
         loop = asyncio.get_running_loop()
+
+        async def wait(seconds: float) -> None:
+            """`sleep`, with the time spent past `seconds` (waiting to take a lent slot back)
+            given back to the deadline: waiting for a slot is not the call's own work."""
+            start = loop.time()
+            await sleep(seconds)
+            queued = loop.time() - start - seconds
+            if queued > 0 and (when := deadline.when()) is not None:
+                deadline.reschedule(when + queued)
+
         try:
             async with deadline:
                 try:
@@ -84,11 +96,12 @@ class Retrier:
                 delay = self._delay(first, 1)
                 if loop.time() + delay >= (deadline.when() or float("inf")):
                     raise first  # the deadline would pass while waiting
-                await sleep(delay)
+                await wait(delay)
                 retrying = AsyncRetrying(
-                    sleep=sleep,
-                    stop=stop_after_attempt(policy.max_attempts - 1)
-                    | stop_before_delay((deadline.when() or float("inf")) - loop.time()),
+                    sleep=wait,
+                    stop=stop_any(
+                        stop_after_attempt(policy.max_attempts - 1), _OutOfTime(deadline)
+                    ),
                     wait=self._wait,
                     retry=retry_if_exception(self.is_transient),
                     reraise=True,
@@ -131,6 +144,18 @@ class Retrier:
         initial = self.policy.backoff_initial
         backoff = initial * 2 ** (failed - 1) + random.uniform(0, initial)
         return min(backoff, self.policy.backoff_max)
+
+
+class _OutOfTime(stop_base):
+    """tenacity's stop: the deadline, as it stands now (waiting for a lent slot moves it), would
+    pass while waiting for the next attempt."""
+
+    def __init__(self, deadline: asyncio.Timeout) -> None:
+        self.deadline = deadline
+
+    def __call__(self, state: RetryCallState) -> bool:
+        now = asyncio.get_running_loop().time()
+        return now + (state.upcoming_sleep or 0.0) >= (self.deadline.when() or inf)
 
 
 def retry_after(exc: BaseException | None) -> float | None:

@@ -117,14 +117,16 @@ class Transport:
             "User-Agent": "anabranch",
         }
 
-    async def chat(self, params: dict[str, Any]) -> Answer:
-        """One chat completion, posted straight through the HTTP client."""
+    async def chat(self, params: dict[str, Any], timeout: float | None = None) -> Answer:
+        """One chat completion, posted straight through the HTTP client, within `timeout`
+        (the attempt timeout unless given: the endpoint's follows the server's speed)."""
         pool = next(self._next_pool)
         request = pool.build_request(
-            "POST", self._chat_url, content=orjson.dumps(params), headers=self._headers
-        )
+            "POST", self._chat_url, content=orjson.dumps(params), headers=self._headers,
+            timeout=timeout or httpx2.USE_CLIENT_DEFAULT,
+        )  # fmt: skip
         try:
-            async with asyncio.timeout(self.timeouts.attempt):
+            async with asyncio.timeout(timeout or self.timeouts.attempt):
                 response = await pool.send(request, stream=True)
                 try:
                     body = await self._read(response)
