@@ -77,13 +77,17 @@ class Retrier:
         loop = asyncio.get_running_loop()
 
         async def wait(seconds: float) -> None:
-            """`sleep`, with the time spent past `seconds` (waiting to take a lent slot back)
-            given back to the deadline: waiting for a slot is not the call's own work."""
-            start = loop.time()
-            await sleep(seconds)
-            queued = loop.time() - start - seconds
-            if queued > 0 and (when := deadline.when()) is not None:
-                deadline.reschedule(when + queued)
+            """`sleep` with the deadline held: only the `seconds` asked for count, not the time
+            spent taking a lent slot back (waiting for a slot is not the call's own work). The
+            retrier only waits when the deadline leaves room for the seconds."""
+            when, start = deadline.when(), loop.time()
+            deadline.reschedule(None)
+            try:
+                await sleep(seconds)
+            finally:
+                if when is not None:
+                    queued = max(0.0, loop.time() - start - seconds)
+                    deadline.reschedule(when + queued)
 
         try:
             async with deadline:
