@@ -12,10 +12,7 @@ being measured. HTTP/1.1 with keep-alive via h11, which lets it reset a connecti
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import hashlib
 import json
-import math
 import random
 import select
 import subprocess
@@ -23,97 +20,28 @@ import sys
 import time
 import urllib.request
 from collections import Counter
-from collections.abc import Awaitable, Iterator
 from dataclasses import dataclass, field
-from email.utils import formatdate
-from http import HTTPStatus
-from typing import Any, Literal
-
-import h11
-from pydantic import BaseModel, Field
+from typing import Any
 
 from anabranch.errors import SetupError
 from anabranch.llm.local_server import stop_process
+from anabranch.testing.fault_bodies import (
+    LABEL_LOGPROBS,
+    Act,
+    acted,
+    completion_body,
+    digest,
+    echo_answer,
+    error_reply,
+    json_reply,
+    logprobs_for,
+    padded,
+    sse_body,
+)
+from anabranch.testing.fault_config import Fault, FaultConfig, Quota
+from anabranch.testing.fault_http import serve_connection
 
-Fault = Literal[
-    "ok", "429", "500", "503", "400", "401", "403", "reset", "hang", "malformed", "invalid",
-    "drip", "cut", "stream_cut",
-]  # fmt: skip
-"""What one request gets: a normal answer, an HTTP error, a dropped connection, a hang past any
-timeout, a body that is not JSON, a well-formed answer whose content fails the schema, an answer
-dripped at `drip_bytes_per_s`, a body cut mid-way (the connection closes before the
-Content-Length is reached), or a stream sent close-delimited (no Content-Length, no chunks, as
-HTTP/1.0 and some proxies do) and cut before its finish_reason and `[DONE]`, where the end of the
-connection is the only end the client sees."""
-
-RetryAfterFormat = Literal["seconds", "date", "fractional"]
-"""How Retry-After is written: whole seconds rounded up (RFC 9110 delay-seconds, what most
-servers send), an HTTP-date (RFC 9110's other form), or fractional seconds (as no standard says,
-but quick for tests)."""
-
-ErrorStyle = Literal["openai", "vllm", "llamacpp"]
-"""The shape of an error body: OpenAI's `{"error": {"message", "type", "param", "code"}}`,
-vLLM's flat `{"object": "error", "message", "type", "param", "code"}`, or llama.cpp's
-`{"error": {"code", "message", "type"}}`."""
-
-
-class Quota(BaseModel):
-    """What the server can take; change it while it runs with `FaultServer.set_quota`."""
-
-    rps: float | None = None
-    """Requests per second (a token bucket holding one second's worth)."""
-    tpm: float | None = None
-    """Tokens per minute (a request's words plus its max_tokens; a bucket holding one second's
-    worth)."""
-    in_flight: int | None = None
-    """Requests at once; one more gets 429 at once."""
-    headers: bool = False
-    """Send OpenAI's x-ratelimit-* headers with every answer (OpenAI and a few gateways do;
-    llama.cpp, vLLM and most self-hosted servers send none)."""
-
-
-class FaultConfig(BaseModel):
-    """What the server does; change it at run time with PUT /config."""
-
-    latency_ms: float = 0.0
-    """Added before every answer, faults included."""
-    rates: dict[Fault, float] = Field(default_factory=dict)
-    """Probability of each fault per request, e.g. {"429": 0.1, "reset": 0.05}."""
-    script: list[Fault] = Field(default_factory=list)
-    """Faults for the first requests, in order, before `rates` applies."""
-    retry_after: float | None = 1.0
-    """Retry-After seconds sent with 429 and 503; None sends none."""
-    retry_after_format: RetryAfterFormat = "fractional"
-    """How Retry-After is written, for these faults and for the quota's 429s. Real servers send
-    whole seconds ("seconds") or a date; "fractional" keeps tests quick."""
-    retry_after_ms: bool = False
-    """Also send `retry-after-ms` with the exact wait, as OpenAI does (most servers do not)."""
-    error_style: ErrorStyle = "openai"
-    """Whose error bodies to imitate."""
-    hang_seconds: float = 3600.0
-    drip_bytes_per_s: float = 1.0
-    """How fast a "drip" answer's body comes: headers at once, then this many bytes a second."""
-    answer_bytes: int = 0
-    """Pad every answer's content to about this many bytes (0: no padding), sent in pieces so
-    that the server itself never holds it: a runaway or hostile answer."""
-    answer_padding: Literal["text", "whitespace"] = "text"
-    """What the padding is: letters after the answer (invalid for any schema), or whitespace
-    around it (valid JSON stays valid, only much larger)."""
-    refuse_json_schema: bool = False
-    """Answer 400 to `response_format: json_schema`, as servers without it do."""
-    quota: Quota | None = None
-    """A real capacity: requests beyond it get 429, as a provider's quota or a busy server."""
-    models: list[str] = Field(default_factory=lambda: ["fault"])
-    """What GET /v1/models lists."""
-    logprobs: bool = True
-    """Send the first token's likeliest alternatives when a request asks (`logprobs`), as
-    llama.cpp, vLLM and OpenAI do; False ignores the ask, as servers without them do."""
-    tokenize: bool = False
-    """Serve llama.cpp's `/tokenize` (one piece per word), under the same faults as chat."""
-    echo_credentials: bool = False
-    """Quote the request's bearer token in every error body and in a response header, as
-    OpenAI's 401 ("Incorrect API key provided: sk-...") and careless gateways do."""
-    seed: int = 0
+__all__ = ["LABEL_LOGPROBS", "FaultConfig", "FaultServer", "Quota", "serve"]
 
 
 @dataclass
@@ -186,7 +114,7 @@ class FaultApp:
             self._tokens -= cost
             return None
         self.stats.faults["quota"] += 1
-        status, headers, payload = _error(429, self.config, None, wait=max(wait, 0.05))
+        status, headers, payload = error_reply(429, self.config, None, wait=max(wait, 0.05))
         return status, {**headers, **self.quota_headers()}, payload
 
     def quota_headers(self) -> dict[str, str]:
@@ -249,30 +177,32 @@ class FaultApp:
                 await asyncio.sleep(self.config.hang_seconds)
             return "reset"
         if method == "GET" and path == "/health":
-            return _json(200, {"status": "ok"})
+            return json_reply(200, {"status": "ok"})
         if method == "GET" and path == "/stats":
-            return _json(200, self.stats.as_dict())
+            return json_reply(200, self.stats.as_dict())
         if method == "PUT" and path == "/config":
             self.configure(FaultConfig.model_validate_json(body))
-            return _json(200, self.config.model_dump())
+            return json_reply(200, self.config.model_dump())
         if method == "PUT" and path == "/quota":
             self.set_quota(Quota.model_validate_json(body) if body.strip() != b"null" else None)
-            return _json(200, self.config.model_dump())
+            return json_reply(200, self.config.model_dump())
         if method == "GET" and path == "/v1/models":
             listed = [{"id": m, "object": "model"} for m in self.config.models]
-            return _json(200, {"object": "list", "data": listed})
+            return json_reply(200, {"object": "list", "data": listed})
         if method == "POST" and path == "/v1/chat/completions":
             return await self._chat(body, key)
         if method == "POST" and path == "/tokenize" and self.config.tokenize:
             return await self._chat(body, key, tokenize=True)
-        return _json(404, {"error": {"message": f"no route {method} {path}", "type": "not_found"}})
+        return json_reply(
+            404, {"error": {"message": f"no route {method} {path}", "type": "not_found"}}
+        )
 
     async def _chat(
         self, body: bytes, key: str, *, tokenize: bool = False
     ) -> tuple[int, dict, bytes] | str | Act:
         stats = self.stats
         stats.requests += 1
-        stats.prompts[_digest(body)] += 1
+        stats.prompts[digest(body)] += 1
         stats.arrivals.append(round(time.monotonic() - stats.started, 6))
         stats.in_flight += 1
         stats.max_in_flight = max(stats.max_in_flight, stats.in_flight)
@@ -292,14 +222,16 @@ class FaultApp:
                 return 200, {"content-type": "application/json"}, b'{"id": "x", "choices": [{'
             if fault in ("400", "401", "403", "429", "500", "503"):
                 echoed = key if self.config.echo_credentials else None
-                return _error(int(fault), self.config, echoed)
+                return error_reply(int(fault), self.config, echoed)
             request = json.loads(body or b"{}")
             if tokenize:
                 words = str(request.get("content", "")).split()
-                return _json(200, {"tokens": [{"id": i, "piece": w} for i, w in enumerate(words)]})
+                return json_reply(
+                    200, {"tokens": [{"id": i, "piece": w} for i, w in enumerate(words)]}
+                )
             wants = (request.get("response_format") or {}).get("type")
             if self.config.refuse_json_schema and wants == "json_schema":
-                return _json(
+                return json_reply(
                     400,
                     {
                         "error": {
@@ -308,373 +240,26 @@ class FaultApp:
                         }
                     },
                 )
-            content = "I am not JSON at all." if fault == "invalid" else _answer(request)
-            completion = _completion(request, content)
+            content = "I am not JSON at all." if fault == "invalid" else echo_answer(request)
+            completion = completion_body(request, content)
             if request.get("logprobs") and self.config.logprobs and fault != "invalid":
-                completion["choices"][0]["logprobs"] = _logprobs(content, request)
+                completion["choices"][0]["logprobs"] = logprobs_for(content, request)
             if request.get("stream"):
-                events = _sse(completion, cut=fault == "stream_cut")
+                events = sse_body(completion, cut=fault == "stream_cut")
                 if fault == "stream_cut":
                     return Act({"content-type": "text/event-stream"}, [events], length=None)
-                return _acted(fault, self.config, 200, {"content-type": "text/event-stream"},
+                return acted(fault, self.config, 200, {"content-type": "text/event-stream"},
                               [events])  # fmt: skip
             headers = {"content-type": "application/json", **self.quota_headers()}
-            return _acted(fault, self.config, 200, headers, _padded(completion, self.config))
+            return acted(fault, self.config, 200, headers, padded(completion, self.config))
         finally:
             stats.in_flight -= 1
-
-
-def _digest(body: bytes) -> str:
-    """A short name for the request's conversation (its messages), whatever else it asks."""
-    try:
-        messages = json.loads(body or b"{}").get("messages")
-    except (ValueError, AttributeError):
-        messages = None
-    return hashlib.sha1(json.dumps(messages, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def _answer(request: dict[str, Any]) -> str:
-    fmt = request.get("response_format") or {}
-    if fmt.get("type") == "json_schema":
-        schema = fmt.get("json_schema", {}).get("schema", {})
-        return json.dumps(schema_instance(schema, schema.get("$defs", {})))
-    if fmt.get("type") == "json_object":
-        schema = _schema_in_prompt(request.get("messages", []))
-        return json.dumps(schema_instance(schema, schema.get("$defs", {})) if schema else {})
-    users = [m for m in request.get("messages", []) if m.get("role") == "user"]
-    return f"echo: {users[-1].get('content', '')}" if users else "echo:"
-
-
-def _schema_in_prompt(messages: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """A JSON schema that a prompt carries at the end of a message, as prompted-JSON clients do."""
-    for message in messages:
-        content = str(message.get("content") or "")
-        start = content.find("{")
-        if start < 0:
-            continue
-        try:
-            found = json.loads(content[start:])
-        except ValueError:
-            continue
-        if isinstance(found, dict) and "properties" in found:
-            return found
-    return None
-
-
-def schema_instance(schema: dict[str, Any], defs: dict[str, Any]) -> Any:
-    """A small value valid for a JSON schema (the subset pydantic emits)."""
-    if "$ref" in schema:
-        return schema_instance(defs[schema["$ref"].rsplit("/", 1)[-1]], defs)
-    if "const" in schema:
-        return schema["const"]
-    if "enum" in schema:
-        return schema["enum"][0]
-    for key in ("anyOf", "oneOf", "allOf"):
-        if key in schema:
-            return schema_instance(schema[key][0], defs)
-    kind = schema.get("type", "object")
-    if isinstance(kind, list):
-        kind = next((k for k in kind if k != "null"), "null")
-    if kind == "object":
-        props = schema.get("properties", {})
-        return {name: schema_instance(sub, defs) for name, sub in props.items()}
-    if kind == "array":
-        return [schema_instance(schema.get("items", {}), defs)] * max(1, schema.get("minItems", 1))
-    if kind == "string":
-        return "ok" + "k" * max(0, schema.get("minLength", 0) - 2)
-    if kind in ("number", "integer"):
-        low = schema.get("minimum", schema.get("exclusiveMinimum", 0))
-        high = schema.get("maximum", schema.get("exclusiveMaximum", 1))
-        value = (low + high) / 2
-        return int(value) if kind == "integer" else value
-    if kind == "boolean":
-        return True
-    return None
-
-
-def _completion(request: dict[str, Any], content: str) -> dict[str, Any]:
-    prompt = sum(len(str(m.get("content", "")).split()) for m in request.get("messages", []))
-    completion = len(content.split())
-    return {
-        "id": "chatcmpl-fault",
-        "object": "chat.completion",
-        "created": int(time.time()),
-        "model": request.get("model", "fault"),
-        "choices": [
-            {
-                "index": 0,
-                "message": {"role": "assistant", "content": content},
-                "finish_reason": "stop",
-            }
-        ],
-        "usage": {
-            "prompt_tokens": prompt,
-            "completion_tokens": completion,
-            "total_tokens": prompt + completion,
-        },
-    }
-
-
-LABEL_LOGPROBS = ((" positive", -1.2), (" negative", -2.0), (" neutral", -2.3))
-"""The first-token alternatives every answer offers after its own first word."""
-
-
-def _logprobs(content: str, request: dict[str, Any]) -> dict[str, Any]:
-    """OpenAI's `logprobs` for the answer's first word: itself most likely, then the three
-    sentiment labels (a model's first token is often not a label), cut to `top_logprobs`."""
-    first = content.split(" ", 1)[0]
-    ranked = [(first, -0.4), *LABEL_LOGPROBS]
-    top = [{"token": t, "logprob": p} for t, p in ranked[: int(request.get("top_logprobs") or 0)]]
-    return {"content": [{"token": first, "logprob": -0.4, "top_logprobs": top}]}
-
-
-@dataclass
-class Act:
-    """A reply the connection plays out by hand, then closes: what h11 would not send."""
-
-    headers: dict[str, str]
-    pieces: list[bytes | tuple[int, bytes]]
-    """The body: bytes, or (count, byte) for that byte repeated, made a megabyte at a time."""
-    status: int = 200
-    length: int | None = -1
-    """The Content-Length sent: -1 for the body's own, None for none (close-delimited)."""
-    cut_at: int | None = None
-    """Bytes of the body sent before the connection is dropped."""
-    rate: float | None = None
-    """Bytes per second, for a drip."""
-
-    def size(self) -> int:
-        return sum(len(p) if isinstance(p, bytes) else p[0] for p in self.pieces)
-
-    def chunks(self) -> Iterator[bytes]:
-        for piece in self.pieces:
-            if isinstance(piece, bytes):
-                yield piece
-                continue
-            count, byte = piece
-            while count > 0:
-                step = min(count, 1 << 20)
-                yield byte * step
-                count -= step
-
-
-def _acted(
-    fault: Fault, config: FaultConfig, status: int, headers: dict[str, str],
-    pieces: list[bytes | tuple[int, bytes]],
-) -> tuple[int, dict, bytes] | Act:  # fmt: skip
-    """The answer as the fault wants it sent: plain, dripped, cut half-way, or huge."""
-    if fault == "drip":
-        return Act(headers, pieces, status, rate=config.drip_bytes_per_s)
-    act = Act(headers, pieces, status)
-    if fault in ("cut", "stream_cut"):
-        act.cut_at = act.size() // 2
-        return act
-    if len(pieces) == 1 and isinstance(pieces[0], bytes):
-        return status, headers, pieces[0]
-    return act
-
-
-def _padded(completion: dict[str, Any], config: FaultConfig) -> list[bytes | tuple[int, bytes]]:
-    """The completion's JSON, its content padded to `answer_bytes` without building it whole."""
-    if not config.answer_bytes:
-        return [json.dumps(completion).encode()]
-    message = completion["choices"][0]["message"]
-    content, message["content"] = message["content"], "\x00"
-    before, after = json.dumps(completion).encode().split(b"\\u0000")
-    text = json.dumps(content).encode()[1:-1]
-    if config.answer_padding == "whitespace":
-        half = config.answer_bytes // 2
-        return [before, (half, b" "), text, (half, b" "), after]
-    return [before, text, (config.answer_bytes, b"x"), after]
-
-
-def _sse(completion: dict[str, Any], *, cut: bool = False) -> bytes:
-    """The completion as OpenAI's stream: a chunk per word, a usage chunk, then [DONE]; `cut`
-    stops half-way through the words, before any finish_reason or [DONE]."""
-    base = {k: completion[k] for k in ("id", "created", "model")} | {
-        "object": "chat.completion.chunk"
-    }
-    words = completion["choices"][0]["message"]["content"].split(" ")
-    pieces = [w if i == 0 else " " + w for i, w in enumerate(words)]
-    events = [
-        base | {"choices": [{"index": 0, "delta": {"content": p}, "finish_reason": None}]}
-        for p in pieces
-    ]
-    if cut:
-        events = events[: max(1, len(events) // 2)]
-        return b"".join(f"data: {json.dumps(e)}\n\n".encode() for e in events)
-    events.append(base | {"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
-    events.append(base | {"choices": [], "usage": completion["usage"]})
-    return b"".join(f"data: {json.dumps(e)}\n\n".encode() for e in events) + b"data: [DONE]\n\n"
-
-
-def _json(status: int, payload: Any, headers: dict | None = None) -> tuple[int, dict, bytes]:
-    return (
-        status,
-        {"content-type": "application/json", **(headers or {})},
-        json.dumps(payload).encode(),
-    )
-
-
-def retry_after_headers(seconds: float, config: FaultConfig) -> dict[str, str]:
-    """Retry-After for a wait of `seconds`, written as the config says (and retry-after-ms)."""
-    whole = max(0, math.ceil(seconds - 1e-9))
-    if config.retry_after_format == "seconds":
-        headers = {"retry-after": str(whole)}
-    elif config.retry_after_format == "date":
-        headers = {"retry-after": formatdate(time.time() + whole, usegmt=True)}
-    else:
-        headers = {"retry-after": f"{seconds:.3f}".rstrip("0").rstrip(".")}
-    if config.retry_after_ms:
-        headers["retry-after-ms"] = str(round(seconds * 1000))
-    return headers
-
-
-_MESSAGES = {
-    400: "bad request: 'messages' does not match the message schema",
-    401: "invalid api key",
-    403: "forbidden",
-    429: "rate limit exceeded",
-}
-_TYPES = {
-    "openai": {400: "invalid_request_error", 401: "invalid_request_error", 403: "permission_error",
-               429: "requests"},
-    "vllm": {400: "BadRequestError", 401: "Unauthorized", 403: "Forbidden",
-             429: "TooManyRequests"},
-    "llamacpp": {400: "invalid_request_error", 401: "authentication_error",
-                 403: "permission_error", 429: "unavailable_error"},
-}  # fmt: skip
-
-
-def _error(
-    status: int, config: FaultConfig, echoed: str | None, *, wait: float | None = None
-) -> tuple[int, dict, bytes]:
-    """An error answer as the configured kind of server writes it; 429 and 503 carry
-    Retry-After (`wait`, else the configured one)."""
-    headers = {}
-    wait = config.retry_after if wait is None else wait
-    if status in (429, 503) and wait is not None:
-        headers = retry_after_headers(wait, config)
-    message = _MESSAGES.get(status, "server error")
-    if echoed is not None:
-        message += f": Incorrect API key provided: {echoed} (Authorization: Bearer {echoed})"
-        headers["x-echoed-authorization"] = f"Bearer {echoed}"
-    kind = _TYPES[config.error_style].get(status, "server_error")
-    body: dict[str, Any]
-    if config.error_style == "vllm":
-        body = {"object": "error", "message": message, "type": kind, "param": None,
-                "code": status}  # fmt: skip
-    elif config.error_style == "llamacpp":
-        body = {"error": {"code": status, "message": message, "type": kind}}
-    else:
-        body = {"error": {"message": message, "type": kind, "param": None, "code": None}}
-    return _json(status, body, headers)
-
-
-async def _serve_connection(
-    app: FaultApp, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-) -> None:
-    conn = h11.Connection(h11.SERVER)
-    try:
-        while True:
-            request, body = None, bytearray()
-            while True:
-                event = conn.next_event()
-                if event is h11.NEED_DATA:
-                    conn.receive_data(await reader.read(65536))
-                elif isinstance(event, h11.Request):
-                    request = event
-                elif isinstance(event, h11.Data):
-                    body += event.data
-                elif isinstance(event, h11.EndOfMessage):
-                    break
-                elif isinstance(event, h11.ConnectionClosed):
-                    return
-            assert request is not None  # h11 gives the request before its end of message
-            auth = dict(request.headers).get(b"authorization", b"").decode("latin-1")
-            key = auth.partition(" ")[2]
-            work = app.handle(request.method.decode(), request.target.decode(), bytes(body), key)
-            answer = await _unless_client_leaves(app, conn, reader, work)
-            if answer is None:  # the client hung up first: its request was cancelled
-                return
-            if isinstance(answer, str):  # "reset": drop the connection without a word
-                writer.transport.abort()
-                return
-            if isinstance(answer, Act):
-                await _play(answer, reader, writer)
-                return
-            status, headers, payload = answer
-            sent = [*headers.items(), ("content-length", str(len(payload)))]
-            writer.write(conn.send(h11.Response(status_code=status, headers=sent)))
-            writer.write(conn.send(h11.Data(data=payload)))
-            writer.write(conn.send(h11.EndOfMessage()))
-            await writer.drain()
-            if conn.our_state is h11.MUST_CLOSE:
-                return
-            conn.start_next_cycle()
-    except (ConnectionError, h11.RemoteProtocolError, asyncio.IncompleteReadError):
-        return
-    finally:
-        writer.close()
-
-
-async def _play(act: Act, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    """Send an `Act` by hand: its head, then its body as it says (dripped, cut, huge), then
-    close; a client that leaves ends it."""
-    headers = {**act.headers, "connection": "close"}
-    if act.length is not None:
-        headers["content-length"] = str(act.size() if act.length < 0 else act.length)
-    head = f"HTTP/1.1 {act.status} {HTTPStatus(act.status).phrase}\r\n"
-    head += "".join(f"{k}: {v}\r\n" for k, v in headers.items()) + "\r\n"
-    writer.write(head.encode("latin-1"))
-    sent = 0
-    for chunk in act.chunks():
-        if act.cut_at is not None:
-            chunk = chunk[: act.cut_at - sent]
-        step = max(1, int(act.rate / 10)) if act.rate else len(chunk) or 1
-        for i in range(0, len(chunk), step):
-            if writer.is_closing() or reader.at_eof():
-                return
-            writer.write(chunk[i : i + step])
-            await writer.drain()
-            if act.rate:
-                await asyncio.sleep(step / act.rate)
-        sent += len(chunk)
-        if act.cut_at is not None and sent >= act.cut_at:
-            writer.transport.abort()  # cut: the rest never comes
-            return
-
-
-async def _unless_client_leaves(
-    app: FaultApp,
-    conn: h11.Connection,
-    reader: asyncio.StreamReader,
-    work: Awaitable[tuple[int, dict[str, str], bytes] | str | Act],
-) -> tuple[int, dict[str, str], bytes] | str | Act | None:
-    """Run the handler, but cancel it if the client closes the connection meanwhile (as a
-    cancelled LLM call does), so that in-flight counts show cancellation for real."""
-    handler = asyncio.ensure_future(work)
-    while True:
-        watcher = asyncio.ensure_future(reader.read(65536))
-        done, _ = await asyncio.wait({handler, watcher}, return_when=asyncio.FIRST_COMPLETED)
-        if handler in done:
-            watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await watcher  # the stream allows one reader at a time: let this one finish
-            return handler.result()
-        data = watcher.result()
-        if data:  # the client's next request, early: keep it for the next cycle
-            conn.receive_data(data)
-            continue
-        handler.cancel()
-        app.stats.cancelled += 1
-        return None
 
 
 async def serve(config: FaultConfig, host: str = "127.0.0.1", port: int = 0) -> None:
     app = FaultApp(config)
     server = await asyncio.start_server(
-        lambda r, w: _serve_connection(app, r, w), host, port, backlog=1024
+        lambda r, w: serve_connection(app, r, w), host, port, backlog=1024
     )
     bound = server.sockets[0].getsockname()[1]
     print(f"fault server listening on http://{host}:{bound}", flush=True)
