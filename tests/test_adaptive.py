@@ -15,8 +15,8 @@ from conftest import run_cli
 
 from anabranch import Task, run_batch
 from anabranch.analysis import build_analysis_graph
-from anabranch.llm.adaptive import parse_duration
 from anabranch.llm.endpoint import Endpoint
+from anabranch.llm.quota import parse_duration
 from anabranch.llm.settings import Limits, RetryPolicy, Timeouts
 from anabranch.testing.fault_server import Quota
 

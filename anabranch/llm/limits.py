@@ -14,7 +14,9 @@ from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 
 from anabranch.errors import ConfigError
-from anabranch.llm.adaptive import AdaptiveSlots, Breaker, Check, RateLimitHeaders
+from anabranch.llm.adaptive import AdaptiveSlots
+from anabranch.llm.breaker import Breaker, Check
+from anabranch.llm.quota import RateLimitHeaders
 from anabranch.llm.settings import Limits
 
 

@@ -1,0 +1,147 @@
+"""Not hammering a server that is down, and saying so.
+
+`Breaker` stops sending to a server whose calls keep failing or hanging: after N failures in a
+row (timeouts only when a cheap check fails too: slow is not dead) it opens, says so, lets one
+probe through at a growing interval, and closes when a probe succeeds; open past
+`give_up_after`, every call waiting on it fails at once with `LLMUnavailableError`, so a
+journaled batch ends and a plain re-run retries those calls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+from anabranch.errors import LLMUnavailableError
+
+logger = logging.getLogger(__name__)
+
+
+def _clock(moment: float) -> str:
+    """A monotonic moment as the wall clock's HH:MM:SS, for messages."""
+    return time.strftime("%H:%M:%S", time.localtime(time.time() - (time.monotonic() - moment)))
+
+
+def _span(seconds: float) -> str:
+    """`45 s`, `4 min`: how long, as a person says it."""
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min"
+
+
+Check = Callable[[], Awaitable[bool]]
+"""A cheap question to the server (is it there at all?), True when it answered."""
+
+
+class Breaker:
+    """Opens after `failures` failures in a row; probes at a growing interval; gives up.
+
+    Refused connections and server errors count at once. Timeouts count only when the server
+    does not answer a cheap `check` either (`/health`, `/v1/models`): a busy server that takes
+    longer than the attempt timeout is slow, not down, and its calls are retried rather than
+    failed after `give_up_after`. Opening, every minute while open, and giving up are said on
+    the `anabranch` logger as warnings (stderr, unless an application routes them), with
+    the time the server stopped answering and what happens next.
+    """
+
+    def __init__(
+        self, failures: int, give_up_after: float | None, where: str, check: Check | None = None
+    ) -> None:
+        self.failures = failures
+        self.give_up_after = give_up_after
+        self.where = where
+        self.check = check
+        self._in_a_row = 0
+        self._opened: float | None = None
+        self._next_probe = 0.0
+        self._interval = 1.0
+        self._probing = False
+        self._checking: asyncio.Task[None] | None = None
+        self._said = 0.0
+        self._gave_up = False
+        self._stopped = False
+
+    @property
+    def outage(self) -> str | None:
+        """What the progress line says while the breaker is open, else None."""
+        if self._opened is None:
+            return None
+        text = f"server not answering since {_clock(self._opened)}"
+        if self.give_up_after is not None:
+            left = max(0.0, self._opened + self.give_up_after - time.monotonic())
+            text += f"; giving up in {_span(left)}"
+        return text
+
+    def unavailable(self, why: str, attempts: int = 0) -> LLMUnavailableError:
+        """The error of a call that the outage ended, naming the server and what to do."""
+        since = f" since {_clock(self._opened)}" if self._opened is not None else ""
+        return LLMUnavailableError(
+            f"the server at {self.where} has not answered{since}; {why}; run the same command "
+            "again when it is back (the subtasks that failed because of it are retried)",
+            attempts=attempts,
+        )
+
+    def stop(self) -> None:
+        """The server refused the key: nothing more is sent, so nothing waits for it to come
+        back (calls waiting here go on, and fail without sending)."""
+        self._stopped = True
+
+    async def aclose(self) -> None:
+        """Cancel a cheap check still under way (its client is about to close)."""
+        if self._checking is not None:
+            self._checking.cancel()
+            await asyncio.gather(self._checking, return_exceptions=True)
+
+    async def admit(self) -> None:
+        """Wait until a request may go: at once when closed; as the probe, or never, when open."""
+        while self._opened is not None and not self._stopped:
+            now = time.monotonic()
+            if self.give_up_after is not None and now - self._opened > self.give_up_after:
+                if not self._gave_up:
+                    self._gave_up = True
+                    logger.warning("gave up: %s", self.unavailable("gave up after "
+                                   f"{self.give_up_after:g} s (--give-up-after)"))  # fmt: skip
+                raise self.unavailable(f"gave up after {self.give_up_after:g} s")
+            if now - self._said >= 60.0:
+                self._said = now
+                logger.warning("the %s at %s", self.outage, self.where)
+            if not self._probing and now >= self._next_probe:
+                self._probing = True
+                return
+            await asyncio.sleep(min(0.1, max(0.01, self._next_probe - now)))
+
+    def succeeded(self) -> None:
+        if self._opened is not None:
+            logger.warning("the server at %s answers again", self.where)
+        self._in_a_row = 0
+        self._opened, self._probing, self._interval, self._gave_up = None, False, 1.0, False
+
+    def failed(self, *, timed_out: bool = False) -> None:
+        self._in_a_row += 1
+        now = time.monotonic()
+        if self._opened is not None:
+            if self._probing:  # the probe failed: wait longer before the next
+                self._probing = False
+                self._interval = min(30.0, self._interval * 2)
+                self._next_probe = now + self._interval
+        elif self._in_a_row >= self.failures:
+            if not timed_out or self.check is None:
+                self._open(now)
+            elif self._checking is None:  # slow or down? ask the cheap question first
+                self._checking = asyncio.ensure_future(self._check_then_open(self.check))
+
+    async def _check_then_open(self, check: Check) -> None:
+        try:
+            alive = await check()
+        except Exception:  # noqa: BLE001 - a check that cannot be made says nothing
+            return
+        finally:
+            self._checking = None
+        if alive:  # slow, not down: its calls go on, each with its own timeout and retries
+            self._in_a_row = 0
+        elif self._opened is None and self._in_a_row >= self.failures:
+            self._open(time.monotonic())
+
+    def _open(self, now: float) -> None:
+        self._opened, self._next_probe, self._said = now, now + self._interval, now
+        logger.warning("the %s at %s", self.outage, self.where)
