@@ -18,32 +18,25 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import openai
-from pydantic import BaseModel, SecretStr, ValidationError
+from pydantic import BaseModel, SecretStr
 
 from anabranch.errors import (
     ConfigError,
     LLMAuthError,
-    LLMOutputError,
     LLMStatusError,
     LLMTimeoutError,
 )
 from anabranch.llm.adaptive import SlotStats
 from anabranch.llm.cache import ResponseCache
 from anabranch.llm.limits import CallLimiter
-from anabranch.llm.retry import Retrier, Tally, retry_after, short
+from anabranch.llm.retry import Retrier, Tally, short
 from anabranch.llm.settings import Limits, RetryPolicy, Sampling, Timeouts
 from anabranch.llm.speed import Speed
-from anabranch.llm.structured import (
-    OutputMode,
-    next_mode,
-    response_format,
-    validate,
-    with_schema_prompt,
-)
+from anabranch.llm.structured import OutputMode, Parsed, parse, response_format
 from anabranch.llm.transport import Answer, Tokens, Transport
 from anabranch.redact import public_url, register_secret
 from anabranch.tools.tokenizer import count_tokens, readable_pieces
@@ -76,16 +69,6 @@ class Completion:
         """The answer as the transport gave it, for the cache."""
         tokens = Tokens(self.usage.prompt_tokens, self.usage.completion_tokens)
         return Answer(self.text, tokens, self.finish_reason, self.alternatives)
-
-
-@dataclass(slots=True)
-class Parsed(Generic[T]):
-    """A validated structured answer and what it cost, repair re-ask included."""
-
-    value: T
-    usage: Usage
-    attempts: int
-    latency_s: float
 
 
 def normalize_base_url(url: str) -> str:
@@ -189,6 +172,10 @@ class Endpoint:
         """How `parse` asks for JSON: learned from the server, which may refuse `json_schema`."""
         return self._output_mode
 
+    @output_mode.setter
+    def output_mode(self, mode: OutputMode) -> None:
+        self._output_mode = mode
+
     async def aclose(self) -> None:
         await self._limiter.breaker.aclose()
         await self._transport.aclose()
@@ -280,15 +267,6 @@ class Endpoint:
             params["response_format"] = response_format
         return params
 
-    def _forget(self, messages: list[dict[str, Any]], mode: OutputMode, schema: type[BaseModel],
-                temperature: float | None, max_tokens: int | None) -> None:  # fmt: skip
-        """Drop a cached answer that failed validation: a retry must ask the model again."""
-        if self.cache is not None:
-            params = self._params(messages, temperature, max_tokens, None,
-                                  response_format(schema, mode))  # fmt: skip
-            if (key := self.cache.key(self.base_url, params)) is not None:
-                self.cache.discard(key)
-
     async def _call(
         self, params: dict[str, Any], send: Callable[[], Awaitable[Answer]]
     ) -> Completion:
@@ -322,14 +300,7 @@ class Endpoint:
                     )
                     limiter.breaker.stop()  # calls waiting on it are let through, to fail
                     raise self._refused from exc
-                if _unhealthy(exc):
-                    wait = retry_after(exc)
-                    capped = None if wait is None else min(wait, self.retry.max_retry_after)
-                    exact = isinstance(exc, openai.APIStatusError) and (
-                        "retry-after-ms" in exc.response.headers
-                    )
-                    timed_out = isinstance(exc, TimeoutError | openai.APITimeoutError)
-                    limiter.failed(_overloaded(exc), capped, exact=exact, timed_out=timed_out)
+                limiter.heard(exc, self.retry.max_retry_after)
                 raise
             used = answer.tokens.completion if answer.tokens else 0
             limiter.succeeded(time.perf_counter() - began, used)
@@ -381,70 +352,18 @@ class Endpoint:
         temperature: float | None = None,
         max_tokens: int | None = None,
     ) -> Parsed[T]:
-        """JSON matching `schema`, validated; invalid JSON gets one re-ask showing the error."""
-        start = time.perf_counter()
-        completion, sent, mode = await self._chat_structured(
-            messages, schema, temperature, max_tokens
-        )
-        usage, attempts = completion.usage, completion.attempts
-        try:
-            value = validate(completion.text, schema)
-        except ValueError as first_error:
-            self._forget(sent, mode, schema, temperature, max_tokens)
-            repair = [
-                *sent,
-                {"role": "assistant", "content": excerpt(completion.text)},
-                {
-                    "role": "user",
-                    "content": "That answer is not valid JSON for the schema: "
-                    f"{short(first_error)}. Reply again with only the corrected JSON.",
-                },
-            ]
-            completion = await self.chat(
-                repair,
-                response_format=response_format(schema, mode),
-                temperature=temperature,
-                max_tokens=max_tokens,
-            )
-            usage, attempts = usage + completion.usage, attempts + completion.attempts
-            try:
-                value = validate(completion.text, schema)
-            except (ValidationError, ValueError) as exc:
-                self._forget(repair, mode, schema, temperature, max_tokens)
-                raise LLMOutputError(
-                    f"{schema.__name__} still invalid after a repair re-ask: {short(exc)}",
-                    attempts=attempts,
-                    usage=usage,
-                ) from exc
-        return Parsed(value, usage, attempts, time.perf_counter() - start)
+        """JSON matching `schema`, validated; invalid JSON gets one re-ask showing the error
+        (`structured.parse`)."""
+        return await parse(self, messages, schema, temperature=temperature, max_tokens=max_tokens)
 
-    async def _chat_structured(
-        self,
-        messages: list[dict[str, Any]],
-        schema: type[BaseModel],
-        temperature: float | None,
-        max_tokens: int | None,
-    ) -> tuple[Completion, list[dict[str, Any]], OutputMode]:
-        """Try the learned output mode; a refusal of that mode moves every later call down.
-
-        Returns the answer, the messages sent (the schema prompt included) and the mode used.
-        """
-        while True:
-            mode = self._output_mode
-            sent = with_schema_prompt(messages, schema, mode)
-            try:
-                completion = await self.chat(
-                    sent,
-                    response_format=response_format(schema, mode),
-                    temperature=temperature,
-                    max_tokens=max_tokens,
-                )
-                return completion, sent, mode
-            except LLMStatusError as exc:
-                fallback = next_mode(exc, mode)
-                if fallback is None:
-                    raise
-                self._output_mode = fallback
+    def forget(self, messages: list[dict[str, Any]], mode: OutputMode, schema: type[BaseModel],
+               temperature: float | None, max_tokens: int | None) -> None:  # fmt: skip
+        """Drop a cached answer that failed validation: a retry must ask the model again."""
+        if self.cache is not None:
+            params = self._params(messages, temperature, max_tokens, None,
+                                  response_format(schema, mode))  # fmt: skip
+            if (key := self.cache.key(self.base_url, params)) is not None:
+                self.cache.discard(key)
 
     # -- tokenizer ------------------------------------------------------------------------------
 
@@ -474,31 +393,6 @@ class Endpoint:
         self._has_tokenize = True
         tokens = response.get("tokens", []) if isinstance(response, dict) else []
         return readable_pieces([_piece_bytes(t) for t in tokens]), len(tokens)
-
-
-_EXCERPT = 2000
-"""Characters of an invalid answer quoted back in the repair re-ask: enough for the model to see
-its mistake, never the whole of a runaway answer sent back to the server."""
-
-
-def excerpt(text: str) -> str:
-    """The start and end of `text`, at most `_EXCERPT` characters in all."""
-    if len(text) <= _EXCERPT:
-        return text
-    half = _EXCERPT // 2
-    return f"{text[:half]} … ({len(text) - _EXCERPT} characters left out) … {text[-half:]}"
-
-
-def _overloaded(exc: BaseException) -> bool:
-    """The server said it has no room: 429, or 503."""
-    return isinstance(exc, openai.APIStatusError) and exc.status_code in (429, 503)
-
-
-def _unhealthy(exc: BaseException) -> bool:
-    """A failure that says something about the server's health or load (a 400 says nothing)."""
-    if isinstance(exc, openai.APIStatusError):
-        return exc.status_code in (429, 503) or exc.status_code >= 500
-    return isinstance(exc, openai.APIConnectionError | TimeoutError)
 
 
 def _estimate_tokens(messages: list[dict[str, Any]]) -> int:

@@ -13,10 +13,13 @@ import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 
+import openai
+
 from anabranch.errors import ConfigError
 from anabranch.llm.adaptive import AdaptiveSlots
 from anabranch.llm.breaker import Breaker, Check
 from anabranch.llm.quota import RateLimitHeaders
+from anabranch.llm.retry import retry_after
 from anabranch.llm.settings import Limits
 
 
@@ -114,6 +117,18 @@ class CallLimiter:
         self.slots.succeeded(latency, completion_tokens)
         self.headers.learner.answered()
 
+    def heard(self, exc: BaseException, max_retry_after: float) -> None:
+        """What an attempt's failure says of the server: that it has no room (429, 503, with
+        the Retry-After it asked for, capped), that it may be down (timeouts, resets, 5xx), or
+        nothing (a 400 says nothing of its health)."""
+        if not _unhealthy(exc):
+            return
+        wait = retry_after(exc)
+        capped = None if wait is None else min(wait, max_retry_after)
+        exact = isinstance(exc, openai.APIStatusError) and "retry-after-ms" in exc.response.headers
+        timed_out = isinstance(exc, TimeoutError | openai.APITimeoutError)
+        self.failed(_overloaded(exc), capped, exact=exact, timed_out=timed_out)
+
     def failed(
         self,
         overloaded: bool,
@@ -149,3 +164,15 @@ class CallLimiter:
         """Correct the token bucket once the server has said what a request used."""
         if self._tpm:
             self._tpm.settle(used_tokens - estimated_tokens)
+
+
+def _overloaded(exc: BaseException) -> bool:
+    """The server said it has no room: 429, or 503."""
+    return isinstance(exc, openai.APIStatusError) and exc.status_code in (429, 503)
+
+
+def _unhealthy(exc: BaseException) -> bool:
+    """A failure that says something about the server's health or load (a 400 says nothing)."""
+    if isinstance(exc, openai.APIStatusError):
+        return exc.status_code in (429, 503) or exc.status_code >= 500
+    return isinstance(exc, openai.APIConnectionError | TimeoutError)

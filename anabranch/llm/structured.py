@@ -2,18 +2,26 @@
 
 A server may refuse `json_schema` (older vLLM, some gateways); then `json_object` with the schema
 in a system message, then plain prompted JSON. The answer is validated with pydantic; a code fence
-around it is tolerated.
+around it is tolerated. `parse` asks an endpoint for it, with one repair re-ask that quotes a
+bounded excerpt of the invalid answer (never a runaway answer sent back whole).
 """
 
 from __future__ import annotations
 
 import json
 import re
-from typing import Any, Literal, TypeVar
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
-from anabranch.errors import LLMStatusError
+from anabranch.errors import LLMOutputError, LLMStatusError
+from anabranch.llm.retry import short
+from anabranch.types import Usage
+
+if TYPE_CHECKING:
+    from anabranch.llm.endpoint import Completion, Endpoint
 
 T = TypeVar("T", bound=BaseModel)
 
@@ -63,3 +71,100 @@ def next_mode(exc: LLMStatusError, mode: OutputMode) -> OutputMode | None:
     if exc.status != 400 or mode == MODES[-1] or not _ABOUT_FORMAT.search(str(exc)):
         return None
     return MODES[MODES.index(mode) + 1]
+
+
+@dataclass(slots=True)
+class Parsed(Generic[T]):
+    """A validated structured answer and what it cost, repair re-ask included."""
+
+    value: T
+    usage: Usage
+    attempts: int
+    latency_s: float
+
+
+async def parse(
+    llm: Endpoint,
+    messages: list[dict[str, Any]],
+    schema: type[T],
+    *,
+    temperature: float | None = None,
+    max_tokens: int | None = None,
+) -> Parsed[T]:
+    """JSON matching `schema` from `llm`, validated; invalid JSON gets one re-ask showing the
+    error and a bounded excerpt of the answer (`excerpt`)."""
+    start = time.perf_counter()
+    completion, sent, mode = await _chat_structured(llm, messages, schema, temperature, max_tokens)
+    usage, attempts = completion.usage, completion.attempts
+    try:
+        value = validate(completion.text, schema)
+    except ValueError as first_error:
+        llm.forget(sent, mode, schema, temperature, max_tokens)
+        repair = [
+            *sent,
+            {"role": "assistant", "content": excerpt(completion.text)},
+            {
+                "role": "user",
+                "content": "That answer is not valid JSON for the schema: "
+                f"{short(first_error)}. Reply again with only the corrected JSON.",
+            },
+        ]
+        completion = await llm.chat(
+            repair,
+            response_format=response_format(schema, mode),
+            temperature=temperature,
+            max_tokens=max_tokens,
+        )
+        usage, attempts = usage + completion.usage, attempts + completion.attempts
+        try:
+            value = validate(completion.text, schema)
+        except (ValidationError, ValueError) as exc:
+            llm.forget(repair, mode, schema, temperature, max_tokens)
+            raise LLMOutputError(
+                f"{schema.__name__} still invalid after a repair re-ask: {short(exc)}",
+                attempts=attempts,
+                usage=usage,
+            ) from exc
+    return Parsed(value, usage, attempts, time.perf_counter() - start)
+
+
+async def _chat_structured(
+    llm: Endpoint,
+    messages: list[dict[str, Any]],
+    schema: type[BaseModel],
+    temperature: float | None,
+    max_tokens: int | None,
+) -> tuple[Completion, list[dict[str, Any]], OutputMode]:
+    """Try the learned output mode; a refusal of that mode moves every later call down.
+
+    Returns the answer, the messages sent (the schema prompt included) and the mode used.
+    """
+    while True:
+        mode = llm.output_mode
+        sent = with_schema_prompt(messages, schema, mode)
+        try:
+            completion = await llm.chat(
+                sent,
+                response_format=response_format(schema, mode),
+                temperature=temperature,
+                max_tokens=max_tokens,
+            )
+            return completion, sent, mode
+        except LLMStatusError as exc:
+            fallback = next_mode(exc, mode)
+            if fallback is None:
+                raise
+            llm.output_mode = fallback
+
+
+_EXCERPT = 2000
+"""Characters of an invalid answer quoted back in the repair re-ask: enough for the model to see
+its mistake, never the whole of a runaway answer sent back to the server."""
+
+
+def excerpt(text: str) -> str:
+    """The start and end of `text`, at most `_EXCERPT` characters in all."""
+    if len(text) <= _EXCERPT:
+        return text
+    half = _EXCERPT // 2
+    return f"{text[:half]} … ({len(text) - _EXCERPT} characters left out) … {text[-half:]}"
