@@ -84,9 +84,14 @@ class LLMPlanner:
             "Plan",
             agents=(
                 list[Literal[names]],  # type: ignore[valid-type]  # a Literal built at run time
-                Field(description="The analyses this task needs."),
+                # Bounded, and a set: under grammar decoding a small model repeated agent names
+                # until max_tokens cut the JSON (maxItems bounds llama.cpp's grammar).
+                Field(description="The analyses this task needs.", max_length=len(names),
+                      json_schema_extra={"uniqueItems": True}),
             ),
-        )
+        )  # fmt: skip
+        self._max_tokens = 16 + 8 * len(names)
+        """What the plan's JSON can need: a few tokens per agent name, and the braces."""
 
     async def plan(self, task: Task) -> list[Subtask]:
         rule_plan = await self._rule.plan(task)
@@ -101,7 +106,7 @@ class LLMPlanner:
             {"role": "user", "content": f"Request: {request}\nText: {task.text[:2000]}"},
         ]
         try:
-            parsed = await self.endpoint.parse(messages, self._schema)
+            parsed = await self.endpoint.parse(messages, self._schema, max_tokens=self._max_tokens)
         except AnabranchError as exc:
             logger.warning("LLM planner fell back to the rule plan for %s: %s", task.id, exc)
             return rule_plan
