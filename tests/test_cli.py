@@ -110,9 +110,9 @@ def test_the_api_key_never_reaches_output_or_results(tmp_path, faults):
         "run", str(tasks), "--out", str(out), "--llm", faults.url, "--model", "m",
         env={"OPENAI_API_KEY": secret},
     )  # fmt: skip
-    assert proc.returncode == 4  # delivered with errors
+    assert proc.returncode == 2  # a refused key stops the run (delivered, with errors)
     (result,) = map(json.loads, out.read_text().splitlines())
-    assert {e["type"] for e in result["errors"]} == {"LLMStatusError"}
+    assert {e["type"] for e in result["errors"]} == {"LLMAuthError"}
     for text in (proc.stdout, proc.stderr, out.read_text()):
         assert secret not in text
 
