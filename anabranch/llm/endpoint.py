@@ -32,23 +32,22 @@ from anabranch.errors import (
 )
 from anabranch.llm.adaptive import SlotStats
 from anabranch.llm.cache import ResponseCache
-from anabranch.llm.limits import CallLimiter
+from anabranch.llm.limits import CallLimiter, estimate_tokens
 from anabranch.llm.retry import Retrier, Tally, short
 from anabranch.llm.settings import Limits, RetryPolicy, Sampling, Timeouts
 from anabranch.llm.speed import Speed
 from anabranch.llm.structured import OutputMode, Parsed, parse, response_format
 from anabranch.llm.transport import Answer, Tokens, Transport
 from anabranch.redact import public_url, register_secret
-from anabranch.tools.tokenizer import count_tokens, readable_pieces
+from anabranch.tools.tokenizer import readable_pieces
 from anabranch.types import Usage
 
 T = TypeVar("T", bound=BaseModel)
 
 _CHECK_TIMEOUT = 5.0
 """Seconds the cheap check (/health, /v1/models) may take, or the attempt timeout if shorter: a
-server that cannot answer that in five seconds is not merely slow at generating (and a check
-longer than the attempts it judges let a hung server's calls run out their retries as timeouts
-before the breaker opened)."""
+server that cannot answer in five seconds is not merely slow (a longer check let a hung server's
+calls run out their retries as timeouts before the breaker opened)."""
 
 
 @dataclass(slots=True)
@@ -218,9 +217,7 @@ class Endpoint:
                     finish_reason=hit.finish_reason,
                     alternatives=hit.alternatives,
                 )
-        completion = await self._call(
-            params, lambda: self._transport.chat(params, self._timeout(params))
-        )
+        completion = await self._call(params, lambda timeout: self._transport.chat(params, timeout))
         if self.cache is not None and key is not None:
             self.cache.put(key, completion.answer)
         return completion
@@ -241,13 +238,15 @@ class Endpoint:
         shown, so the call fails instead.
         """
         params = self._params(messages, temperature, max_tokens, model)
-        return await self._call(params, lambda: self._transport.stream(params, on_text))
+        return await self._call(params, lambda _: self._transport.stream(params, on_text))
 
-    def _timeout(self, params: dict[str, Any]) -> float:
-        """This attempt's timeout: the configured one, or longer when the server's measured
-        speed needs it for the request's max_tokens (a busy server is slow, not dead)."""
+    def _timeout(self, params: dict[str, Any], left: float | None) -> float:
+        """The configured attempt timeout, or longer if the server's measured speed needs it
+        (`llm/speed.py`); ending just before the call's deadline, `left` seconds away: an attempt
+        the deadline cut was a cancellation, which the breaker never heard."""
         attempt, call = self.timeouts.attempt, self.timeouts.call
-        return self._speed.timeout(attempt, params["max_tokens"], call)
+        timeout = self._speed.timeout(attempt, params["max_tokens"], call)
+        return timeout if left is None else max(0.001, min(timeout, left - 0.01))
 
     def _params(
         self,
@@ -268,7 +267,7 @@ class Endpoint:
         return params
 
     async def _call(
-        self, params: dict[str, Any], send: Callable[[], Awaitable[Answer]]
+        self, params: dict[str, Any], send: Callable[[float], Awaitable[Answer]]
     ) -> Completion:
         """Run `send` through the layers (limits -> retry -> transport); account for its cost."""
         limiter = self._limiter
@@ -280,7 +279,7 @@ class Endpoint:
         async def attempt() -> Answer:
             nonlocal estimate
             if not estimate and limiter.counts_tokens:  # known once a slot is held
-                estimate = _estimate_tokens(params["messages"]) + params["max_tokens"]
+                estimate = estimate_tokens(params["messages"]) + params["max_tokens"]
             await limiter.pace(estimate)
             if self._refused is not None:  # refused while this call waited to retry: not sent
                 raise LLMAuthError(str(self._refused), attempts=tally.sent,
@@ -288,7 +287,7 @@ class Endpoint:
             tally.sent += 1
             began = time.perf_counter()
             try:
-                answer = await send()
+                answer = await send(self._timeout(params, tally.left()))
             except Exception as exc:
                 tally.last = exc
                 if isinstance(exc, openai.APIStatusError) and exc.status_code in (401, 403):
@@ -393,11 +392,6 @@ class Endpoint:
         self._has_tokenize = True
         tokens = response.get("tokens", []) if isinstance(response, dict) else []
         return readable_pieces([_piece_bytes(t) for t in tokens]), len(tokens)
-
-
-def _estimate_tokens(messages: list[dict[str, Any]]) -> int:
-    """Prompt tokens before the call, for the tokens-per-minute limit (corrected after)."""
-    return sum(count_tokens(str(m.get("content") or "")) + 4 for m in messages)
 
 
 def _piece_bytes(token: Any) -> bytes:

@@ -12,6 +12,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
+from typing import Any
 
 import openai
 
@@ -21,6 +22,7 @@ from anabranch.llm.breaker import Breaker, Check
 from anabranch.llm.quota import RateLimitHeaders
 from anabranch.llm.retry import retry_after
 from anabranch.llm.settings import Limits
+from anabranch.tools.tokenizer import count_tokens
 
 
 class RateLimiter:
@@ -176,3 +178,8 @@ def _unhealthy(exc: BaseException) -> bool:
     if isinstance(exc, openai.APIStatusError):
         return exc.status_code in (429, 503) or exc.status_code >= 500
     return isinstance(exc, openai.APIConnectionError | TimeoutError)
+
+
+def estimate_tokens(messages: list[dict[str, Any]]) -> int:
+    """Prompt tokens before the call, for the tokens-per-minute limit (corrected after)."""
+    return sum(count_tokens(str(m.get("content") or "")) + 4 for m in messages)

@@ -100,12 +100,8 @@ class RateLimitHeaders:
             if delay > 0:
                 self.learner.waited()
                 await asyncio.sleep(delay)
-            # What the server said while this request waited counts: a quota can shrink. The
-            # next slot follows this one's, not the moment the sleep ended (a busy loop wakes
-            # late, and the rate sent fell below the paced one by as much), with at most one
-            # spacing made up.
-            spacing = self._spacing_for(estimated_tokens)
-            self._next = max(self._next, time.monotonic() - spacing) + spacing
+            # What the server said while this request waited counts: a quota can shrink.
+            self._next = time.monotonic() + self._spacing_for(estimated_tokens)
 
     def _spacing_for(self, estimated_tokens: int) -> float:
         spacing = self._spacing

@@ -46,6 +46,14 @@ class Tally:
     sent: int = 0
     last: BaseException | None = None
     """The last attempt's failure, for the message of a call whose deadline passed."""
+    deadline: asyncio.Timeout | None = None
+    """The call's deadline while it runs: an attempt's own timeout ends before it, so that the
+    attempt fails as a timeout the limits hear, not as a cancellation they do not."""
+
+    def left(self) -> float | None:
+        """Seconds until the call's deadline, if it has one."""
+        when = self.deadline.when() if self.deadline is not None else None
+        return None if when is None else when - asyncio.get_running_loop().time()
 
 
 class Retrier:
@@ -89,6 +97,7 @@ class Retrier:
                     queued = max(0.0, loop.time() - start - seconds)
                     deadline.reschedule(when + queued)
 
+        tally.deadline = deadline
         try:
             async with deadline:
                 try:
