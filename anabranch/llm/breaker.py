@@ -45,9 +45,19 @@ class Breaker:
     """
 
     def __init__(
-        self, failures: int, give_up_after: float | None, where: str, check: Check | None = None
+        self,
+        failures: int,
+        give_up_after: float | None,
+        where: str,
+        check: Check | None = None,
+        slots: Callable[[], int] | None = None,
     ) -> None:
         self.failures = failures
+        self.slots = slots
+        """The calls the endpoint sends at once now: that many timeouts in a row, if fewer than
+        `failures`, ask the cheap check. A hung server times out every call in flight at once;
+        waiting for `failures` of them took two rounds of attempts (24 s at --deadline 12)
+        before the breaker could even ask."""
         self.give_up_after = give_up_after
         self.where = where
         self.check = check
@@ -124,11 +134,15 @@ class Breaker:
                 self._probing = False
                 self._interval = min(30.0, self._interval * 2)
                 self._next_probe = now + self._interval
-        elif self._in_a_row >= self.failures:
-            if not timed_out or self.check is None:
+        elif not timed_out or self.check is None:
+            if self._in_a_row >= self.failures:
                 self._open(now)
-            elif self._checking is None:  # slow or down? ask the cheap question first
-                self._checking = asyncio.ensure_future(self._check_then_open(self.check))
+        elif self._in_a_row >= self._timeouts() and self._checking is None:  # slow or down? ask
+            self._checking = asyncio.ensure_future(self._check_then_open(self.check))
+
+    def _timeouts(self) -> int:
+        """Timeouts in a row that ask the cheap check."""
+        return min(self.failures, max(1, self.slots())) if self.slots else self.failures
 
     async def _check_then_open(self, check: Check) -> None:
         try:
@@ -139,7 +153,7 @@ class Breaker:
             self._checking = None
         if alive:  # slow, not down: its calls go on, each with its own timeout and retries
             self._in_a_row = 0
-        elif self._opened is None and self._in_a_row >= self.failures:
+        elif self._opened is None and self._in_a_row >= self._timeouts():
             self._open(time.monotonic())
 
     def _open(self, now: float) -> None:

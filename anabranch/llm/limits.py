@@ -69,7 +69,8 @@ class CallLimiter:
         self.limits = limits
         self.slots = AdaptiveSlots(limits.concurrency, adaptive=limits.adaptive)
         self.headers = RateLimitHeaders()
-        self.breaker = Breaker(limits.breaker_failures, limits.give_up_after, where, check)
+        self.breaker = Breaker(limits.breaker_failures, limits.give_up_after, where, check,
+                               slots=lambda: int(self.slots.limit))  # fmt: skip
         self._rpm = RateLimiter(limits.rpm) if limits.rpm else None
         self._tpm = RateLimiter(limits.tpm) if limits.tpm else None
 
