@@ -93,6 +93,8 @@ class SubtaskError(BaseModel):
 class ToolCallRecord(BaseModel):
     """One tool call of an agent's tool loop, as the subtask's result keeps it."""
 
+    agent: str = ""
+    """The agent whose model asked for it."""
     step: int
     """The model turn (1-based) that asked for it."""
     name: str
@@ -148,6 +150,8 @@ class TaskResult(BaseModel):
     """How many subtask results reached the reducer (equal to `subtasks` unless one was lost)."""
     errors: list[SubtaskError] = Field(default_factory=list)
     usage: Usage = Field(default_factory=Usage)
+    tool_calls: list[ToolCallRecord] = Field(default_factory=list)
+    """Every tool call of the task's agents, agent by agent, chunk by chunk."""
     metadata: dict[str, Any] = Field(default_factory=dict)
     _types: dict[str, type[BaseModel]] = PrivateAttr(default_factory=dict)
     """The output models known in this process (set by the reducer): no import needed."""

@@ -333,6 +333,7 @@ async def _run_one(
             error = f"{call.name} raised {type(exc).__name__}: {exc}"
     seconds = time.perf_counter() - start
     record = ToolCallRecord(
+        agent=agent,
         step=step,
         name=call.name,
         arguments=arguments,
