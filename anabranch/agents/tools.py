@@ -276,26 +276,44 @@ async def run_calls(
     emit: Emit | None = None,
 ) -> list[ToolCallRecord]:
     """Run one turn's calls: all at once, except that a `sequential` tool runs alone (after the
-    calls before it, before the calls after it). The records come back in the calls' order."""
+    calls before it, before the calls after it). The records come back in the calls' order;
+    the calls that start together are announced (`ToolStarted`) together."""
     say = emit or (lambda event: None)
 
-    async def one(call: _Call) -> ToolCallRecord:
-        return await _run_one(call, tools.get(call.name), tools, step, default_timeout, agent, say)
+    def started(call: _Call) -> dict[str, Any] | str:
+        arguments = _arguments(call)
+        say(ToolStarted(agent=agent, step=step, call_id=call.id, name=call.name,
+                        arguments=arguments))  # fmt: skip
+        return arguments
+
+    async def one(call: _Call, arguments: dict[str, Any] | str) -> ToolCallRecord:
+        return await _run_one(call, arguments, tools, step, default_timeout, agent, say)
 
     records: list[ToolCallRecord] = []
     alone = lambda c: (t := tools.get(c.name)) is not None and t.sequential  # noqa: E731
     for is_alone, group in itertools.groupby(calls, key=alone):
+        batch = list(group)
         if is_alone:
-            for call in group:
-                records.append(await one(call))
+            for call in batch:
+                records.append(await one(call, started(call)))
         else:
-            records += await asyncio.gather(*(one(c) for c in group))
+            announced = [(c, started(c)) for c in batch]
+            records += await asyncio.gather(*(one(c, a) for c, a in announced))
     return records
+
+
+def _arguments(call: _Call) -> dict[str, Any] | str:
+    """The call's arguments as a JSON object, or the raw text when they are not one."""
+    try:
+        parsed = json.loads(call.raw or "{}")
+    except ValueError:
+        return call.raw
+    return parsed if isinstance(parsed, dict) else call.raw
 
 
 async def _run_one(
     call: _Call,
-    found: Tool | None,
+    arguments: dict[str, Any] | str,
     tools: dict[str, Tool],
     step: int,
     default_timeout: float,
@@ -303,13 +321,7 @@ async def _run_one(
     say: Emit,
 ) -> ToolCallRecord:
     """One call, answered whatever happens: its result, or the error the model will read."""
-    arguments: dict[str, Any] | str
-    try:
-        parsed = json.loads(call.raw or "{}")
-        arguments = parsed if isinstance(parsed, dict) else call.raw
-    except ValueError:
-        arguments = call.raw
-    say(ToolStarted(agent=agent, step=step, call_id=call.id, name=call.name, arguments=arguments))
+    found = tools.get(call.name)
     start = time.perf_counter()
     result = error = None
     if found is None:
