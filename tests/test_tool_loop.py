@@ -288,3 +288,38 @@ def test_two_tools_of_one_name_are_refused():
 
     with pytest.raises(ConfigError, match="unique"):
         LLMAgent("agent", Endpoint("http://127.0.0.1:9", "m"), tools=[ping, tool(ping)])
+
+
+@pytest.mark.slow
+async def test_the_loop_on_the_embedded_model():
+    """SmolLM2-135M behind llama.cpp with --jinja. The server takes `tools`, but this model's
+    chat template has no tool support: seen here, it answers in prose and calls nothing, natively
+    or prompted. So this asserts the loop, not the model: the request with tools is accepted, the
+    run ends within its bound with an answer or a ToolLoopError record, and any call it makes has
+    its answer."""
+    from anabranch.llm.local_server import LocalLLMServer
+    from anabranch.llm.settings import Sampling
+
+    def weather(city: str) -> str:
+        """The current weather in a city.
+
+        Args:
+            city: the city's name
+        """
+        return f"sunny, 21 C in {city}"
+
+    with LocalLLMServer(parallel=2) as server:
+        sampling = Sampling(max_tokens=48)
+        async with Endpoint(server.url, server.model, sampling=sampling) as endpoint:
+            agent = LLMAgent("agent", endpoint, instructions="Use the tools to answer.",
+                             tools=[weather], max_steps=3)  # fmt: skip
+            graph = build_fanout_graph([agent])
+            task = Task(id="t", text="What is the weather in Paris?")
+            result = (await graph.ainvoke({"task": task}))["result"]
+            assert endpoint.tools_native  # llama.cpp took `tools`: no fallback was needed
+    assert result.results == result.subtasks == 1
+    if result.status == "ok":
+        assert answer(result).strip()
+    else:
+        assert [e.type for e in result.errors] == ["ToolLoopError"]
+    assert all((c.result is None) != (c.error is None) for c in result.tool_calls)
