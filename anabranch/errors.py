@@ -11,6 +11,7 @@
     ├── SetupError                 a component could not be installed or started
     ├── ChatGraphError             a served graph ran but has no answer to give
     ├── ToolLoopError              an agent's model still called tools after its last step
+    ├── MCPToolError               an MCP server answered a tool call with is_error
     └── LLMError                   an LLM call failed after the retries it was allowed
         ├── LLMTimeoutError        an attempt's timeout or the call's deadline passed
         ├── LLMRateLimitError      429 until the retries or the deadline ran out
@@ -47,11 +48,13 @@ __all__ = [
     "LLMStatusError",
     "LLMTimeoutError",
     "LLMUnavailableError",
+    "MCPToolError",
     "NoProbabilities",
     "OutputError",
     "SetupError",
     "StateError",
     "StoreError",
+    "ToolLoopError",
     "describe",
 ]
 
@@ -126,6 +129,11 @@ class ToolLoopError(AnabranchError):
         """What the loop's calls cost."""
         self.tool_calls = tool_calls
         """The ToolCallRecords of every step."""
+
+
+class MCPToolError(AnabranchError):
+    """An MCP server answered a tool call with `is_error`: the message is its text (the tool
+    loop hands it to the model as the call's answer)."""
 
 
 class LLMError(AnabranchError):

@@ -19,11 +19,7 @@ from contextlib import AsyncExitStack
 from typing import Any
 
 from anabranch.agents.tools import Tool
-from anabranch.errors import AnabranchError
-
-
-class MCPToolError(AnabranchError):
-    """An MCP server answered a tool call with `is_error`: the message is its text."""
+from anabranch.errors import MCPToolError
 
 
 class MCPTools:
