@@ -317,6 +317,8 @@ class ChainStep(BaseModel):
     seconds: float = 0.0
     usage: Usage = Field(default_factory=Usage)
     error: SubtaskError | None = None
+    tool_calls: list[ToolCallRecord] = Field(default_factory=list)
+    """The tools the specialist's model called in this step, in order."""
 
 
 class ChainResult(BaseModel):

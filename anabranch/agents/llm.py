@@ -96,7 +96,11 @@ class LLMAgent:
         return [*sent, {"role": "user", "content": user}]
 
     async def run(self, subtask: Subtask) -> Answer:
-        messages = self.messages(subtask)
+        return await self.answer(self.messages(subtask))
+
+    async def answer(self, messages: list[dict[str, Any]]) -> Answer:
+        """The agent on a conversation of the caller's own (a chain step's): the tool loop if
+        it has tools, then its output. `messages` is extended with the tool turns."""
         sampling = self.sampling or self.endpoint.sampling
         usage, attempts = Usage(), 0
         calls: list[ToolCallRecord] = []
