@@ -58,6 +58,7 @@ def test_own_graph_on_a_ray_cluster():
     assert out.startswith("40 tasks delivered by the cluster; words in t0..t4: [7, 14, 21, 28, 35]")
 
 
+@pytest.mark.slow  # a Python process of its own: over 8 s on a busy machine
 def test_tool_agent(faults):
     from anabranch.testing.fault_tools import ScriptedCall, ToolScript
 
@@ -72,6 +73,7 @@ def test_tool_agent(faults):
     assert out[3] == "status: ok"
 
 
+@pytest.mark.slow  # two processes of their own: over 8 s on a busy machine
 def test_mcp_agent(faults):
     from anabranch.testing.fault_tools import ScriptedCall, ToolScript
 

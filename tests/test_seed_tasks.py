@@ -47,6 +47,7 @@ def check_kinds(records: dict[str, dict]) -> None:
     assert translation["text"].strip() and translation["target_language"].strip()
 
 
+@pytest.mark.slow  # end to end through `anabranch` processes: over 8 s on a busy machine
 def test_the_seed_tasks_against_the_fault_server(faults, tmp_path):
     records = run_seed(tmp_path, faults.url)
     check_kinds(records)

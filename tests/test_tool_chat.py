@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 
 import openai
+import pytest
 from conftest import TOKEN, start_server
 
 from anabranch.analysis.tools import ANALYSIS_TOOLS
@@ -16,6 +17,7 @@ from anabranch.testing.fault_tools import ScriptedCall, ToolScript
 REVIEWS = ["I love it, it works great.", "It broke after a day. Awful.", "It is a phone."]
 
 
+@pytest.mark.slow  # end to end through `anabranch` processes: over 8 s on a busy machine
 def test_three_reviews_get_three_concurrent_sentiment_calls_in_the_stream(faults):
     faults.configure(tools=ToolScript(
         turns=[[ScriptedCall(name="sentiment", arguments={"text": r}) for r in REVIEWS]]

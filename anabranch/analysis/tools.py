@@ -3,7 +3,8 @@
 A chat user who asks "how positive are these three reviews?" gets an agent whose model calls
 `sentiment` once per review, the three calls at once (the tool loop runs one turn's calls
 together), and answers from what they returned. `anabranch serve` offers it as the `assistant`
-model.
+model. The tools are plain functions: CPU work, so the loop runs them on threads, off the event
+loop.
 """
 
 from __future__ import annotations
@@ -16,8 +17,8 @@ from anabranch.agents.llm import LLMAgent
 from anabranch.agents.tools import Tool, tool
 from anabranch.llm.endpoint import Endpoint
 from anabranch.tools.keywords import YakeKeywords
-from anabranch.tools.sentiment import SentimentLabel, VaderSentiment, label_for
-from anabranch.tools.tokenizer import TiktokenTokenizer
+from anabranch.tools.sentiment import SentimentLabel, _analyzer, label_for
+from anabranch.tools.tokenizer import DEFAULT_ENCODING, get_encoding, readable_pieces
 
 if TYPE_CHECKING:
     from anabranch.chat.adapters import FanoutChat
@@ -39,33 +40,35 @@ class Sentiment(BaseModel):
     """VADER's compound score, in [-1, 1]."""
 
 
-async def tokenize(text: str) -> Tokens:
+def tokenize(text: str) -> Tokens:
     """Count the tokens of a text (tiktoken's cl100k_base) and show the first ones.
 
     Args:
         text: the text to tokenize
     """
-    tokens = await TiktokenTokenizer().tokenize(text)
-    return Tokens(count=tokens.count, first=tokens.tokens[:12])
+    encoding = get_encoding(DEFAULT_ENCODING)
+    ids = encoding.encode_ordinary(text)
+    first = readable_pieces(encoding.decode_tokens_bytes(ids[:12]))
+    return Tokens(count=len(ids), first=first)
 
 
-async def keywords(text: str, top: int = 5) -> list[str]:
+def keywords(text: str, top: int = 5) -> list[str]:
     """The key terms of a text, most relevant first (YAKE).
 
     Args:
         text: the text to read
         top: how many terms at most
     """
-    return [k.term for k in await YakeKeywords(top_k=top).extract(text)]
+    return [k.term for k in YakeKeywords(top_k=top).extract_sync(text)]
 
 
-async def sentiment(text: str) -> Sentiment:
+def sentiment(text: str) -> Sentiment:
     """How positive or negative one text is (VADER). Call it once per text.
 
     Args:
         text: one text, e.g. one review
     """
-    score = await VaderSentiment().score(text)
+    score = float(_analyzer().polarity_scores(text)["compound"]) if text.strip() else 0.0
     return Sentiment(label=label_for(score), score=round(score, 4))
 
 
