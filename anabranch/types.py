@@ -90,6 +90,25 @@ class SubtaskError(BaseModel):
     attempts: int = 1
 
 
+class ToolCallRecord(BaseModel):
+    """One tool call of an agent's tool loop, as the subtask's result keeps it."""
+
+    agent: str = ""
+    """The agent whose model asked for it."""
+    step: int
+    """The model turn (1-based) that asked for it."""
+    name: str
+    """The tool the model named (it may not exist: then `error` says so)."""
+    arguments: dict[str, Any] | str = Field(default_factory=dict)
+    """What the model passed, as parsed JSON (its raw text when it was not JSON)."""
+    result: Annotated[str, AfterValidator(redact)] | None = None
+    """What the tool returned, as the model read it; None when it failed."""
+    error: Annotated[str, AfterValidator(redact)] | None = None
+    """Why it failed (raised, timed out, invalid arguments, unknown tool), as the model read it."""
+    seconds: float = 0.0
+    """How long the call took."""
+
+
 class SubtaskResult(BaseModel):
     """One agent's answer for one subtask: an output or an error, never an exception."""
 
@@ -105,6 +124,8 @@ class SubtaskResult(BaseModel):
     attempts: int = 1
     latency_s: float = 0.0
     usage: Usage = Field(default_factory=Usage)
+    tool_calls: list[ToolCallRecord] = Field(default_factory=list)
+    """The tools the agent called for this subtask, in order (a tool-using agent's only)."""
 
 
 class TaskResult(BaseModel):
@@ -129,6 +150,8 @@ class TaskResult(BaseModel):
     """How many subtask results reached the reducer (equal to `subtasks` unless one was lost)."""
     errors: list[SubtaskError] = Field(default_factory=list)
     usage: Usage = Field(default_factory=Usage)
+    tool_calls: list[ToolCallRecord] = Field(default_factory=list)
+    """Every tool call of the task's agents, agent by agent, chunk by chunk."""
     metadata: dict[str, Any] = Field(default_factory=dict)
     _types: dict[str, type[BaseModel]] = PrivateAttr(default_factory=dict)
     """The output models known in this process (set by the reducer): no import needed."""
@@ -294,6 +317,8 @@ class ChainStep(BaseModel):
     seconds: float = 0.0
     usage: Usage = Field(default_factory=Usage)
     error: SubtaskError | None = None
+    tool_calls: list[ToolCallRecord] = Field(default_factory=list)
+    """The tools the specialist's model called in this step, in order."""
 
 
 class ChainResult(BaseModel):

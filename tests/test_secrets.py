@@ -13,8 +13,9 @@ A new output is covered by writing it under the run's folder (scanned whole) or 
 `seen[surface].add(...)`. Scanned today: stdout and stderr of `run` (in process and on a Ray
 cluster), `runs`, `eval`, `chain` and `serve`; results.jsonl, its journal, the response cache,
 the eval figures, the chain reports and the threads database; the logs of the Ray cluster the
-run started; every HTTP reply of the chat server, headers included; and in the Python API, every
-result, the report and the text of the exception a failed call raises.
+run started; every HTTP reply of the chat server, headers included; in the Python API, every
+result, the report and the text of the exception a failed call raises; and a tool loop's
+messages to the model, its tool-call records and its stream events.
 """
 
 from __future__ import annotations
@@ -320,3 +321,36 @@ def test_credentials_in_a_url_are_taken_out_of_it():
     assert split_credentials("https://sk-alone@h/v1") == ("https://h/v1", "sk-alone")
     assert split_credentials("http://h:8080/v1") == ("http://h:8080/v1", None)
     assert redact(key) == "[REDACTED]"
+
+
+async def test_tool_calls_never_carry_a_known_key(faults):
+    """A tool that raises with the key in its message, and one that returns it: the tool
+    messages the model reads, the records, the stream's events and the result hold no key."""
+    from anabranch.agents.llm import LLMAgent
+    from anabranch.testing.fault_tools import ScriptedCall, ToolScript
+
+    def leaky() -> str:
+        """Return a secret."""
+        return f"the key is {CANARY}"
+
+    def raising() -> str:
+        """Fail, quoting a secret."""
+        raise RuntimeError(f"Incorrect API key provided: {CANARY}")
+
+    faults.configure(tools=ToolScript(turns=[[ScriptedCall(name="leaky"),
+                                              ScriptedCall(name="raising")]]))  # fmt: skip
+    seen = Seen()
+    async with Endpoint(faults.url, "fault", api_key=CANARY) as endpoint:
+        graph = build_fanout_graph([LLMAgent("agent", endpoint, tools=[leaky, raising])])
+        async for mode, chunk in graph.astream(
+            {"task": Task(id="t", text="go")}, stream_mode=["custom", "values"]
+        ):
+            if mode == "custom":
+                seen.add(f"event {chunk.type}", chunk.model_dump_json())
+            elif "result" in chunk:
+                result = chunk["result"]
+    seen.add("result", result.model_dump_json())
+    [answer] = result.output("agent")
+    assert answer.text.count("[REDACTED]") == 2  # what the model read: both, masked
+    assert len(seen.items) == 7  # 2 model turns, 2 starts, 2 ends, the result
+    assert not seen.leaks(CANARY)

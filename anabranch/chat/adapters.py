@@ -85,8 +85,8 @@ class FanoutTurn:
 
     def feed(self, mode: str, chunk: Any) -> tuple[str, list[Event]]:
         events: list[Event] = []
-        if mode != "updates":
-            return "", events
+        if mode != "updates":  # an agent's own events (a tool loop's turns and calls) pass
+            return "", [cast(Event, chunk)] if isinstance(chunk, BaseEvent) else events
         for node, update in chunk.items():
             update = update or {}
             if "result" in update:
@@ -239,8 +239,8 @@ class MessagesChat:
 def chat_graph(
     name: str, endpoint: Endpoint | None = None, *, backend: str | None = None
 ) -> ChatGraph:
-    """A graph to serve, by name: `analyze`, `chain`, or `module:attr` naming a ChatGraph or a
-    compiled graph whose state has `messages`.
+    """A graph to serve, by name: `analyze`, `chain`, `assistant` (the analysers as a model's
+    tools), or `module:attr` naming a ChatGraph or a compiled graph whose state has `messages`.
 
     A user's graph runs on the whole conversation each turn and keeps nothing of its own in the
     server's thread store: the server checkpoints the conversation, not the graph's insides (a
@@ -255,9 +255,15 @@ def chat_graph(
             raise ConfigError("the chain graph needs an LLM (`llm`: local or a URL)")
         graph = build_chain_graph(DEFAULT_CHAIN, endpoint, checkpointer=False)
         return ChainChat(graph, DEFAULT_CHAIN)
+    if name == "assistant":
+        if endpoint is None:
+            raise ConfigError("the assistant graph needs an LLM (`llm`: local or a URL)")
+        from anabranch.analysis.tools import assistant_chat
+
+        return assistant_chat(endpoint)
     module, _, attr = name.partition(":")
     if not attr:
-        raise ConfigError(f"unknown graph {name!r}: use analyze, chain or module:attr")
+        raise ConfigError(f"unknown graph {name!r}: use analyze, chain, assistant or module:attr")
     try:
         target = getattr(importlib.import_module(module), attr)
     except (ImportError, AttributeError) as exc:

@@ -39,8 +39,9 @@ def serve(
     graph: Annotated[
         list[str] | None,
         typer.Option(
-            help="Graphs to serve: analyze, chain, or module:attr (repeatable; the module is "
-            "found from the working directory). Default: analyze and chain."
+            help="Graphs to serve: analyze, chain, assistant (the analysers as tools), or "
+            "module:attr (repeatable; the module is found from the working directory). "
+            "Default: analyze and chain."
         ),
     ] = None,
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
@@ -84,7 +85,7 @@ def serve(
     if graph is None and not analysis_needs_llm:  # the analysts are local: no LLM is wanted
         names.remove("chain")
         typer.echo("note: the chain graph needs an LLM backend; serving analyze only", err=True)
-    if "chain" not in names and not (analysis_needs_llm and "analyze" in names):
+    if not {"chain", "assistant"} & set(names) and not (analysis_needs_llm and "analyze" in names):
         options = without_llm(options)  # a user's graph brings its own
     if os.getcwd() not in sys.path:  # `module:attr` from here, as `python -m` finds modules
         sys.path.insert(0, os.getcwd())

@@ -25,7 +25,8 @@ from anabranch.graphs.state import Graph, now
 from anabranch.graphs.sync import sync_capable
 from anabranch.llm.connect import LLMOptions, build_endpoint
 from anabranch.llm.endpoint import Endpoint
-from anabranch.types import ChainResult, ChainStep, SubtaskError, Usage
+from anabranch.llm.settings import Sampling
+from anabranch.types import ChainResult, ChainStep, SubtaskError, ToolCallRecord, Usage
 
 ChainContext = Literal["previous", "all"]
 """What a step sees besides the prompt: the previous output, or all earlier outputs."""
@@ -103,7 +104,8 @@ def _messages(
         shown = earlier if context == "all" else earlier[-1:]
         answers = "\n\n".join(f"Previous answer ({s.specialist}):\n{s.output}" for s in shown)
         user = f"Question:\n{prompt}\n\n{answers}\n\nBuild on it as your role requires."
-    return [{"role": "system", "content": specialist.persona}, {"role": "user", "content": user}]
+    system = specialist.system_prompt
+    return [{"role": "system", "content": system}, {"role": "user", "content": user}]
 
 
 def _step_node(
@@ -117,15 +119,25 @@ def _step_node(
         about = {"index": index, "specialist": specialist.name, "model": model,
                 "temperature": specialist.temperature}  # fmt: skip
         start = now()
+        calls: list[ToolCallRecord] = []
         try:
-            completion = await endpoint.stream_chat(
-                messages,
-                lambda text: write(TextDelta(step=index, specialist=specialist.name, text=text)),
-                temperature=specialist.temperature,
-                max_tokens=specialist.max_tokens,
-                model=model,
-            )
-            if not completion.text.strip():
+            if specialist.tools or specialist.output_type is not None:
+                text, usage, calls = await _agent_step(specialist, endpoint, messages)
+                write(TextDelta(step=index, specialist=specialist.name, text=text))
+                truncated = False
+            else:
+                completion = await endpoint.stream_chat(
+                    messages,
+                    lambda text: write(
+                        TextDelta(step=index, specialist=specialist.name, text=text)
+                    ),
+                    temperature=specialist.temperature,
+                    max_tokens=specialist.max_tokens,
+                    model=model,
+                )
+                text, usage = completion.text, completion.usage
+                truncated = completion.finish_reason == "length"
+            if not text.strip():
                 raise LLMOutputError("the model returned no text")
         except Exception as exc:  # noqa: BLE001 - a failed step is recorded; the chain stops
             error = SubtaskError(
@@ -136,13 +148,13 @@ def _step_node(
             )
             record = ChainStep.model_validate(
                 {**about, "seconds": now() - start, "status": "error", "error": error,
-                 "usage": getattr(exc, "usage", None) or Usage()}
+                 "usage": getattr(exc, "usage", None) or Usage(),
+                 "tool_calls": getattr(exc, "tool_calls", None) or []}
             )  # fmt: skip
         else:
             record = ChainStep.model_validate(
-                {**about, "seconds": now() - start, "status": "ok",
-                 "output": completion.text.strip(), "usage": completion.usage,
-                 "truncated": completion.finish_reason == "length"}
+                {**about, "seconds": now() - start, "status": "ok", "output": text.strip(),
+                 "usage": usage, "truncated": truncated, "tool_calls": calls}
             )  # fmt: skip
         write(StepEnded(step=index, specialist=specialist.name, status=record.status,
                         seconds=record.seconds))  # fmt: skip
@@ -150,6 +162,27 @@ def _step_node(
 
     step.__name__ = f"step_{index}_{specialist.name}"
     return step
+
+
+async def _agent_step(
+    specialist: Specialist, endpoint: Endpoint, messages: list[dict[str, Any]]
+) -> tuple[str, Usage, list[ToolCallRecord]]:
+    """A step with tools or an output model: the specialist as an LLMAgent (its tool turns and
+    calls go to the stream as they happen); a typed answer becomes its JSON."""
+    from anabranch.agents.llm import LLMAgent, TextOutput
+
+    agent = LLMAgent(
+        specialist.name,
+        endpoint,
+        output_type=specialist.output_type or str,
+        tools=specialist.tools,
+        sampling=Sampling(temperature=specialist.temperature, max_tokens=specialist.max_tokens),
+        max_steps=specialist.max_steps,
+    )
+    answer = await agent.answer(messages)
+    output = answer.output
+    text = output.text if isinstance(output, TextOutput) else output.model_dump_json(indent=2)
+    return text, answer.usage, answer.tool_calls
 
 
 async def run_specialists(

@@ -114,6 +114,7 @@ def agent_node(agent: Agent) -> Callable[..., Awaitable[dict[str, Any]]]:
                 attempts=answer.attempts,
                 latency_s=now() - start,
                 usage=answer.usage,
+                tool_calls=answer.tool_calls,
             )
         _record(runtime, "execute", start)
         if ledger is not None:
@@ -142,6 +143,7 @@ def error_result(subtask: Subtask, exc: Exception, start: float) -> SubtaskResul
         attempts=attempts,
         latency_s=now() - start,
         usage=getattr(exc, "usage", None) or Usage(),
+        tool_calls=getattr(exc, "tool_calls", None) or [],
     )
 
 

@@ -56,6 +56,8 @@ class Completion:
     finish_reason: str | None = None
     alternatives: tuple[tuple[str, float], ...] = ()
     """The likeliest first tokens and their log probabilities (asked for with `top_logprobs`)."""
+    tool_calls: tuple[dict[str, Any], ...] = ()
+    """The tools the model called (asked for with `tools`), in the server's JSON form."""
 
     @property
     def answer(self) -> Answer:
@@ -128,6 +130,8 @@ class Endpoint:
         self._retrier = Retrier(self.retry, self.timeouts)
         self._output_mode: OutputMode = "json_schema"
         self._has_tokenize: bool | None = None
+        self.tools_native: bool = True
+        """Whether the server takes `tools`; the tool loop learns it (agents/prompted_tools.py)."""
 
     @property
     def client(self) -> openai.AsyncOpenAI:
@@ -175,12 +179,16 @@ class Endpoint:
         max_tokens: int | None = None,
         model: str | None = None,
         top_logprobs: int | None = None,
+        tools: list[dict[str, Any]] | None = None,
     ) -> Completion:
         """One chat completion, retried on transient failures within the deadline.
 
         `top_logprobs`: also ask for the likeliest first tokens and their log probabilities
-        (`Completion.alternatives`)."""
+        (`Completion.alternatives`). `tools`: functions the model may call
+        (`Completion.tool_calls`); an answer that calls one is not cached."""
         params = self._params(messages, temperature, max_tokens, model, response_format)
+        if tools:
+            params["tools"] = tools
         if top_logprobs:
             params["logprobs"] = True
             params["top_logprobs"] = top_logprobs
@@ -197,7 +205,7 @@ class Endpoint:
                     alternatives=hit.alternatives,
                 )
         completion = await self._call(params, lambda: self._transport.chat(params))
-        if self.cache is not None and key is not None:
+        if self.cache is not None and key is not None and not completion.tool_calls:
             self.cache.put(key, completion.answer)
         return completion
 
@@ -288,6 +296,7 @@ class Endpoint:
             latency_s=time.perf_counter() - start,
             finish_reason=answer.finish_reason,
             alternatives=answer.alternatives,
+            tool_calls=answer.tool_calls,
         )
 
     # -- structured output ----------------------------------------------------------------------

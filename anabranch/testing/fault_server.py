@@ -31,6 +31,7 @@ from pydantic import BaseModel, Field
 
 from anabranch.errors import SetupError
 from anabranch.llm.local_server import stop_process
+from anabranch.testing.fault_tools import ToolScript, refusal, scripted_message
 
 Fault = Literal[
     "ok", "429", "500", "503", "400", "401", "403", "reset", "hang", "malformed", "invalid"
@@ -80,6 +81,8 @@ class FaultConfig(BaseModel):
     """Quote the request's bearer token in every error body and in a response header, as
     OpenAI's 401 ("Incorrect API key provided: sk-...") and careless gateways do."""
     seed: int = 0
+    tools: ToolScript | None = None
+    """Answer requests that offer tools with the script's tool calls (testing/fault_tools.py)."""
 
 
 @dataclass
@@ -260,8 +263,17 @@ class FaultApp:
                         }
                     },
                 )
+            script = self.config.tools
+            if script is not None and (refused_tools := refusal(request, script)) is not None:
+                return _json(400, refused_tools)
+            scripted = scripted_message(request, script) if script is not None else None
             content = "I am not JSON at all." if fault == "invalid" else _answer(request)
             completion = _completion(request, content)
+            if scripted is not None and fault != "invalid":
+                completion["choices"][0]["message"] = scripted
+                completion["choices"][0]["finish_reason"] = (
+                    "tool_calls" if scripted.get("tool_calls") else "stop"
+                )
             if request.get("logprobs") and self.config.logprobs and fault != "invalid":
                 completion["choices"][0]["logprobs"] = _logprobs(content, request)
             if request.get("stream"):
