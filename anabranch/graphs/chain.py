@@ -14,6 +14,7 @@ import operator
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Annotated, Any, Literal, TypedDict, cast
 
+from langchain_core.runnables import RunnableConfig
 from langgraph.graph import END, START, StateGraph
 from langgraph.runtime import Runtime
 from langgraph.types import Checkpointer
@@ -21,7 +22,7 @@ from langgraph.types import Checkpointer
 from anabranch.agents.specialists import Specialist
 from anabranch.errors import ConfigError, LLMOutputError
 from anabranch.events import Event, StepEnded, StepStarted, TextDelta
-from anabranch.graphs.state import Graph, now
+from anabranch.graphs.state import Graph, now, requested_sampling
 from anabranch.graphs.sync import sync_capable
 from anabranch.llm.connect import LLMOptions, build_endpoint
 from anabranch.llm.endpoint import Endpoint
@@ -55,7 +56,8 @@ def build_chain_graph(
     builder = StateGraph(ChainState)
     for i, specialist in enumerate(specialists, start=1):
         own = endpoints.get(specialist.name, endpoint)
-        builder.add_node(specialist.name, _step_node(i, specialist, own, context))
+        last = i == len(specialists)
+        builder.add_node(specialist.name, _step_node(i, specialist, own, context, last))
     builder.add_edge(START, names[0])
     for current, following in itertools.pairwise(names):
         builder.add_conditional_edges(current, _continue_to(following), [following, END])
@@ -107,23 +109,31 @@ def _messages(
 
 
 def _step_node(
-    index: int, specialist: Specialist, endpoint: Endpoint, context: ChainContext
+    index: int, specialist: Specialist, endpoint: Endpoint, context: ChainContext, last: bool
 ) -> Callable[..., Awaitable[dict[str, Any]]]:
-    async def step(state: ChainState, runtime: Runtime[Any]) -> dict[str, Any]:
+    async def step(state: ChainState, runtime: Runtime[Any], config: RunnableConfig) -> dict:
         write = runtime.stream_writer
         messages = _messages(specialist, state["prompt"], state.get("steps", []), context)
         model = specialist.model or endpoint.model
+        asked = requested_sampling(config)
+        # Every step is held to the caller's sampling; only the answer's own step to its stop
+        # sequences and format, which would cut or reshape the earlier steps' drafts.
+        extra = {k: asked[k] for k in ("top_p", "seed") if k in asked}
+        if last:
+            extra |= {k: asked[k] for k in ("stop", "response_format") if k in asked}
+        temperature = asked.get("temperature", specialist.temperature)
         write(StepStarted(step=index, specialist=specialist.name))
         about = {"index": index, "specialist": specialist.name, "model": model,
-                "temperature": specialist.temperature}  # fmt: skip
+                 "temperature": temperature}  # fmt: skip
         start = now()
         try:
             completion = await endpoint.stream_chat(
                 messages,
                 lambda text: write(TextDelta(step=index, specialist=specialist.name, text=text)),
-                temperature=specialist.temperature,
-                max_tokens=specialist.max_tokens,
+                temperature=temperature,
+                max_tokens=asked.get("max_tokens", specialist.max_tokens),
                 model=model,
+                extra=extra,
             )
             if not completion.text.strip():
                 raise LLMOutputError("the model returned no text")

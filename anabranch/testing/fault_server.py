@@ -21,7 +21,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -80,6 +80,9 @@ class FaultConfig(BaseModel):
     """Quote the request's bearer token in every error body and in a response header, as
     OpenAI's 401 ("Incorrect API key provided: sk-...") and careless gateways do."""
     seed: int = 0
+    cut_answers: bool = False
+    """Cut answers as a model does: at a `stop` sequence, and at `max_tokens` words (then with
+    `finish_reason: length`)."""
 
 
 @dataclass
@@ -94,6 +97,8 @@ class _Stats:
     arrivals: list[float] = field(default_factory=list)
     prompts: Counter[str] = field(default_factory=Counter)
     """Requests per distinct conversation (a digest of the messages), to tell repeats."""
+    params: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=256))
+    """What the latest chat requests asked besides their messages (max_tokens, stop...)."""
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -104,6 +109,7 @@ class _Stats:
             "faults": dict(self.faults),
             "arrivals": self.arrivals,
             "prompts": dict(self.prompts),
+            "params": list(self.params),
         }
 
 
@@ -246,6 +252,8 @@ class FaultApp:
                 echoed = key if self.config.echo_credentials else None
                 return _error(int(fault), self.config.retry_after, echoed)
             request = json.loads(body or b"{}")
+            if not tokenize:
+                stats.params.append({k: v for k, v in request.items() if k != "messages"})
             if tokenize:
                 words = str(request.get("content", "")).split()
                 return _json(200, {"tokens": [{"id": i, "piece": w} for i, w in enumerate(words)]})
@@ -261,7 +269,7 @@ class FaultApp:
                     },
                 )
             content = "I am not JSON at all." if fault == "invalid" else _answer(request)
-            completion = _completion(request, content)
+            completion = _completion(request, content, cut=self.config.cut_answers)
             if request.get("logprobs") and self.config.logprobs and fault != "invalid":
                 completion["choices"][0]["logprobs"] = _logprobs(content, request)
             if request.get("stream"):
@@ -339,8 +347,16 @@ def schema_instance(schema: dict[str, Any], defs: dict[str, Any]) -> Any:
     return None
 
 
-def _completion(request: dict[str, Any], content: str) -> dict[str, Any]:
+def _completion(request: dict[str, Any], content: str, cut: bool = False) -> dict[str, Any]:
     prompt = sum(len(str(m.get("content", "")).split()) for m in request.get("messages", []))
+    finish = "stop"
+    if cut:
+        stops = request.get("stop") or []
+        for stop in [stops] if isinstance(stops, str) else stops:
+            content = content.split(stop, 1)[0]
+        words, limit = content.split(" "), request.get("max_tokens") or 0
+        if limit and len(words) > limit:
+            content, finish = " ".join(words[:limit]), "length"
     completion = len(content.split())
     return {
         "id": "chatcmpl-fault",
@@ -351,7 +367,7 @@ def _completion(request: dict[str, Any], content: str) -> dict[str, Any]:
             {
                 "index": 0,
                 "message": {"role": "assistant", "content": content},
-                "finish_reason": "stop",
+                "finish_reason": finish,
             }
         ],
         "usage": {
@@ -386,7 +402,8 @@ def _sse(completion: dict[str, Any]) -> bytes:
         base | {"choices": [{"index": 0, "delta": {"content": p}, "finish_reason": None}]}
         for p in pieces
     ]
-    events.append(base | {"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+    finish = completion["choices"][0]["finish_reason"]
+    events.append(base | {"choices": [{"index": 0, "delta": {}, "finish_reason": finish}]})
     events.append(base | {"choices": [], "usage": completion["usage"]})
     return b"".join(f"data: {json.dumps(e)}\n\n".encode() for e in events) + b"data: [DONE]\n\n"
 
