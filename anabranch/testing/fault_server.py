@@ -354,7 +354,7 @@ def _completion(request: dict[str, Any], content: str, cut: bool = False) -> dic
         stops = request.get("stop") or []
         for stop in [stops] if isinstance(stops, str) else stops:
             content = content.split(stop, 1)[0]
-        words, limit = content.split(" "), request.get("max_tokens") or 0
+        words, limit = content.split(), request.get("max_tokens") or 0
         if limit and len(words) > limit:
             content, finish = " ".join(words[:limit]), "length"
     completion = len(content.split())
