@@ -1,13 +1,22 @@
 """What a chat client asks besides its conversation is honoured or refused, never ignored: checked
 at the fault server, which records what each LLM call asked, behind a real `anabranch serve`."""
 
+import asyncio
 import json
 
 import httpx
 import jsonschema
 import openai
 import pytest
+import uvicorn
 from conftest import TOKEN, start_server
+from langchain_core.messages import AIMessage
+from langchain_core.runnables import RunnableConfig
+from langgraph.graph import START, MessagesState, StateGraph
+
+from anabranch.chat import MessagesChat, create_app
+from anabranch.graphs.state import requested_sampling
+from anabranch.llm.local_server import free_port
 
 HI = [{"role": "user", "content": "Tell me everything about rivers and their side channels."}]
 STEPS = 3
@@ -192,3 +201,55 @@ def test_a_server_option_sends_progress_as_reasoning_to_every_request(fault_serv
     finally:
         process.terminate()
         process.wait(timeout=10)
+
+
+def _sampling_echo_graph():
+    """A user's graph whose node reads the request's sampling from its run's configuration,
+    answers with it, and says it was cut when asked for under 10 tokens."""
+
+    def node(state: MessagesState, config: RunnableConfig) -> dict:
+        asked = dict(requested_sampling(config))
+        cut = asked.get("max_tokens", 100) < 10
+        metadata = {"finish_reason": "length" if cut else "stop"}
+        return {"messages": [AIMessage(json.dumps(asked), response_metadata=metadata)]}
+
+    builder = StateGraph(MessagesState)
+    builder.add_node("answer", node)
+    builder.add_edge(START, "answer")
+    return builder.compile()
+
+
+async def test_a_users_graph_gets_what_it_declares_and_refuses_the_rest(tmp_path):
+
+    graph = _sampling_echo_graph()
+    app = create_app(
+        [
+            MessagesChat(graph, name="mine", honours=frozenset({"max_tokens", "temperature"})),
+            MessagesChat(graph, name="plain"),
+        ],
+        threads_db=str(tmp_path / "threads.sqlite"),
+    )
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, port=port, log_level="warning"))
+    serving = asyncio.create_task(server.serve())
+    while not server.started:
+        await asyncio.sleep(0.05)
+    try:
+        client = openai.AsyncOpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="x",
+                                    max_retries=0)  # fmt: skip
+        reply = await client.chat.completions.create(
+            model="mine", messages=HI, max_completion_tokens=5, temperature=0.4
+        )
+        assert json.loads(reply.choices[0].message.content) == {"max_tokens": 5,
+                                                                "temperature": 0.4}  # fmt: skip
+        assert reply.choices[0].finish_reason == "length"
+        with pytest.raises(openai.BadRequestError, match=r"top_p not supported by the 'mine'"):
+            await client.chat.completions.create(model="mine", messages=HI, top_p=0.5)
+        with pytest.raises(openai.BadRequestError, match="it honours: none of them"):
+            await client.chat.completions.create(model="plain", messages=HI, temperature=0.4)
+        plain = await client.chat.completions.create(model="plain", messages=HI)
+        assert json.loads(plain.choices[0].message.content) == {}
+    finally:
+        server.should_exit = True
+        await serving
+        await app.aclose()

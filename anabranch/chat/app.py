@@ -89,7 +89,8 @@ def conversation_graph(chat: ChatGraph, checkpointer: Any = None) -> Graph:
                 write(event)
         text = turn.answer()
         check_answer(text, requested_sampling(get_config()))
-        write(FinalAnswer(text, turn.usage, turn.finish_reason))
+        # A Turn written before `finish_reason` joined the protocol ends as it did then.
+        write(FinalAnswer(text, turn.usage, getattr(turn, "finish_reason", "stop")))
         return {"messages": [{"role": "assistant", "content": text}]}
 
     builder = StateGraph(ConversationState, context_schema=RunHandle)
