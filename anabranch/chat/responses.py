@@ -216,10 +216,6 @@ def _incomplete(status: str) -> dict[str, str] | None:
     return {"reason": "max_output_tokens"} if status == "incomplete" else None
 
 
-def _incomplete(status: str) -> dict[str, str] | None:
-    return {"reason": "max_output_tokens"} if status == "incomplete" else None
-
-
 def _part(text: str) -> dict[str, Any]:
     return {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
 
