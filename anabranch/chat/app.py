@@ -165,15 +165,14 @@ def create_app(
         request: Request,
         model: str,
         shape: Shape,
-        new: list[Message],
+        messages: list[Message],
         asked: dict[str, Any],
         *,
         thread: str | None,
         stream: bool,
-        history: list[Message] | None = None,
     ) -> Response:
-        """Run `model` on the conversation and answer in `shape`: on `thread` (whose stored
-        turns come before `new`) or, without one, on `history` + `new`."""
+        """Run `model` and answer in `shape`: on `thread`, whose stored turns come before
+        `messages`, or, without one, on `messages` alone."""
         chat = chats[model]
         why = refusal(asked, model, getattr(chat, "honours", frozenset()))
         if why:
@@ -187,9 +186,9 @@ def create_app(
             if thread:
                 graph = await threaded(model)
                 config["configurable"]["thread_id"] = thread
-                state = {"messages": new}
             else:
-                graph, state = stateless[model], {"messages": [*(history or []), *new]}
+                graph = stateless[model]
+            state = {"messages": messages}
             handle = RunHandle()
             events = graph.astream(state, config, stream_mode="custom", context=handle)
             if stream:
@@ -233,18 +232,14 @@ def create_app(
             reasoning=(wanted or progress) == "reasoning",
         )
         conversation = chat_request.conversation()
-        new, history = (
-            ([_last_user(conversation)], None) if thread else (conversation[-1:], conversation[:-1])
-        )
         return await launch(
             request,
             chat_request.model,
             shape,
-            new,
+            [_last_user(conversation)] if thread else conversation,  # a thread knows the rest
             chat_request.asked(),
             thread=thread,
             stream=chat_request.stream,
-            history=history,
         )
 
     add_responses_route(app, launch, unknown, threaded)

@@ -234,9 +234,8 @@ class Launch(Protocol):
     """The app's way to run a graph and answer in a shape (`create_app`'s `launch`)."""
 
     def __call__(
-        self, request: Request, model: str, shape: Shape, new: list[Message],
+        self, request: Request, model: str, shape: Shape, messages: list[Message],
         asked: dict[str, Any], *, thread: str | None, stream: bool,
-        history: list[Message] | None = None,
     ) -> Awaitable[Response]: ...  # fmt: skip
 
 
