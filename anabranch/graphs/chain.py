@@ -111,7 +111,9 @@ def _messages(
 def _step_node(
     index: int, specialist: Specialist, endpoint: Endpoint, context: ChainContext, last: bool
 ) -> Callable[..., Awaitable[dict[str, Any]]]:
-    async def step(state: ChainState, runtime: Runtime[Any], config: RunnableConfig) -> dict:
+    async def step(
+        state: ChainState, runtime: Runtime[Any], config: RunnableConfig
+    ) -> dict[str, Any]:
         write = runtime.stream_writer
         messages = _messages(specialist, state["prompt"], state.get("steps", []), context)
         model = specialist.model or endpoint.model
