@@ -3,7 +3,8 @@
 A real LLM will not rate-limit, hang or answer garbage on demand; this server does, on a schedule
 (`script`: what the first requests get) or at random (`rates`). Otherwise it answers like a model:
 with JSON valid for the requested `response_format` schema, or an echo of the last user message.
-It counts requests, the most in flight at once, and when each arrived, at GET /stats.
+It counts requests, the most in flight at once, and when each arrived, and keeps what the latest
+requests asked (max_tokens, temperature, stop...), at GET /stats.
 
 It runs in a process of its own (`FaultServer`), so that its CPU never competes with the client
 being measured. HTTP/1.1 with keep-alive via h11, which lets it reset a connection for real.
