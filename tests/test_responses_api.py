@@ -159,3 +159,10 @@ def test_a_failed_run_ends_the_stream_with_response_failed(backend, faults):
     assert events[-1]["type"] == "response.failed"
     assert "chain stopped" in events[-1]["response"]["error"]["message"]
     Response.model_validate(events[-1]["response"])
+
+
+def test_a_graph_that_knows_its_answer_only_at_the_end_streams_it_as_one_delta(backend, faults):
+    events = sse_events(backend, {"model": "analyze", "input": "I love it.", "stream": True})
+    kinds = [e["type"] for e in events]
+    assert kinds == [*SEQUENCE, "response.output_text.delta", *ENDING]
+    assert events[4]["delta"].startswith("Sentiment: ") and events[4]["delta"] == events[5]["text"]
