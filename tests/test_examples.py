@@ -50,6 +50,9 @@ def test_chain_of_specialists(tmp_path):
 def test_chat_backend_mounted_in_fastapi():
     out = run_example("chat_backend.py")
     assert out.startswith("Sentiment: positive")
+    lines = out.splitlines()
+    assert any(line.startswith("Sentiment: negative") for line in lines)  # /v1/responses
+    assert any(line.startswith("Planned 3 subtasks: ") for line in lines)  # reasoning_content
 
 
 @pytest.mark.slow  # a Ray cluster

@@ -48,6 +48,8 @@ USER = "canary-user"
 """The user name before the key in the URL."""
 TOKEN_CANARY = f"tok-CANARY{uuid.uuid4().hex}"
 """The chat server's own bearer token."""
+REASONING = {"X-Anabranch-Progress": "reasoning"}
+"""Progress as `reasoning_content` too: one more surface a message can reach."""
 ECHOED = {"401": 0.2, "403": 0.2, "429": 0.2, "500": 0.2}
 """Each echoing fault on a fifth of the requests; the rest are answered."""
 
@@ -174,7 +176,8 @@ def surfaces(fault_server, tmp_path_factory):
     _proc(seen["eval with the key in the URL"], "eval", proc)
     assert "JSON judgement instead" in proc.stderr and "LLM: fault at" in proc.stdout
 
-    # `serve`: both graphs, streamed and not, with and without a thread.
+    # `serve`: both graphs, streamed and not, with and without a thread, progress as reasoning;
+    # the Responses API too.
     db = run_dir / "threads.sqlite"
     process, url = start_server(*llm, "--threads-db", str(db), token=TOKEN_CANARY, env=env)
     try:
@@ -185,8 +188,13 @@ def surfaces(fault_server, tmp_path_factory):
                 ("analyze", "chain"), (False, True), (None, "a-thread"), range(2)
             ):
                 body = {"model": graph, "stream": stream, "user": thread, "messages": asked}
-                reply = http.post("/chat/completions", json=body)
+                reply = http.post("/chat/completions", json=body, headers=REASONING)
                 label = f"serve {graph} stream={stream} thread={thread}"
+                seen["serve"].add(label, repr(reply.headers).encode() + reply.content)
+            for graph, stream in itertools.product(("analyze", "chain"), (False, True)):
+                body = {"model": graph, "stream": stream, "input": "I love it."}
+                reply = http.post("/responses", json=body)
+                label = f"serve responses {graph} stream={stream}"
                 seen["serve"].add(label, repr(reply.headers).encode() + reply.content)
     finally:
         process.terminate()

@@ -14,6 +14,7 @@ import operator
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Annotated, Any, Literal, TypedDict, cast
 
+from langchain_core.runnables import RunnableConfig
 from langgraph.graph import END, START, StateGraph
 from langgraph.runtime import Runtime
 from langgraph.types import Checkpointer
@@ -21,7 +22,7 @@ from langgraph.types import Checkpointer
 from anabranch.agents.specialists import Specialist
 from anabranch.errors import ConfigError, LLMOutputError
 from anabranch.events import Event, StepEnded, StepStarted, TextDelta
-from anabranch.graphs.state import Graph, now
+from anabranch.graphs.state import Graph, now, requested_sampling
 from anabranch.graphs.sync import sync_capable
 from anabranch.llm.connect import LLMOptions, build_endpoint
 from anabranch.llm.endpoint import Endpoint
@@ -56,7 +57,8 @@ def build_chain_graph(
     builder = StateGraph(ChainState)
     for i, specialist in enumerate(specialists, start=1):
         own = endpoints.get(specialist.name, endpoint)
-        builder.add_node(specialist.name, _step_node(i, specialist, own, context))
+        last = i == len(specialists)
+        builder.add_node(specialist.name, _step_node(i, specialist, own, context, last))
     builder.add_edge(START, names[0])
     for current, following in itertools.pairwise(names):
         builder.add_conditional_edges(current, _continue_to(following), [following, END])
@@ -109,20 +111,31 @@ def _messages(
 
 
 def _step_node(
-    index: int, specialist: Specialist, endpoint: Endpoint, context: ChainContext
+    index: int, specialist: Specialist, endpoint: Endpoint, context: ChainContext, last: bool
 ) -> Callable[..., Awaitable[dict[str, Any]]]:
-    async def step(state: ChainState, runtime: Runtime[Any]) -> dict[str, Any]:
+    async def step(
+        state: ChainState, runtime: Runtime[Any], config: RunnableConfig
+    ) -> dict[str, Any]:
         write = runtime.stream_writer
         messages = _messages(specialist, state["prompt"], state.get("steps", []), context)
         model = specialist.model or endpoint.model
+        asked = requested_sampling(config)
+        # Every step is held to the caller's sampling; only the answer's own step to its stop
+        # sequences and format, which would cut or reshape the earlier steps' drafts.
+        extra = {k: asked[k] for k in ("top_p", "seed") if k in asked}
+        if last:
+            extra |= {k: asked[k] for k in ("stop", "response_format") if k in asked}
+        temperature = asked.get("temperature", specialist.temperature)
         write(StepStarted(step=index, specialist=specialist.name))
         about = {"index": index, "specialist": specialist.name, "model": model,
-                "temperature": specialist.temperature}  # fmt: skip
+                 "temperature": temperature}  # fmt: skip
         start = now()
         calls: list[ToolCallRecord] = []
         try:
             if specialist.tools or specialist.output_type is not None:
-                text, usage, calls = await _agent_step(specialist, endpoint, messages)
+                text, usage, calls = await _agent_step(
+                    specialist, endpoint, messages, temperature, asked.get("max_tokens")
+                )
                 write(TextDelta(step=index, specialist=specialist.name, text=text))
                 truncated = False
             else:
@@ -131,9 +144,10 @@ def _step_node(
                     lambda text: write(
                         TextDelta(step=index, specialist=specialist.name, text=text)
                     ),
-                    temperature=specialist.temperature,
-                    max_tokens=specialist.max_tokens,
+                    temperature=temperature,
+                    max_tokens=asked.get("max_tokens", specialist.max_tokens),
                     model=model,
+                    extra=extra,
                 )
                 text, usage = completion.text, completion.usage
                 truncated = completion.finish_reason == "length"
@@ -165,7 +179,11 @@ def _step_node(
 
 
 async def _agent_step(
-    specialist: Specialist, endpoint: Endpoint, messages: list[dict[str, Any]]
+    specialist: Specialist,
+    endpoint: Endpoint,
+    messages: list[dict[str, Any]],
+    temperature: float,
+    max_tokens: int | None,
 ) -> tuple[str, Usage, list[ToolCallRecord]]:
     """A step with tools or an output model: the specialist as an LLMAgent (its tool turns and
     calls go to the stream as they happen); a typed answer becomes its JSON."""
@@ -176,7 +194,7 @@ async def _agent_step(
         endpoint,
         output_type=specialist.output_type or str,
         tools=specialist.tools,
-        sampling=Sampling(temperature=specialist.temperature, max_tokens=specialist.max_tokens),
+        sampling=Sampling(temperature=temperature, max_tokens=max_tokens or specialist.max_tokens),
         max_steps=specialist.max_steps,
     )
     answer = await agent.answer(messages)

@@ -15,7 +15,7 @@ in frozen settings (`Timeouts`, `RetryPolicy`, `Limits`, `Sampling`).
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 from urllib.parse import urlsplit
@@ -180,13 +180,15 @@ class Endpoint:
         model: str | None = None,
         top_logprobs: int | None = None,
         tools: list[dict[str, Any]] | None = None,
+        extra: Mapping[str, Any] | None = None,
     ) -> Completion:
         """One chat completion, retried on transient failures within the deadline.
 
         `top_logprobs`: also ask for the likeliest first tokens and their log probabilities
         (`Completion.alternatives`). `tools`: functions the model may call
-        (`Completion.tool_calls`); an answer that calls one is not cached."""
-        params = self._params(messages, temperature, max_tokens, model, response_format)
+        (`Completion.tool_calls`); an answer that calls one is not cached. `extra`: more of
+        OpenAI's request fields (`top_p`, `stop`, `seed`...), sent as given."""
+        params = self._params(messages, temperature, max_tokens, model, response_format, extra)
         if tools:
             params["tools"] = tools
         if top_logprobs:
@@ -217,14 +219,16 @@ class Endpoint:
         temperature: float | None = None,
         max_tokens: int | None = None,
         model: str | None = None,
+        extra: Mapping[str, Any] | None = None,
     ) -> Completion:
-        """A streamed chat completion: `on_text` hears each piece of text as it arrives.
+        """A streamed chat completion: `on_text` hears each piece of text as it arrives;
+        `extra` as for `chat`.
 
         The per-attempt timeout is an idle timeout here. A failure before the first piece is
         retried like any call; after it, retrying would repeat text the caller has already
         shown, so the call fails instead.
         """
-        params = self._params(messages, temperature, max_tokens, model)
+        params = self._params(messages, temperature, max_tokens, model, extra=extra)
         return await self._call(params, lambda: self._transport.stream(params, on_text))
 
     def _params(
@@ -234,6 +238,7 @@ class Endpoint:
         max_tokens: int | None,
         model: str | None,
         response_format: dict[str, Any] | None = None,
+        extra: Mapping[str, Any] | None = None,
     ) -> dict[str, Any]:
         params = {
             "model": model or self.model,
@@ -243,7 +248,7 @@ class Endpoint:
         }
         if response_format is not None:
             params["response_format"] = response_format
-        return params
+        return {**params, **(extra or {})}
 
     def _forget(self, messages: list[dict[str, Any]], mode: OutputMode, schema: type[BaseModel],
                 temperature: float | None, max_tokens: int | None) -> None:  # fmt: skip

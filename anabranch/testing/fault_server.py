@@ -3,7 +3,8 @@
 A real LLM will not rate-limit, hang or answer garbage on demand; this server does, on a schedule
 (`script`: what the first requests get) or at random (`rates`). Otherwise it answers like a model:
 with JSON valid for the requested `response_format` schema, or an echo of the last user message.
-It counts requests, the most in flight at once, and when each arrived, at GET /stats.
+It counts requests, the most in flight at once, and when each arrived, and keeps what the latest
+requests asked (max_tokens, temperature, stop...), at GET /stats.
 
 It runs in a process of its own (`FaultServer`), so that its CPU never competes with the client
 being measured. HTTP/1.1 with keep-alive via h11, which lets it reset a connection for real.
@@ -21,7 +22,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -83,6 +84,9 @@ class FaultConfig(BaseModel):
     seed: int = 0
     tools: ToolScript | None = None
     """Answer requests that offer tools with the script's tool calls (testing/fault_tools.py)."""
+    cut_answers: bool = False
+    """Cut answers as a model does: at a `stop` sequence, and at `max_tokens` words (then with
+    `finish_reason: length`)."""
 
 
 @dataclass
@@ -97,6 +101,8 @@ class _Stats:
     arrivals: list[float] = field(default_factory=list)
     prompts: Counter[str] = field(default_factory=Counter)
     """Requests per distinct conversation (a digest of the messages), to tell repeats."""
+    params: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=256))
+    """What the latest chat requests asked besides their messages (max_tokens, stop...)."""
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -107,6 +113,7 @@ class _Stats:
             "faults": dict(self.faults),
             "arrivals": self.arrivals,
             "prompts": dict(self.prompts),
+            "params": list(self.params),
         }
 
 
@@ -249,6 +256,8 @@ class FaultApp:
                 echoed = key if self.config.echo_credentials else None
                 return _error(int(fault), self.config.retry_after, echoed)
             request = json.loads(body or b"{}")
+            if not tokenize:
+                stats.params.append({k: v for k, v in request.items() if k != "messages"})
             if tokenize:
                 words = str(request.get("content", "")).split()
                 return _json(200, {"tokens": [{"id": i, "piece": w} for i, w in enumerate(words)]})
@@ -268,7 +277,7 @@ class FaultApp:
                 return _json(400, refused_tools)
             scripted = scripted_message(request, script) if script is not None else None
             content = "I am not JSON at all." if fault == "invalid" else _answer(request)
-            completion = _completion(request, content)
+            completion = _completion(request, content, cut=self.config.cut_answers)
             if scripted is not None and fault != "invalid":
                 completion["choices"][0]["message"] = scripted
                 completion["choices"][0]["finish_reason"] = (
@@ -351,8 +360,16 @@ def schema_instance(schema: dict[str, Any], defs: dict[str, Any]) -> Any:
     return None
 
 
-def _completion(request: dict[str, Any], content: str) -> dict[str, Any]:
+def _completion(request: dict[str, Any], content: str, cut: bool = False) -> dict[str, Any]:
     prompt = sum(len(str(m.get("content", "")).split()) for m in request.get("messages", []))
+    finish = "stop"
+    if cut:
+        stops = request.get("stop") or []
+        for stop in [stops] if isinstance(stops, str) else stops:
+            content = content.split(stop, 1)[0]
+        words, limit = content.split(), request.get("max_tokens") or 0
+        if limit and len(words) > limit:
+            content, finish = " ".join(words[:limit]), "length"
     completion = len(content.split())
     return {
         "id": "chatcmpl-fault",
@@ -363,7 +380,7 @@ def _completion(request: dict[str, Any], content: str) -> dict[str, Any]:
             {
                 "index": 0,
                 "message": {"role": "assistant", "content": content},
-                "finish_reason": "stop",
+                "finish_reason": finish,
             }
         ],
         "usage": {
@@ -398,7 +415,8 @@ def _sse(completion: dict[str, Any]) -> bytes:
         base | {"choices": [{"index": 0, "delta": {"content": p}, "finish_reason": None}]}
         for p in pieces
     ]
-    events.append(base | {"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+    finish = completion["choices"][0]["finish_reason"]
+    events.append(base | {"choices": [{"index": 0, "delta": {}, "finish_reason": finish}]})
     events.append(base | {"choices": [], "usage": completion["usage"]})
     return b"".join(f"data: {json.dumps(e)}\n\n".encode() for e in events) + b"data: [DONE]\n\n"
 
