@@ -12,6 +12,7 @@ from typing import Annotated, Any, Literal, TypeVar, overload
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
 from anabranch.redact import redact
+from anabranch.telemetry.timeline import Timeline
 
 M = TypeVar("M", bound=BaseModel)
 """An agent's output model."""
@@ -298,6 +299,9 @@ class RunReport(BaseModel):
     """Finished subtasks of unfinished tasks taken from the journal instead of recomputed."""
     concurrency: ConcurrencyReport | None = None
     """The watched endpoint's concurrency, when the run watched one."""
+    timeline: Timeline | None = None
+    """The run over time (throughput, calls in flight, errors, latency by agent, failed tasks):
+    what the HTML report draws, kept in the journal with the rest."""
 
 
 class ChainStep(BaseModel):

@@ -38,6 +38,7 @@ from anabranch.llm.structured import (
 )
 from anabranch.llm.transport import Answer, Tokens, Transport
 from anabranch.redact import public_url, register_secret
+from anabranch.telemetry.tracing import first_chunk, llm_call
 from anabranch.tools.tokenizer import count_tokens, readable_pieces
 from anabranch.types import Usage
 
@@ -229,7 +230,8 @@ class Endpoint:
         shown, so the call fails instead.
         """
         params = self._params(messages, temperature, max_tokens, model, extra=extra)
-        return await self._call(params, lambda: self._transport.stream(params, on_text))
+        heard = first_chunk(on_text)  # the time to the first piece, when telemetry is on
+        return await self._call(params, lambda: self._transport.stream(params, heard))
 
     def _params(
         self,
@@ -273,10 +275,12 @@ class Endpoint:
                 estimate = _estimate_tokens(params["messages"]) + params["max_tokens"]
             await limiter.pace(estimate)
             tally.sent += 1
+            call.sending()
             began = time.perf_counter()
             try:
                 answer = await send()
             except Exception as exc:
+                call.failed(exc)
                 if _unhealthy(exc):
                     wait = retry_after(exc)
                     capped = None if wait is None else min(wait, self.retry.max_retry_after)
@@ -286,10 +290,15 @@ class Endpoint:
             limiter.succeeded(time.perf_counter() - began, used)
             return answer
 
+        call = llm_call(self.base_url, lambda: limiter.slots.limit, params)
         async with limiter.slot():
             start = time.perf_counter()
             await limiter.breaker.admit()  # a server that is down: wait here, off the deadline
-            answer = await self._retrier.run(attempt, tally)
+            with call:  # the chat span, the metrics and the run's timeline (telemetry/)
+                answer = await self._retrier.run(attempt, tally)
+                tokens = answer.tokens
+                call.answered(answer.text, (tokens.prompt, tokens.completion) if tokens else None,
+                              answer.finish_reason)  # fmt: skip
         tokens = answer.tokens
         prompt, completion = (tokens.prompt, tokens.completion) if tokens else (0, 0)
         if tokens:
