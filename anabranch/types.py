@@ -303,6 +303,16 @@ class RunReport(BaseModel):
     """The run over time (throughput, calls in flight, errors, latency by agent, failed tasks):
     what the HTML report draws, kept in the journal with the rest."""
 
+    def html(self, title: str = "anabranch run") -> str:
+        """The run report as one self-contained HTML page (charts as SVG, no network)."""
+        from anabranch.telemetry.html import render_html
+
+        return render_html(self, title=title)
+
+    def _repr_html_(self) -> str:
+        """Jupyter shows the report, charts and all, where the report is a cell's value."""
+        return self.html()
+
 
 class ChainStep(BaseModel):
     """One specialist's turn in a chain: what it said, what it cost, or why it failed."""
