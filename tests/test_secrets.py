@@ -12,10 +12,11 @@ HTTP Basic's base64 of `user:key`), with the key in the environment and inside t
 A new output is covered by writing it under the run's folder (scanned whole) or by one
 `seen[surface].add(...)`. Scanned today: stdout and stderr of `run` (in process and on a Ray
 cluster), `runs`, `eval`, `chain` and `serve`; results.jsonl, its journal, the response cache,
-the eval figures, the chain reports and the threads database; the logs of the Ray cluster the
-run started; every HTTP reply of the chat server, headers included; in the Python API, every
-result, the report and the text of the exception a failed call raises; and a tool loop's
-messages to the model, its tool-call records and its stream events.
+the eval figures, the chain reports, the HTML run reports and the threads database; the OTLP
+traces and metrics `run --otel` exports (message content on) as a receiver got them; the logs of
+the Ray cluster the run started; every HTTP reply of the chat server, headers included; in the
+Python API, every result, the report and the text of the exception a failed call raises; and a
+tool loop's messages to the model, its tool-call records and its stream events.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from urllib.parse import quote
 import httpx
 import pytest
 from conftest import run_cli, start_server
+from otlp_receiver import OTLPReceiver
 
 from anabranch import Endpoint, LLMError, build_fanout_graph, run_batch
 from anabranch.analysis import make_agents
@@ -107,7 +109,8 @@ def url_with(url: str, key: str) -> str:
 
 SURFACES = (
     "run", "run with the key in the URL", "chain", "runs", "run --retry-failed", "eval",
-    "eval with the key in the URL", "serve", "every file under the run's folder",
+    "eval with the key in the URL", "serve", "the HTML run reports", "the OTLP export",
+    "every file under the run's folder",
 )  # fmt: skip
 """The outputs the commands write, each scanned on its own so that a leak names its surface."""
 
@@ -124,9 +127,19 @@ def surfaces(fault_server, tmp_path_factory):
     tasks = str(run_dir / "tasks.jsonl")
 
     # `run`, with the key from the environment, and with the key inside the URL (no env key).
-    proc = run_cli("run", tasks, *llm, "--out", str(run_dir / "results.jsonl"),
-                   "--cache", str(run_dir / "cache.sqlite"), env=env)  # fmt: skip
+    # The first also writes its HTML report and exports its traces and metrics over OTLP,
+    # message content on, to a receiver: both are surfaces of their own.
+    content = {"OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT": "true"}
+    with OTLPReceiver() as otlp:
+        proc = run_cli("run", tasks, *llm, "--out", str(run_dir / "results.jsonl"),
+                       "--cache", str(run_dir / "cache.sqlite"), "--report",
+                       str(run_dir / "run.html"), "--otel",
+                       env={**env, **content, "OTEL_EXPORTER_OTLP_ENDPOINT": otlp.url})  # fmt: skip
     _proc(seen["run"], "run", proc)
+    assert otlp.bodies["/v1/traces"] and otlp.bodies["/v1/metrics"]
+    for route, bodies in otlp.bodies.items():
+        seen["the OTLP export"].add(f"OTLP {route}", b"".join(bodies))
+    seen["the HTML run reports"].add("run.html", (run_dir / "run.html").read_bytes())
     assert proc.returncode == 4, proc.stderr  # delivered, some with errors
     for name in ("results.jsonl", "results.jsonl.journal", "cache.sqlite"):
         seen["run"].add(name, (run_dir / name).read_bytes())
@@ -151,7 +164,9 @@ def surfaces(fault_server, tmp_path_factory):
     listing = run_cli("runs", str(run_dir / "results.jsonl.journal"))
     _proc(seen["runs"], "runs", listing)
     _proc(seen["runs"], "runs show", run_cli("runs", "show", listing.stdout.split()[0],
-                                             str(run_dir / "results.jsonl.journal")))  # fmt: skip
+                                             str(run_dir / "results.jsonl.journal"),
+                                             "--report", str(run_dir / "past.html")))  # fmt: skip
+    seen["the HTML run reports"].add("past.html", (run_dir / "past.html").read_bytes())
     # A retry of the failed subtasks, against the same echoing server.
     proc = run_cli("run", tasks, *llm, "--retry-failed", "--out",
                    str(run_dir / "results.jsonl"), env=env)  # fmt: skip
