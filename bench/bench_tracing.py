@@ -32,14 +32,15 @@ MODES = ("off", "on")
 
 async def batch(url: str, n: int, c: int) -> int:
     from anabranch import Task, build_fanout_graph, run_batch
-    from anabranch.llm.endpoint import Endpoint
+    from anabranch.graphs.progress import Display
+    from anabranch.llm.connect import LLMOptions, build_endpoint
     from anabranch.llm.settings import Limits
     from anabranch.testing.load_graph import AGENTS, ChatAgent
 
-    async with Endpoint(url, "m", limits=Limits(concurrency=c)) as endpoint:
+    async with build_endpoint(LLMOptions(url, "m", limits=Limits(concurrency=c))) as endpoint:
         graph = build_fanout_graph([ChatAgent(endpoint, name) for name in AGENTS])
         tasks = (Task(id=str(i), text="Analyse this short text.") for i in range(n))
-        run = run_batch(tasks, graph, concurrency=c, progress=False)
+        run = run_batch(tasks, graph, concurrency=c, display=Display(progress=False))
         delivered = sum([1 async for _ in run])
     assert delivered == n and run.report.tasks_ok == n, run.report
     return delivered
@@ -70,7 +71,8 @@ def measure(mode: str, url: str, n: int, c: int) -> dict:
         tracer_provider.add_span_processor(BatchSpanProcessor(Counting()))
         reader = InMemoryMetricReader()
         instrument(tracer_provider, MeterProvider(metric_readers=[reader]))
-    import anabranch.graphs.runner
+    import anabranch.graphs.progress
+    import anabranch.llm.connect
     import anabranch.testing.load_graph  # noqa: F401 - imported before the clock starts
 
     start, cpu = time.perf_counter(), time.process_time()

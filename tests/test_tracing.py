@@ -18,7 +18,8 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
-from anabranch import Endpoint, Task, build_fanout_graph, run_batch
+from anabranch import Endpoint, Journal, Task, build_fanout_graph, run_batch
+from anabranch.graphs.runner import Resume
 from anabranch.llm.settings import Limits, RetryPolicy, Timeouts
 from anabranch.redact import register_secret
 from anabranch.telemetry import instrument, tool_span, uninstrument
@@ -63,15 +64,16 @@ def _points(reader) -> dict[str, list]:
     return out
 
 
-async def test_a_batch_with_20_percent_faults_gives_the_genai_span_tree(faults, otel):
+async def test_a_batch_with_20_percent_faults_gives_the_genai_span_tree(faults, otel, tmp_path):
     tracer_provider, meter_provider, exporter, reader = otel
     faults.configure(rates=FAULTS, retry_after=0.01, seed=21)
     instrument(tracer_provider, meter_provider)
     n = 40
     async with _endpoint(faults) as llm:
         graph = build_fanout_graph([ChatAgent(llm, name) for name in AGENTS])
-        batch = run_batch([Task(id=f"t{i}", text=f"text {i}") for i in range(n)], graph,
-                          concurrency=8, run_id="traced")  # fmt: skip
+        tasks = [Task(id=f"t{i}", text=f"text {i}") for i in range(n)]
+        journal = Journal(tmp_path / "journal.sqlite")
+        batch = run_batch(tasks, graph, concurrency=8, resume=Resume(journal, "traced"))
         results = [r async for r in batch]
     stats = faults.stats()
     spans = exporter.get_finished_spans()

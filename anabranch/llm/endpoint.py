@@ -296,9 +296,7 @@ class Endpoint:
             await limiter.breaker.admit()  # a server that is down: wait here, off the deadline
             with call:  # the chat span, the metrics and the run's timeline (telemetry/)
                 answer = await self._retrier.run(attempt, tally)
-                tokens = answer.tokens
-                call.answered(answer.text, (tokens.prompt, tokens.completion) if tokens else None,
-                              answer.finish_reason)  # fmt: skip
+                call.answered(answer)
         tokens = answer.tokens
         prompt, completion = (tokens.prompt, tokens.completion) if tokens else (0, 0)
         if tokens:

@@ -38,6 +38,7 @@ from anabranch.telemetry.timeline import Timeline, TimelineRecorder
 
 if TYPE_CHECKING:
     from anabranch.agents.base import Answer as AgentAnswer
+    from anabranch.llm.transport import Answer
     from anabranch.types import Subtask, TaskResult
 
 PROVIDER = "openai"
@@ -389,8 +390,11 @@ class LLMCall:
             if status == 429:
                 self._on.instruments.rate_limited.add(1, self._metric_attrs)
 
-    def answered(self, text: str, tokens: tuple[int, int] | None, finish: str | None) -> None:
-        self.text, self.tokens, self.finish_reason = text, tokens, finish
+    def answered(self, answer: Answer) -> None:
+        """What the call brought back, for its span and its measurements."""
+        tokens = answer.tokens
+        self.tokens = (tokens.prompt, tokens.completion) if tokens else None
+        self.text, self.finish_reason = answer.text, answer.finish_reason
 
     def first_chunk(self) -> None:
         """A stream's first piece arrived (for time to first chunk)."""
@@ -451,7 +455,7 @@ class _Quiet:
     def failed(self, exc: BaseException) -> None:
         pass
 
-    def answered(self, text: str, tokens: tuple[int, int] | None, finish: str | None) -> None:
+    def answered(self, answer: Answer) -> None:
         pass
 
 
