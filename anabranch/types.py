@@ -310,8 +310,11 @@ class RunReport(BaseModel):
         return render_html(self, title=title)
 
     def _repr_html_(self) -> str:
-        """Jupyter shows the report, charts and all, where the report is a cell's value."""
-        return self.html()
+        """Jupyter shows the report, charts and all, where the report is a cell's value (its
+        style scoped to it, so the notebook's own look is left alone)."""
+        from anabranch.telemetry.html import render_html
+
+        return render_html(self, title="anabranch run", fragment=True)
 
 
 class ChainStep(BaseModel):

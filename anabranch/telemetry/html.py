@@ -25,32 +25,39 @@ _L, _R, _T, _B = 48, 12, 14, 30
 """Margins: left (the y axis' labels), right, top, bottom (the x axis' labels)."""
 
 _CSS = """
-body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;color:#1f2937;
- margin:0;background:#f3f4f6}
-main{max-width:1200px;margin:0 auto;padding:20px}
-h1{font-size:22px;margin:0 0 4px}h2{font-size:16px;margin:0 0 8px}
-.sub{color:#6b7280;margin:0 0 16px}
-.tiles{display:flex;flex-wrap:wrap;gap:10px;margin-bottom:16px}
-.tile{background:#fff;border-radius:8px;padding:10px 14px;min-width:120px;
+.ab-report{font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;color:#1f2937;
+ background:#f3f4f6;max-width:1200px;margin:0 auto;padding:20px}
+.ab-report h1{font-size:22px;margin:0 0 4px}.ab-report h2{font-size:16px;margin:0 0 8px}
+.ab-report .sub{color:#6b7280;margin:0 0 16px}
+.ab-report .tiles{display:flex;flex-wrap:wrap;gap:10px;margin-bottom:16px}
+.ab-report .tile{background:#fff;border-radius:8px;padding:10px 14px;min-width:120px;
  box-shadow:0 1px 2px #0001}
-.tile b{display:block;font-size:20px}.tile span{color:#6b7280;font-size:12px}
-.grid{display:grid;grid-template-columns:repeat(auto-fit,minmax(560px,1fr));gap:14px}
-section{background:#fff;border-radius:8px;padding:14px;box-shadow:0 1px 2px #0001}
-table{border-collapse:collapse;width:100%;font-size:13px}
-td,th{text-align:left;padding:4px 6px;border-bottom:1px solid #e5e7eb;vertical-align:top}
-th{color:#6b7280;font-weight:600}td.n{text-align:right;font-variant-numeric:tabular-nums}
-.legend{font-size:12px;color:#374151;margin-top:4px}
-.legend i{display:inline-block;width:10px;height:10px;border-radius:2px;margin:0 4px 0 10px}
-.none{color:#6b7280;font-style:italic}
-svg text{font:11px system-ui,sans-serif;fill:#4b5563}
+.ab-report .tile b{display:block;font-size:20px}.ab-report .tile span{color:#6b7280;font-size:12px}
+.ab-report .grid{display:grid;grid-template-columns:repeat(auto-fit,minmax(560px,1fr));gap:14px}
+.ab-report section{background:#fff;border-radius:8px;padding:14px;box-shadow:0 1px 2px #0001}
+.ab-report table{border-collapse:collapse;width:100%;font-size:13px}
+.ab-report td,.ab-report th{text-align:left;padding:4px 6px;border-bottom:1px solid #e5e7eb;
+ vertical-align:top}
+.ab-report th{color:#6b7280;font-weight:600}
+.ab-report td.n{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
+.ab-report .legend{font-size:12px;color:#374151;margin:4px 0 8px}
+.ab-report .legend i{display:inline-block;width:10px;height:10px;border-radius:2px;
+ margin:0 4px 0 10px}
+.ab-report .none{color:#6b7280;font-style:italic}
+.ab-report svg text{font:11px system-ui,sans-serif;fill:#4b5563}
 """
 
 
 def render_html(
-    report: RunReport, *, title: str = "anabranch run", failures: Sequence[Failure] | None = None
+    report: RunReport,
+    *,
+    title: str = "anabranch run",
+    failures: Sequence[Failure] | None = None,
+    fragment: bool = False,
 ) -> str:
     """The whole page. `failures`: the tasks to list as failed (default: the timeline's), for a
-    past run whose report has no timeline but whose journal has the results."""
+    past run whose report has no timeline but whose journal has the results. `fragment`: only
+    the report's element and its style (scoped to it), to sit inside another page (Jupyter)."""
     timeline = report.timeline
     if failures is None:
         failures = timeline.failures if timeline is not None else []
@@ -83,11 +90,14 @@ def render_html(
         _section("Tasks that did not end ok", _failures(failures, more)),
         "</div>",
     ]
+    content = f'<style>{_CSS}</style><div class="ab-report">{"".join(body)}</div>'
+    if fragment:
+        return content
     return (
         '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width,initial-scale=1">'
-        f"<title>{escape(title)}</title><style>{_CSS}</style></head>"
-        f'<body><main class="anabranch-report">{"".join(body)}</main></body></html>'
+        f'<title>{escape(title)}</title></head><body style="margin:0;background:#f3f4f6">'
+        f"{content}</body></html>"
     )
 
 
@@ -119,7 +129,7 @@ def _section(heading: str, content: str) -> str:
 
 def _stages(report: RunReport) -> str:
     longest = max((s.seconds for s in report.stages), default=0.0) or 1.0
-    rows, bar_w = [], 150
+    rows, bar_w = [], 90
     for i, s in enumerate(report.stages, start=1):
         width = max(1.0, bar_w * s.seconds / longest)
         bar = (
