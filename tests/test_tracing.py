@@ -72,9 +72,9 @@ async def test_a_batch_with_20_percent_faults_gives_the_genai_span_tree(faults, 
     async with _endpoint(faults) as llm:
         graph = build_fanout_graph([ChatAgent(llm, name) for name in AGENTS])
         tasks = [Task(id=f"t{i}", text=f"text {i}") for i in range(n)]
-        journal = Journal(tmp_path / "journal.sqlite")
-        batch = run_batch(tasks, graph, concurrency=8, resume=Resume(journal, "traced"))
-        results = [r async for r in batch]
+        with Journal(tmp_path / "journal.sqlite") as journal:
+            batch = run_batch(tasks, graph, concurrency=8, resume=Resume(journal, "traced"))
+            results = [r async for r in batch]
     stats = faults.stats()
     spans = exporter.get_finished_spans()
     assert len(results) == n

@@ -38,7 +38,7 @@ from anabranch.llm.structured import (
 )
 from anabranch.llm.transport import Answer, Tokens, Transport
 from anabranch.redact import public_url, register_secret
-from anabranch.telemetry.tracing import first_chunk, llm_call
+from anabranch.telemetry.llm import first_chunk, llm_call
 from anabranch.tools.tokenizer import count_tokens, readable_pieces
 from anabranch.types import Usage
 

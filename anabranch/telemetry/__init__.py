@@ -8,16 +8,9 @@ Importing this package imports no OpenTelemetry module; `instrument` needs
 `pip install 'anabranch[otel]'`. The HTML run report is `anabranch.telemetry.html`.
 """
 
+from anabranch.telemetry.switch import instrument, instrumented, uninstrument
 from anabranch.telemetry.timeline import Failure, Timeline, TimelineRecorder
-from anabranch.telemetry.tracing import (
-    BatchTelemetry,
-    ToolSpan,
-    instrument,
-    instrumented,
-    invoke_agent,
-    tool_span,
-    uninstrument,
-)
+from anabranch.telemetry.tracing import BatchTelemetry, ToolSpan, invoke_agent, tool_span
 
 __all__ = [
     "BatchTelemetry",

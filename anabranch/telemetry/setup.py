@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from anabranch.errors import ConfigError
-from anabranch.telemetry.tracing import instrument, uninstrument
+from anabranch.telemetry.switch import instrument, uninstrument
 
 _ENDPOINTS = (
     "OTEL_EXPORTER_OTLP_ENDPOINT",
