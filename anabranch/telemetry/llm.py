@@ -9,6 +9,7 @@ telemetry off and no batch listening, `llm_call` hands back one shared object th
 from __future__ import annotations
 
 import contextvars
+import functools
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -89,17 +90,7 @@ class LLMCall:
         self.attempts = 0
         if on is not None:
             model = str(params.get("model", ""))
-            url = urlsplit(base_url)
-            port = url.port or (443 if url.scheme == "https" else 80)
-            self._metric_attrs = {
-                "gen_ai.operation.name": "chat",
-                "gen_ai.provider.name": PROVIDER,
-                "gen_ai.request.model": model,
-                "server.address": url.hostname or "",
-                "server.port": port,
-            }
-            if (agent := AGENT.get()) is not None:
-                self._metric_attrs["gen_ai.agent.name"] = agent
+            self._metric_attrs = _measured(base_url, model, AGENT.get())
             attrs = dict(self._metric_attrs)
             if (max_tokens := params.get("max_tokens")) is not None:
                 attrs["gen_ai.request.max_tokens"] = max_tokens
@@ -256,6 +247,23 @@ def first_chunk(on_text: Callable[[str], None]) -> Callable[[str], None]:
         on_text(text)
 
     return heard
+
+
+@functools.lru_cache(maxsize=1024)
+def _measured(base_url: str, model: str, agent: str | None) -> dict[str, Any]:
+    """The attributes every measurement of a call carries, made once per server, model and
+    agent (never changed: callers copy it to add their own)."""
+    url = urlsplit(base_url)
+    attributes: dict[str, Any] = {
+        "gen_ai.operation.name": "chat",
+        "gen_ai.provider.name": PROVIDER,
+        "gen_ai.request.model": model,
+        "server.address": url.hostname or "",
+        "server.port": url.port or (443 if url.scheme == "https" else 80),
+    }
+    if agent is not None:
+        attributes["gen_ai.agent.name"] = agent
+    return attributes
 
 
 def _messages(messages: list[dict[str, Any]]) -> str:
