@@ -129,7 +129,7 @@ def _section(heading: str, content: str) -> str:
 
 def _stages(report: RunReport) -> str:
     longest = max((s.seconds for s in report.stages), default=0.0) or 1.0
-    rows, bar_w = [], 90
+    rows, bar_w = [], 56
     for i, s in enumerate(report.stages, start=1):
         width = max(1.0, bar_w * s.seconds / longest)
         bar = (
