@@ -347,7 +347,8 @@ def _errors_by_type(report: RunReport) -> str:
     attempts = error_counts(report.timeline) if report.timeline is not None else {}
     final = report.timeline.call_errors if report.timeline is not None else {}
     records = report.subtask_errors
-    kinds = sorted(set(attempts) | set(final) | set(records), key=lambda k: -attempts.get(k, 0))
+    kinds = sorted(set(attempts) | set(final) | set(records))  # ties keep a fixed order
+    kinds.sort(key=lambda k: -attempts.get(k, 0))
     if not kinds:
         return '<p class="none">No errors.</p>'
     top = max([*attempts.values(), *records.values(), 1])
