@@ -208,3 +208,43 @@ async def test_nothing_is_emitted_until_instrumented(faults, otel):
         results = [r async for r in run_batch([Task(id="a", text="x")], graph)]
     assert results[0].status == "ok"
     assert exporter.get_finished_spans() == ()
+
+
+async def test_each_tool_call_is_an_execute_tool_span_under_its_agent(faults, otel):
+    from anabranch import LLMAgent
+    from anabranch.testing.fault_tools import ScriptedCall, ToolScript
+
+    tracer_provider, meter_provider, spans, _ = otel
+    instrument(tracer_provider=tracer_provider, meter_provider=meter_provider)
+
+    def double(x: int) -> int:
+        """Double a number.
+
+        Args:
+            x: the number
+        """
+        return 2 * x
+
+    def boom() -> str:
+        """A tool that fails."""
+        raise RuntimeError("kaput")
+
+    turn = [ScriptedCall(name="double", arguments={"x": 21}), ScriptedCall(name="boom"),
+            ScriptedCall(name="missing")]  # fmt: skip
+    faults.configure(tools=ToolScript(turns=[turn]))
+    async with _endpoint(faults) as endpoint:
+        graph = build_fanout_graph([LLMAgent("agent", endpoint, tools=[double, boom])])
+        result = (await graph.ainvoke({"task": Task(id="t", text="hi")}))["result"]
+    assert result.status == "ok", result.errors
+
+    finished = spans.get_finished_spans()
+    tools = {s.attributes["gen_ai.tool.name"]: s for s in finished
+             if s.attributes.get("gen_ai.operation.name") == "execute_tool"}  # fmt: skip
+    assert set(tools) == {"double", "boom", "missing"}
+    assert all(s.name == f"execute_tool {n}" for n, s in tools.items())
+    assert tools["double"].status.status_code != StatusCode.ERROR
+    assert tools["boom"].attributes["error.type"] == "RuntimeError"
+    assert tools["missing"].attributes["error.type"] == "unknown_tool"
+    [agent] = [s for s in finished if s.name == "invoke_agent agent"]
+    assert all(s.parent is not None and s.parent.span_id == agent.context.span_id
+               for s in tools.values())  # fmt: skip

@@ -36,6 +36,7 @@ from anabranch.agents import prompted_tools
 from anabranch.errors import ConfigError, LLMError, LLMStatusError, ToolLoopError, describe
 from anabranch.events import BaseEvent, ModelTurn, ToolEnded, ToolStarted
 from anabranch.llm.endpoint import Endpoint
+from anabranch.telemetry.tracing import tool_span
 from anabranch.types import SubtaskStatus, ToolCallRecord, Usage
 
 DEFAULT_TOOL_TIMEOUT = 60.0
@@ -320,29 +321,18 @@ async def _run_one(
     agent: str,
     say: Emit,
 ) -> ToolCallRecord:
-    """One call, answered whatever happens: its result, or the error the model will read."""
+    """One call, answered whatever happens: its result, or the error the model will read. Its
+    `execute_tool` span (when telemetry is on) says which."""
     found = tools.get(call.name)
-    start = time.perf_counter()
-    result = error = None
-    if found is None:
-        offered = ", ".join(sorted(tools)) or "none"
-        error = f"there is no tool named {call.name!r} (the tools are: {offered})"
-    elif not isinstance(arguments, dict):
-        error = f"the arguments of {call.name} are not a JSON object: {call.raw[:200]!r}"
-    else:
-        limit = found.timeout if found.timeout is not None else default_timeout
-        try:
-            async with asyncio.timeout(limit) as deadline:
-                result = await found.invoke(arguments)
-        except ValidationError as exc:
-            error = f"invalid arguments for {call.name}: {describe(exc)}"
-        except TimeoutError as exc:
-            if deadline.expired():
-                error = f"{call.name} did not finish within its deadline of {limit:g} s"
-            else:
-                error = f"{call.name} raised {type(exc).__name__}: {exc}"
-        except Exception as exc:  # noqa: BLE001 - a tool's failure is the model's to read
-            error = f"{call.name} raised {type(exc).__name__}: {exc}"
+    description = found.description if found is not None else ""
+    with tool_span(call.name, call_id=call.id, arguments=arguments,
+                   description=description) as span:  # fmt: skip
+        start = time.perf_counter()
+        result, error, kind = await _attempt(call, arguments, tools, found, default_timeout)
+        if error is None:
+            span.result(result)
+        else:
+            span.failed(kind)
     seconds = time.perf_counter() - start
     record = ToolCallRecord(
         agent=agent,
@@ -358,6 +348,39 @@ async def _run_one(
     say(ToolEnded(agent=agent, step=step, call_id=call.id, name=call.name, status=status,
                   content=content, seconds=seconds))  # fmt: skip
     return record
+
+
+async def _attempt(
+    call: _Call,
+    arguments: dict[str, Any] | str,
+    tools: dict[str, Tool],
+    found: Tool | None,
+    default_timeout: float,
+) -> tuple[str | None, str | None, str]:
+    """The call's (result, error for the model, error type): an unknown tool, arguments that are
+    not an object or do not validate, a deadline passed, or whatever the tool raised."""
+    if found is None:
+        offered = ", ".join(sorted(tools)) or "none"
+        return (
+            None,
+            f"there is no tool named {call.name!r} (the tools are: {offered})",
+            "unknown_tool",
+        )
+    if not isinstance(arguments, dict):
+        error = f"the arguments of {call.name} are not a JSON object: {call.raw[:200]!r}"
+        return None, error, "invalid_arguments"
+    limit = found.timeout if found.timeout is not None else default_timeout
+    try:
+        async with asyncio.timeout(limit) as deadline:
+            return await found.invoke(arguments), None, ""
+    except ValidationError as exc:
+        return None, f"invalid arguments for {call.name}: {describe(exc)}", "invalid_arguments"
+    except TimeoutError as exc:
+        if deadline.expired():
+            return None, f"{call.name} did not finish within its deadline of {limit:g} s", "timeout"
+        return None, f"{call.name} raised {type(exc).__name__}: {exc}", type(exc).__name__
+    except Exception as exc:  # noqa: BLE001 - a tool's failure is the model's to read
+        return None, f"{call.name} raised {type(exc).__name__}: {exc}", type(exc).__name__
 
 
 def unique_tools(tools: Sequence[Tool | Callable[..., Any]]) -> list[Tool]:
