@@ -4,10 +4,13 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install llm demo test test-fast lint format bench
+.PHONY: install llm demo test test-fast lint format bench pictures
 
 $(STAMP): pyproject.toml
 	command -v jq >/dev/null || { apt-get update && apt-get install -y jq; }  # tests pipe into jq
+	# Headless Chromium renders the HTML run report in its test; graphviz draws the notebooks' graphs.
+	command -v chromium >/dev/null && command -v dot >/dev/null || \
+		{ apt-get update && apt-get install -y chromium graphviz; }
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev,ray]'
@@ -38,6 +41,14 @@ bench: install
 	$(BIN)/python bench/bench_fanout.py
 	$(BIN)/python bench/bench_adaptive.py
 	$(BIN)/python bench/bench_ray.py
+	$(BIN)/python bench/bench_tracing.py
+
+# The pictures the repository keeps: the notebooks run and stored with their outputs, and the
+# run report's screenshot (docs/images/run-report.png) taken in headless Chromium by its test.
+pictures: llm
+	$(BIN)/jupyter nbconvert --to notebook --execute --inplace notebooks/*.ipynb
+	ANABRANCH_SCREENSHOT=docs/images/run-report.png $(BIN)/python -m pytest -q \
+		tests/test_run_report_html.py -k screenshot
 
 lint: install
 	$(BIN)/ruff check anabranch tests bench examples

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from anabranch.agents.base import Agent, Answer
+    from anabranch.agents.llm import LLMAgent
     from anabranch.agents.planner import LLMPlanner, RulePlanner
     from anabranch.agents.reducer import Reducer
     from anabranch.agents.specialists import Specialist
@@ -44,6 +45,7 @@ _WHERE = {
     # agents
     "Agent": "anabranch.agents.base",
     "Answer": "anabranch.agents.base",
+    "LLMAgent": "anabranch.agents.llm",
     "RulePlanner": "anabranch.agents.planner",
     "LLMPlanner": "anabranch.agents.planner",
     "Reducer": "anabranch.agents.reducer",
@@ -73,7 +75,7 @@ _WHERE = {
 
 __all__ = [  # noqa: RUF022 - grouped by concept, as above
     "Task", "Subtask", "SubtaskResult", "TaskResult", "Usage", "RunReport",
-    "Agent", "Answer", "RulePlanner", "LLMPlanner", "Reducer", "Specialist",
+    "Agent", "Answer", "LLMAgent", "RulePlanner", "LLMPlanner", "Reducer", "Specialist",
     "build_fanout_graph", "build_chain_graph", "run_chain", "run_batch", "GraphSpec", "Journal",
     "read_tasks",
     "Endpoint", "LLMOptions", "open_endpoint", "Timeouts", "RetryPolicy", "Limits", "Sampling",

@@ -1,12 +1,14 @@
 """The "Chain Execution Results" report, in the structure docs/architecture.md draws.
 
 Beyond the original format: tokens in and out per step, a note where a step was cut at its token
-limit or failed, and a Key Contribution taken from what the step actually added: its new key
-phrases, the ones that appear in neither the prompt nor any earlier step.
+limit or failed, the tools a step called, and a Key Contribution taken from what the step
+actually added: its new key phrases, the ones that appear in neither the prompt nor any earlier
+step.
 """
 
 from __future__ import annotations
 
+import json
 import re
 
 from anabranch.tools.keywords import YakeKeywords
@@ -56,6 +58,12 @@ def render_chain_report(result: ChainResult) -> str:
             f"{step.usage.completion_tokens} out; attempts: {attempts}.*"
         )
         lines.append("")
+        if step.tool_calls:
+            lines += ["**Tool calls:**", ""]
+            lines += [f"- {c.name}({_arguments(c.arguments)}) -> "
+                      + (f"error: {c.error}" if c.error is not None else str(c.result))
+                      + f" ({c.seconds:.2f} s)" for c in step.tool_calls]  # fmt: skip
+            lines.append("")
         if step.status == "error" and step.error:
             lines += [f"**Step failed:** {step.error.type}: {step.error.message}", ""]
             continue
@@ -103,6 +111,13 @@ def render_chain_report(result: ChainResult) -> str:
     total_out = sum(s.usage.completion_tokens for s in result.steps)
     lines += [f"| | total | {total_in} | {total_out} |", ""]
     return "\n".join(lines)
+
+
+def _arguments(arguments: dict[str, object] | str) -> str:
+    """A call's arguments on one line, as the model passed them."""
+    if isinstance(arguments, str):
+        return arguments
+    return ", ".join(f"{k}={json.dumps(v, ensure_ascii=False)}" for k, v in arguments.items())
 
 
 def key_contribution(step: ChainStep, earlier: list[str], planned: int) -> str:

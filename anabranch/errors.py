@@ -10,6 +10,8 @@
     ├── InputError                 a task file line that cannot become a Task
     ├── SetupError                 a component could not be installed or started
     ├── ChatGraphError             a served graph ran but has no answer to give
+    ├── ToolLoopError              an agent's model still called tools after its last step
+    ├── MCPToolError               an MCP server answered a tool call with is_error
     └── LLMError                   an LLM call failed after the retries it was allowed
         ├── LLMTimeoutError        an attempt's timeout or the call's deadline passed
         ├── LLMRateLimitError      429 until the retries or the deadline ran out
@@ -31,7 +33,7 @@ from __future__ import annotations
 from pydantic import ValidationError
 
 from anabranch.redact import redact
-from anabranch.types import Usage
+from anabranch.types import ToolCallRecord, Usage
 
 __all__ = [
     "AnabranchError",
@@ -48,11 +50,13 @@ __all__ = [
     "LLMStatusError",
     "LLMTimeoutError",
     "LLMUnavailableError",
+    "MCPToolError",
     "NoProbabilities",
     "OutputError",
     "SetupError",
     "StateError",
     "StoreError",
+    "ToolLoopError",
     "describe",
 ]
 
@@ -112,6 +116,26 @@ class SetupError(AnabranchError):
 
 class ChatGraphError(AnabranchError):
     """A served graph ran but has no answer to give (a chain that stopped, say)."""
+
+
+class ToolLoopError(AnabranchError):
+    """An agent's tool loop reached its bound (`max_steps` model turns) with the model still
+    calling tools. It carries what the loop cost and the calls it made, for the error record."""
+
+    def __init__(self, message: str, *, attempts: int, usage: Usage,
+                 tool_calls: list[ToolCallRecord]) -> None:  # fmt: skip
+        super().__init__(message)
+        self.attempts = attempts
+        """Requests sent in all."""
+        self.usage = usage
+        """What the loop's calls cost."""
+        self.tool_calls = tool_calls
+        """The ToolCallRecords of every step."""
+
+
+class MCPToolError(AnabranchError):
+    """An MCP server answered a tool call with `is_error`: the message is its text (the tool
+    loop hands it to the model as the call's answer)."""
 
 
 class LLMError(AnabranchError):

@@ -67,6 +67,44 @@ class AgentDone(BaseEvent):
     usage: Usage
 
 
+class ModelTurn(BaseEvent):
+    """A tool-using agent's model answered one turn: the tools it asked for (none: its answer)."""
+
+    type: Literal["model_turn"] = "model_turn"
+    agent: str
+    step: int
+    """1-based turn of the agent's tool loop."""
+    tool_calls: list[str]
+    """The names of the tools the model called, in order; empty when it answered."""
+    text: str = ""
+    """What the model wrote besides its calls (its answer, on the last turn)."""
+
+
+class ToolStarted(BaseEvent):
+    """A tool call began (the calls of one turn start together)."""
+
+    type: Literal["tool_start"] = "tool_start"
+    agent: str
+    step: int
+    call_id: str
+    name: str
+    arguments: dict[str, Any] | str
+
+
+class ToolEnded(BaseEvent):
+    """A tool call finished: its result, or the error the model reads instead."""
+
+    type: Literal["tool_end"] = "tool_end"
+    agent: str
+    step: int
+    call_id: str
+    name: str
+    status: SubtaskStatus
+    content: str
+    """The tool message the model reads: the result, or the error."""
+    seconds: float
+
+
 class NodeDone(BaseEvent):
     """A node of a user's messages graph wrote a message."""
 
@@ -90,7 +128,17 @@ class Custom(BaseEvent):
 
 
 Event = Annotated[
-    StepStarted | TextDelta | StepEnded | Planned | AgentDone | NodeDone | UsageTotal | Custom,
+    StepStarted
+    | TextDelta
+    | StepEnded
+    | Planned
+    | AgentDone
+    | ModelTurn
+    | ToolStarted
+    | ToolEnded
+    | NodeDone
+    | UsageTotal
+    | Custom,
     Field(discriminator="type"),
 ]
 """Any event; `TypeAdapter(Event).validate_python(data)` reads one back from JSON data."""

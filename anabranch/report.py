@@ -1,8 +1,27 @@
-"""The pipeline trace printed after a run, in its five stages (docs/architecture.md)."""
+"""The run's report: the five-stage trace printed after a run (docs/architecture.md), and the
+HTML page written with `--report` (drawn by `anabranch.telemetry.html`)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from pathlib import Path
+
+from anabranch.errors import ConfigError
+from anabranch.telemetry.timeline import Failure
 from anabranch.types import RunReport
+
+
+def write_html(
+    report: RunReport, path: Path, *, title: str, failures: Sequence[Failure] | None = None
+) -> None:
+    """The HTML run report (`RunReport.html`) written to `path`."""
+    from anabranch.telemetry.html import render_html
+
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(render_html(report, title=title, failures=failures), encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot write the report to {path}: {exc.strerror or exc}") from exc
 
 
 def render_trace(report: RunReport) -> str:

@@ -12,6 +12,7 @@ from typing import Annotated, Any, Literal, TypeVar, overload
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
 from anabranch.redact import redact
+from anabranch.telemetry.timeline import Timeline
 
 M = TypeVar("M", bound=BaseModel)
 """An agent's output model."""
@@ -90,6 +91,25 @@ class SubtaskError(BaseModel):
     attempts: int = 1
 
 
+class ToolCallRecord(BaseModel):
+    """One tool call of an agent's tool loop, as the subtask's result keeps it."""
+
+    agent: str = ""
+    """The agent whose model asked for it."""
+    step: int
+    """The model turn (1-based) that asked for it."""
+    name: str
+    """The tool the model named (it may not exist: then `error` says so)."""
+    arguments: dict[str, Any] | str = Field(default_factory=dict)
+    """What the model passed, as parsed JSON (its raw text when it was not JSON)."""
+    result: Annotated[str, AfterValidator(redact)] | None = None
+    """What the tool returned, as the model read it; None when it failed."""
+    error: Annotated[str, AfterValidator(redact)] | None = None
+    """Why it failed (raised, timed out, invalid arguments, unknown tool), as the model read it."""
+    seconds: float = 0.0
+    """How long the call took."""
+
+
 class SubtaskResult(BaseModel):
     """One agent's answer for one subtask: an output or an error, never an exception."""
 
@@ -105,6 +125,8 @@ class SubtaskResult(BaseModel):
     attempts: int = 1
     latency_s: float = 0.0
     usage: Usage = Field(default_factory=Usage)
+    tool_calls: list[ToolCallRecord] = Field(default_factory=list)
+    """The tools the agent called for this subtask, in order (a tool-using agent's only)."""
 
 
 class TaskResult(BaseModel):
@@ -129,6 +151,8 @@ class TaskResult(BaseModel):
     """How many subtask results reached the reducer (equal to `subtasks` unless one was lost)."""
     errors: list[SubtaskError] = Field(default_factory=list)
     usage: Usage = Field(default_factory=Usage)
+    tool_calls: list[ToolCallRecord] = Field(default_factory=list)
+    """Every tool call of the task's agents, agent by agent, chunk by chunk."""
     metadata: dict[str, Any] = Field(default_factory=dict)
     _types: dict[str, type[BaseModel]] = PrivateAttr(default_factory=dict)
     """The output models known in this process (set by the reducer): no import needed."""
@@ -275,6 +299,22 @@ class RunReport(BaseModel):
     """Finished subtasks of unfinished tasks taken from the journal instead of recomputed."""
     concurrency: ConcurrencyReport | None = None
     """The watched endpoint's concurrency, when the run watched one."""
+    timeline: Timeline | None = None
+    """The run over time (throughput, calls in flight, errors, latency by agent, failed tasks):
+    what the HTML report draws, kept in the journal with the rest."""
+
+    def html(self, title: str = "anabranch run") -> str:
+        """The run report as one self-contained HTML page (charts as SVG, no network)."""
+        from anabranch.telemetry.html import render_html
+
+        return render_html(self, title=title)
+
+    def _repr_html_(self) -> str:
+        """Jupyter shows the report, charts and all, where the report is a cell's value (its
+        style scoped to it, so the notebook's own look is left alone)."""
+        from anabranch.telemetry.html import render_html
+
+        return render_html(self, title="anabranch run", fragment=True)
 
 
 class ChainStep(BaseModel):
@@ -294,6 +334,8 @@ class ChainStep(BaseModel):
     seconds: float = 0.0
     usage: Usage = Field(default_factory=Usage)
     error: SubtaskError | None = None
+    tool_calls: list[ToolCallRecord] = Field(default_factory=list)
+    """The tools the specialist's model called in this step, in order."""
 
 
 class ChainResult(BaseModel):

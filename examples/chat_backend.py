@@ -2,7 +2,8 @@
 
     python examples/chat_backend.py          # starts the backend, asks it once, stops
 
-The graphs live under /graphs/v1 beside your own routes. A mounted app gets no lifespan events of
+The graphs live under /graphs/v1 beside your own routes, as chat completions and as the
+Responses API. A mounted app gets no lifespan events of
 its own, so the parent's lifespan closes it.
 """
 
@@ -54,6 +55,15 @@ async def main() -> None:
         extra_headers={"X-Thread-Id": "example"},
     )
     print(reply.choices[0].message.content)
+    # The same graph through the Responses API, with its progress as the thinking a chat UI shows.
+    response = await client.responses.create(model="analyze", input="Slow and buggy, sadly.")
+    print(response.output_text.splitlines()[0])
+    whole = await client.chat.completions.create(
+        model="analyze",
+        messages=[{"role": "user", "content": "Slow and buggy, sadly."}],
+        extra_headers={"X-Anabranch-Progress": "reasoning"},
+    )
+    print(whole.choices[0].message.reasoning_content.splitlines()[0])  # type: ignore[attr-defined]
     server.should_exit = True
     await serving
 

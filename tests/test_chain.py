@@ -137,7 +137,10 @@ def test_specialists_from_toml_and_yaml(tmp_path):
     assert [s.name for s in chain] == ["critic", "decision_simplifier"]
     bad = tmp_path / "bad.toml"
     bad.write_text('[[specialist]]\nname = "x"\ntemperature = 9\n')
-    with pytest.raises(InputError, match=r"bad.toml: specialist 1: persona: Field required"):
+    with pytest.raises(InputError, match=r"bad.toml: specialist 1: temperature: Input should be"):
+        load_specialists(bad)
+    bad.write_text('[[specialist]]\nname = "x"\n')
+    with pytest.raises(InputError, match=r"bad.toml: specialist 1: .* needs a persona or a role"):
         load_specialists(bad)
     with pytest.raises(InputError, match="unknown specialists"):
         resolve_specialists(["nobody"])

@@ -9,8 +9,9 @@ from anabranch import ConfigError, Task, build_fanout_graph, run_batch
 from anabranch.analysis import AnalysisRecord, SentimentOutput, make_agents
 from anabranch.errors import LLMOutputError, LLMStatusError, LLMTimeoutError
 from anabranch.llm.cache import ResponseCache
-from anabranch.llm.endpoint import Endpoint, normalize_base_url
+from anabranch.llm.endpoint import Endpoint
 from anabranch.llm.settings import Limits, RetryPolicy, Timeouts
+from anabranch.llm.url import normalize_base_url
 
 HI = [{"role": "user", "content": "hi"}]
 

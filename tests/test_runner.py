@@ -111,7 +111,7 @@ class Recording:
 
 async def test_an_executor_of_ones_own_is_started_given_each_task_and_closed():
     executor = Recording()
-    spec = GraphSpec("anabranch.graphs.spec:analysis_graph", {"llm": None})
+    spec = GraphSpec("anabranch.analysis.recipe:analysis_graph", {"llm": None})
     batch = run_batch([Task(id=f"t{i}", text="Fine.") for i in range(5)], spec, concurrency=3,
                       executor=executor)  # fmt: skip
     assert sorted([r.task_id async for r in batch]) == [f"t{i}" for i in range(5)]

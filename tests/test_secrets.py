@@ -12,9 +12,11 @@ HTTP Basic's base64 of `user:key`), with the key in the environment and inside t
 A new output is covered by writing it under the run's folder (scanned whole) or by one
 `seen[surface].add(...)`. Scanned today: stdout and stderr of `run` (in process and on a Ray
 cluster), `runs`, `eval`, `chain` and `serve`; results.jsonl, its journal, the response cache,
-the eval figures, the chain reports and the threads database; the logs of the Ray cluster the
-run started; every HTTP reply of the chat server, headers included; and in the Python API, every
-result, the report and the text of the exception a failed call raises.
+the eval figures, the chain reports, the HTML run reports and the threads database; the OTLP
+traces and metrics `run --otel` exports (message content on) as a receiver got them; the logs of
+the Ray cluster the run started; every HTTP reply of the chat server, headers included; in the
+Python API, every result, the report and the text of the exception a failed call raises; and a
+tool loop's messages to the model, its tool-call records and its stream events.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from urllib.parse import quote
 import httpx
 import pytest
 from conftest import run_cli, start_server
+from otlp_receiver import OTLPReceiver
 
 from anabranch import Endpoint, LLMError, build_fanout_graph, run_batch
 from anabranch.analysis import make_agents
@@ -47,6 +50,8 @@ USER = "canary-user"
 """The user name before the key in the URL."""
 TOKEN_CANARY = f"tok-CANARY{uuid.uuid4().hex}"
 """The chat server's own bearer token."""
+REASONING = {"X-Anabranch-Progress": "reasoning"}
+"""Progress as `reasoning_content` too: one more surface a message can reach."""
 ECHOED = {"401": 0.2, "403": 0.2, "429": 0.2, "500": 0.2}
 """Each echoing fault on a fifth of the requests; the rest are answered."""
 
@@ -104,7 +109,8 @@ def url_with(url: str, key: str) -> str:
 
 SURFACES = (
     "run", "run with the key in the URL", "chain", "runs", "run --retry-failed", "eval",
-    "eval with the key in the URL", "serve", "every file under the run's folder",
+    "eval with the key in the URL", "serve", "the HTML run reports", "the OTLP export",
+    "every file under the run's folder",
 )  # fmt: skip
 """The outputs the commands write, each scanned on its own so that a leak names its surface."""
 
@@ -121,9 +127,19 @@ def surfaces(fault_server, tmp_path_factory):
     tasks = str(run_dir / "tasks.jsonl")
 
     # `run`, with the key from the environment, and with the key inside the URL (no env key).
-    proc = run_cli("run", tasks, *llm, "--out", str(run_dir / "results.jsonl"),
-                   "--cache", str(run_dir / "cache.sqlite"), env=env)  # fmt: skip
+    # The first also writes its HTML report and exports its traces and metrics over OTLP,
+    # message content on, to a receiver: both are surfaces of their own.
+    content = {"OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT": "true"}
+    with OTLPReceiver() as otlp:
+        proc = run_cli("run", tasks, *llm, "--out", str(run_dir / "results.jsonl"),
+                       "--cache", str(run_dir / "cache.sqlite"), "--report",
+                       str(run_dir / "run.html"), "--otel",
+                       env={**env, **content, "OTEL_EXPORTER_OTLP_ENDPOINT": otlp.url})  # fmt: skip
     _proc(seen["run"], "run", proc)
+    assert otlp.bodies["/v1/traces"] and otlp.bodies["/v1/metrics"]
+    for route, bodies in otlp.bodies.items():
+        seen["the OTLP export"].add(f"OTLP {route}", b"".join(bodies))
+    seen["the HTML run reports"].add("run.html", (run_dir / "run.html").read_bytes())
     assert proc.returncode == 4, proc.stderr  # delivered, some with errors
     for name in ("results.jsonl", "results.jsonl.journal", "cache.sqlite"):
         seen["run"].add(name, (run_dir / name).read_bytes())
@@ -148,7 +164,9 @@ def surfaces(fault_server, tmp_path_factory):
     listing = run_cli("runs", str(run_dir / "results.jsonl.journal"))
     _proc(seen["runs"], "runs", listing)
     _proc(seen["runs"], "runs show", run_cli("runs", "show", listing.stdout.split()[0],
-                                             str(run_dir / "results.jsonl.journal")))  # fmt: skip
+                                             str(run_dir / "results.jsonl.journal"),
+                                             "--report", str(run_dir / "past.html")))  # fmt: skip
+    seen["the HTML run reports"].add("past.html", (run_dir / "past.html").read_bytes())
     # A retry of the failed subtasks, against the same echoing server.
     proc = run_cli("run", tasks, *llm, "--retry-failed", "--out",
                    str(run_dir / "results.jsonl"), env=env)  # fmt: skip
@@ -173,7 +191,8 @@ def surfaces(fault_server, tmp_path_factory):
     _proc(seen["eval with the key in the URL"], "eval", proc)
     assert "JSON judgement instead" in proc.stderr and "LLM: fault at" in proc.stdout
 
-    # `serve`: both graphs, streamed and not, with and without a thread.
+    # `serve`: both graphs, streamed and not, with and without a thread, progress as reasoning;
+    # the Responses API too.
     db = run_dir / "threads.sqlite"
     process, url = start_server(*llm, "--threads-db", str(db), token=TOKEN_CANARY, env=env)
     try:
@@ -184,8 +203,13 @@ def surfaces(fault_server, tmp_path_factory):
                 ("analyze", "chain"), (False, True), (None, "a-thread"), range(2)
             ):
                 body = {"model": graph, "stream": stream, "user": thread, "messages": asked}
-                reply = http.post("/chat/completions", json=body)
+                reply = http.post("/chat/completions", json=body, headers=REASONING)
                 label = f"serve {graph} stream={stream} thread={thread}"
+                seen["serve"].add(label, repr(reply.headers).encode() + reply.content)
+            for graph, stream in itertools.product(("analyze", "chain"), (False, True)):
+                body = {"model": graph, "stream": stream, "input": "I love it."}
+                reply = http.post("/responses", json=body)
+                label = f"serve responses {graph} stream={stream}"
                 seen["serve"].add(label, repr(reply.headers).encode() + reply.content)
     finally:
         process.terminate()
@@ -320,3 +344,36 @@ def test_credentials_in_a_url_are_taken_out_of_it():
     assert split_credentials("https://sk-alone@h/v1") == ("https://h/v1", "sk-alone")
     assert split_credentials("http://h:8080/v1") == ("http://h:8080/v1", None)
     assert redact(key) == "[REDACTED]"
+
+
+async def test_tool_calls_never_carry_a_known_key(faults):
+    """A tool that raises with the key in its message, and one that returns it: the tool
+    messages the model reads, the records, the stream's events and the result hold no key."""
+    from anabranch.agents.llm import LLMAgent
+    from anabranch.testing.fault_tools import ScriptedCall, ToolScript
+
+    def leaky() -> str:
+        """Return a secret."""
+        return f"the key is {CANARY}"
+
+    def raising() -> str:
+        """Fail, quoting a secret."""
+        raise RuntimeError(f"Incorrect API key provided: {CANARY}")
+
+    faults.configure(tools=ToolScript(turns=[[ScriptedCall(name="leaky"),
+                                              ScriptedCall(name="raising")]]))  # fmt: skip
+    seen = Seen()
+    async with Endpoint(faults.url, "fault", api_key=CANARY) as endpoint:
+        graph = build_fanout_graph([LLMAgent("agent", endpoint, tools=[leaky, raising])])
+        async for mode, chunk in graph.astream(
+            {"task": Task(id="t", text="go")}, stream_mode=["custom", "values"]
+        ):
+            if mode == "custom":
+                seen.add(f"event {chunk.type}", chunk.model_dump_json())
+            elif "result" in chunk:
+                result = chunk["result"]
+    seen.add("result", result.model_dump_json())
+    [answer] = result.output("agent")
+    assert answer.text.count("[REDACTED]") == 2  # what the model read: both, masked
+    assert len(seen.items) == 7  # 2 model turns, 2 starts, 2 ends, the result
+    assert not seen.leaks(CANARY)

@@ -17,7 +17,7 @@ from typing import Generic, Protocol, TypeVar, runtime_checkable
 
 from pydantic import BaseModel
 
-from anabranch.types import Subtask, Usage
+from anabranch.types import Subtask, ToolCallRecord, Usage
 
 OutputT = TypeVar("OutputT", bound=BaseModel)
 """An agent's output model."""
@@ -33,6 +33,8 @@ class Answer:
     """What its LLM calls cost."""
     attempts: int = 1
     """Requests it took, retries included."""
+    tool_calls: list[ToolCallRecord] = field(default_factory=list)
+    """The tools it called on the way, in order."""
 
 
 @runtime_checkable

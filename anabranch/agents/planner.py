@@ -1,15 +1,17 @@
 """Planners: every task becomes subtasks, one per agent per chunk.
 
 The chunks come from the chunking tool (a model has a context window); a planner decides which
-agents see them.
+agents see them: the rule planner by the words of the task's instruction (`routes`), the LLM
+planner by asking the model to pick among every registered agent.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 from pydantic import Field, create_model
@@ -31,10 +33,25 @@ class RulePlanner:
     """Plans without an LLM: predictable, free, and the fallback of the LLM planner."""
 
     kinds: Sequence[str]
-    """The agent names every task is sent to."""
+    """The agent names a task is sent to when no route matches its instruction."""
     chunk_tokens: int = 512
     """Token budget of one chunk; longer texts are cut."""
     encoding: str = DEFAULT_ENCODING
+    routes: Mapping[str, Sequence[str]] = field(default_factory=dict)
+    """Instruction word -> the agents a task whose instruction has a word starting with it is
+    sent to instead (`{"summar": ["summarize"]}`: "Summarize report B"); every matching route
+    counts, in order. No match (or no instruction): `kinds`."""
+
+    def kinds_for(self, task: Task) -> Sequence[str]:
+        """The agents the task's instruction asks for, else `kinds`."""
+        instruction = task.instruction or ""
+        routed = [
+            name
+            for word, names in self.routes.items()
+            if re.search(rf"\b{re.escape(word)}", instruction, re.IGNORECASE)
+            for name in names
+        ]
+        return list(dict.fromkeys(routed)) or self.kinds
 
     async def plan(self, task: Task) -> list[Subtask]:
         if len(task.text) < _INLINE_CHARS:
@@ -43,7 +60,7 @@ class RulePlanner:
             chunks = await asyncio.to_thread(
                 split_into_chunks, task.text, self.chunk_tokens, self.encoding
             )
-        return subtasks_for(task, self.kinds, chunks)
+        return subtasks_for(task, self.kinds_for(task), chunks)
 
 
 def subtasks_for(task: Task, kinds: Sequence[str], chunks: Sequence[Chunk]) -> list[Subtask]:
@@ -86,7 +103,7 @@ class LLMPlanner:
                 list[Literal[names]],  # type: ignore[valid-type]  # a Literal built at run time
                 # Bounded, and a set: under grammar decoding a small model repeated agent names
                 # until max_tokens cut the JSON (maxItems bounds llama.cpp's grammar).
-                Field(description="The analyses this task needs.", max_length=len(names),
+                Field(description="The agents this task needs.", max_length=len(names),
                       json_schema_extra={"uniqueItems": True}),
             ),
         )  # fmt: skip
@@ -100,7 +117,7 @@ class LLMPlanner:
         messages = [
             {
                 "role": "system",
-                "content": "You route work to analysis agents. Pick the agents this request "
+                "content": "You route work to agents. Pick the agents this request "
                 f"needs, from:\n{menu}",
             },
             {"role": "user", "content": f"Request: {request}\nText: {task.text[:2000]}"},

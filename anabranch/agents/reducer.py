@@ -75,6 +75,7 @@ class Reducer:
             subtasks=len(subtasks),
             results=len(results),
             usage=sum((r.usage for r in results), Usage()),
+            tool_calls=[c for r in sorted(results, key=_order) for c in r.tool_calls],
             metadata=task.metadata,
         )
         for kind, done in ok.items():
@@ -121,6 +122,10 @@ class Reducer:
             result.outputs[kind] = [_json(v) for v in values]
         result.output_types[kind] = model_path(model)
         result._types[kind] = model
+
+
+def _order(result: SubtaskResult) -> tuple[str, int]:
+    return result.kind, result.chunk
 
 
 def _json(value: BaseModel) -> dict[str, Any]:

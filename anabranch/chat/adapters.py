@@ -19,6 +19,7 @@ from langgraph.pregel import Pregel
 from langgraph.types import StreamMode
 
 from anabranch.agents.specialists import DEFAULT_CHAIN, Specialist
+from anabranch.chat.params import HONOURABLE
 from anabranch.errors import ChatGraphError, ConfigError
 from anabranch.events import (
     AgentDone,
@@ -50,11 +51,20 @@ class Turn(Protocol):
     def answer(self) -> str:
         """The whole answer; raises ChatGraphError if the run produced none."""
 
+    @property
+    def finish_reason(self) -> str:
+        """Why the answer ended, once it has: `stop`, or `length` when it was cut at
+        `max_tokens`."""
+
 
 class ChatGraph(Protocol):
     name: str
     description: str
     graph: Graph
+    honours: frozenset[str]
+    """The request parameters the graph's LLM calls take from the run's configuration
+    (`graphs.state.requested_sampling`; names from `chat.params.HONOURABLE`); a request that
+    sets another is refused."""
 
     def start(self, conversation: Sequence[Message]) -> Turn: ...
 
@@ -85,8 +95,8 @@ class FanoutTurn:
 
     def feed(self, mode: str, chunk: Any) -> tuple[str, list[Event]]:
         events: list[Event] = []
-        if mode != "updates":
-            return "", events
+        if mode != "updates":  # an agent's own events (a tool loop's turns and calls) pass
+            return "", [cast(Event, chunk)] if isinstance(chunk, BaseEvent) else events
         for node, update in chunk.items():
             update = update or {}
             if "result" in update:
@@ -99,6 +109,8 @@ class FanoutTurn:
                     AgentDone(agent=r.kind, chunk=r.chunk, status=r.status, usage=r.usage)
                 )
         return "", events
+
+    finish_reason = "stop"
 
     def answer(self) -> str:
         if self.result is None:
@@ -124,6 +136,9 @@ class FanoutChat:
     description: str = "A fan-out graph run on the last user message."
     render: Callable[[TaskResult], str] = render_outputs
     """How a task result becomes the answer's text."""
+    honours: frozenset[str] = frozenset()
+    """None by default: the answer is a rendering of the agents' structured outputs, which
+    sampling parameters and stop sequences would only break."""
 
     def start(self, conversation: Sequence[Message]) -> FanoutTurn:
         task = Task(id=f"chat-{uuid.uuid4().hex[:12]}", text=last_user_text(conversation))
@@ -153,6 +168,10 @@ class ChainTurn:
             return chunk.text, []  # the final specialist's words are the answer
         return "", []  # earlier steps' words would flood a progress channel
 
+    @property
+    def finish_reason(self) -> str:
+        return "length" if self.steps and self.steps[-1].truncated else "stop"
+
     def answer(self) -> str:
         result = chain_result({"prompt": self.input["prompt"], "steps": self.steps},
                               self.specialists)  # fmt: skip
@@ -171,6 +190,9 @@ class ChainChat:
     specialists: Sequence[Specialist]
     name: str = "chain"
     description: str = "A chain of specialists refining one answer; the last one replies."
+    honours: frozenset[str] = HONOURABLE
+    """All of them: every step takes max_tokens, temperature, top_p and seed; the last, whose
+    words are the answer, also the stop sequences and the response format."""
 
     def start(self, conversation: Sequence[Message]) -> ChainTurn:
         question = last_user_text(conversation)
@@ -193,6 +215,7 @@ class MessagesTurn:
     input: dict[str, Any]
     usage: Usage = field(default_factory=Usage)
     last: str = ""
+    finish_reason: str = "stop"
 
     def feed(self, mode: str, chunk: Any) -> tuple[str, list[Event]]:
         if mode != "updates":
@@ -202,6 +225,7 @@ class MessagesTurn:
             messages = update.get("messages") if isinstance(update, dict) else None
             if messages:
                 self.last = content_text(_message_content(messages[-1]))
+                self.finish_reason = _finish_reason(messages[-1])
                 events.append(NodeDone(node=node))
         return "", events
 
@@ -221,13 +245,25 @@ def _message_content(message: Any) -> Any:
     return getattr(message, "content", "")
 
 
+def _finish_reason(message: Any) -> str:
+    """`length` when a LangChain message says its model was cut at max_tokens."""
+    metadata = getattr(message, "response_metadata", None) or {}
+    return "length" if metadata.get("finish_reason") == "length" else "stop"
+
+
 @dataclass
 class MessagesChat:
-    """A user's graph whose state has `messages` (OpenAI dicts or LangChain messages)."""
+    """A user's graph whose state has `messages` (OpenAI dicts or LangChain messages).
+
+    `honours` names the request parameters its LLM calls take: a node reads them with
+    `requested_sampling(config)` and passes them on; a graph served as `module:attr` honours
+    none, so a request that sets one is refused until it is wrapped here with them named."""
 
     graph: Graph
     name: str
     description: str = "A user-defined graph."
+    honours: frozenset[str] = frozenset()
+    """The request parameters the graph's LLM calls take (names from `params.HONOURABLE`)."""
 
     def start(self, conversation: Sequence[Message]) -> MessagesTurn:
         return MessagesTurn({"messages": list(conversation)})
@@ -239,8 +275,8 @@ class MessagesChat:
 def chat_graph(
     name: str, endpoint: Endpoint | None = None, *, backend: str | None = None
 ) -> ChatGraph:
-    """A graph to serve, by name: `analyze`, `chain`, or `module:attr` naming a ChatGraph or a
-    compiled graph whose state has `messages`.
+    """A graph to serve, by name: `analyze`, `chain`, `assistant` (the analysers as a model's
+    tools), or `module:attr` naming a ChatGraph or a compiled graph whose state has `messages`.
 
     A user's graph runs on the whole conversation each turn and keeps nothing of its own in the
     server's thread store: the server checkpoints the conversation, not the graph's insides (a
@@ -255,9 +291,15 @@ def chat_graph(
             raise ConfigError("the chain graph needs an LLM (`llm`: local or a URL)")
         graph = build_chain_graph(DEFAULT_CHAIN, endpoint, checkpointer=False)
         return ChainChat(graph, DEFAULT_CHAIN)
+    if name == "assistant":
+        if endpoint is None:
+            raise ConfigError("the assistant graph needs an LLM (`llm`: local or a URL)")
+        from anabranch.analysis.tools import assistant_chat
+
+        return assistant_chat(endpoint)
     module, _, attr = name.partition(":")
     if not attr:
-        raise ConfigError(f"unknown graph {name!r}: use analyze, chain or module:attr")
+        raise ConfigError(f"unknown graph {name!r}: use analyze, chain, assistant or module:attr")
     try:
         target = getattr(importlib.import_module(module), attr)
     except (ImportError, AttributeError) as exc:

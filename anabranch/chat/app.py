@@ -13,37 +13,37 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Annotated, Any, TypedDict
 
 import aiosqlite
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 from langchain_core.runnables import RunnableConfig
 from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
+from langgraph.config import get_config
 from langgraph.graph import END, START, StateGraph
 from langgraph.runtime import Runtime
 from pydantic import SecretStr, ValidationError
 
 from anabranch.chat.adapters import STREAM_MODES, ChatGraph, Message
+from anabranch.chat.completions import Completions
 from anabranch.chat.guard import Guard
+from anabranch.chat.items import AnswerText, FinalAnswer, Shape
+from anabranch.chat.params import check_answer, refusal, tools_refusal
+from anabranch.chat.responses import add_responses_route
 from anabranch.chat.slots import RunSlots, SlotStream, releasing
 from anabranch.chat.wire import (
+    PROGRESS_HEADER,
     THREAD_HEADER,
     ChatRequest,
-    error_body,
+    Progress,
     error_response,
-    sse_data,
-    usage_body,
 )
-from anabranch.errors import ChatGraphError, ConfigError, describe
-from anabranch.events import BaseEvent, UsageTotal
-from anabranch.graphs.state import Graph
+from anabranch.errors import ConfigError, describe
+from anabranch.graphs.state import SAMPLING, Graph, requested_sampling
 from anabranch.redact import register_secret
-from anabranch.types import Usage
 
 
 @dataclass(slots=True)
@@ -66,21 +66,6 @@ class ConversationState(TypedDict):
     messages: Annotated[list[Message], lambda old, new: [*old, *new]]
 
 
-@dataclass(frozen=True, slots=True)
-class _AnswerText:
-    """Text of the answer, streamed to the client as content."""
-
-    text: str
-
-
-@dataclass(frozen=True, slots=True)
-class _FinalAnswer:
-    """The whole answer and its cost, once the run ends."""
-
-    text: str
-    usage: Usage
-
-
 def conversation_graph(chat: ChatGraph, checkpointer: Any = None) -> Graph:
     """Wrap a chat graph so that a checkpointer keeps the conversation, turn after turn.
 
@@ -94,14 +79,18 @@ def conversation_graph(chat: ChatGraph, checkpointer: Any = None) -> Graph:
             runtime.context.tasks.add(task)
         write = runtime.stream_writer
         turn = chat.start(state["messages"])
+        # The graph runs as this node's subgraph: it inherits the run's configuration, so its
+        # nodes find the request's sampling there (`requested_sampling`).
         async for mode, chunk in chat.graph.astream(turn.input, stream_mode=STREAM_MODES):
             delta, events = turn.feed(mode, chunk)
             if delta:
-                write(_AnswerText(delta))
+                write(AnswerText(delta))
             for event in events:
                 write(event)
         text = turn.answer()
-        write(_FinalAnswer(text, turn.usage))
+        check_answer(text, requested_sampling(get_config()))
+        # A Turn written before `finish_reason` joined the protocol ends as it did then.
+        write(FinalAnswer(text, turn.usage, getattr(turn, "finish_reason", "stop")))
         return {"messages": [{"role": "assistant", "content": text}]}
 
     builder = StateGraph(ConversationState, context_schema=RunHandle)
@@ -118,9 +107,12 @@ def create_app(
     threads_db: str = "anabranch-threads.sqlite",
     max_body_bytes: int = 1 << 20,
     max_concurrent_runs: int = 8,
+    progress: Progress = "comments",
 ) -> ChatApp:
     """An ASGI app serving `graphs` by name; mount it in an existing backend or run it with
-    uvicorn. `threads_db` is the SQLite file behind conversations (":memory:" keeps none)."""
+    uvicorn. `threads_db` is the SQLite file behind conversations (":memory:" keeps none);
+    `progress="reasoning"` also sends every request's progress as `reasoning_content` (a request
+    can ask for it itself, with the `X-Anabranch-Progress` header or `anabranch_progress`)."""
     chats = dict(graphs) if isinstance(graphs, Mapping) else {g.name: g for g in graphs}
     token = SecretStr(api_token) if isinstance(api_token, str) else api_token
     if token is not None:
@@ -169,38 +161,40 @@ def create_app(
             ],
         }
 
-    @app.post("/v1/chat/completions")
-    async def completions(request: Request) -> Response:
-        body = await request.body()  # the guard has bounded it, chunked or not
-        try:
-            chat_request = ChatRequest.model_validate_json(body)
-        except ValidationError as exc:
-            return error_response(400, f"invalid request: {describe(exc)}", "invalid_request_error")
-        if chat_request.model not in chats:
-            known = ", ".join(chats)
-            return error_response(404, f"no graph named {chat_request.model!r}; serving: {known}",
-                          "model_not_found")  # fmt: skip
+    async def launch(
+        request: Request,
+        model: str,
+        shape: Shape,
+        messages: list[Message],
+        asked: dict[str, Any],
+        *,
+        thread: str | None,
+        stream: bool,
+    ) -> Response:
+        """Run `model` and answer in `shape`: on `thread`, whose stored turns come before
+        `messages`, or, without one, on `messages` alone."""
+        chat = chats[model]
+        why = refusal(asked, model, getattr(chat, "honours", frozenset()))
+        if why:
+            return error_response(400, why, "invalid_request_error")
         slot = runs.take()  # taken here, at once: two requests cannot both pass a check
         if slot is None:
             return error_response(429, f"all {max_concurrent_runs} runs are busy; retry shortly",
                           "rate_limit_exceeded", headers={"Retry-After": "1"})  # fmt: skip
         try:
-            thread = request.headers.get(THREAD_HEADER) or chat_request.user
-            conversation = chat_request.conversation()
-            config: RunnableConfig = {}
+            config: RunnableConfig = {"configurable": {SAMPLING: asked}}
             if thread:
-                graph = await threaded(chat_request.model)
-                state = {"messages": [_last_user(conversation)]}
-                config = {"configurable": {"thread_id": thread}}
+                graph = await threaded(model)
+                config["configurable"]["thread_id"] = thread
             else:
-                graph = stateless[chat_request.model]
-                state = {"messages": conversation}
-            run, handle = _Run(chat_request, thread), RunHandle()
+                graph = stateless[model]
+            state = {"messages": messages}
+            handle = RunHandle()
             events = graph.astream(state, config, stream_mode="custom", context=handle)
-            if chat_request.stream:
+            if stream:
                 return SlotStream(
                     slot,
-                    releasing(slot, _watched(request, run.sse(events), handle)),
+                    releasing(slot, _watched(request, shape.sse(events), handle)),
                     media_type="text/event-stream",
                     headers={"Cache-Control": "no-cache"},
                 )
@@ -208,9 +202,47 @@ def create_app(
             slot.release()
             raise
         try:
-            return await _until_disconnect(request, run.complete(events), handle)
+            return await _until_disconnect(request, shape.complete(events), handle)
         finally:
             slot.release()
+
+    def unknown(model: str) -> Response | None:
+        if model in chats:
+            return None
+        return error_response(404, f"no graph named {model!r}; serving: {', '.join(chats)}",
+                              "model_not_found")  # fmt: skip
+
+    @app.post("/v1/chat/completions")
+    async def completions(request: Request) -> Response:
+        body = await request.body()  # the guard has bounded it, chunked or not
+        try:
+            chat_request = ChatRequest.model_validate_json(body)
+        except ValidationError as exc:
+            return error_response(400, f"invalid request: {describe(exc)}", "invalid_request_error")
+        if missing := unknown(chat_request.model):
+            return missing
+        if why := tools_refusal(chat_request.tools):
+            return error_response(400, why, "invalid_request_error")
+        thread = request.headers.get(THREAD_HEADER) or chat_request.user
+        wanted = request.headers.get(PROGRESS_HEADER) or chat_request.anabranch_progress
+        shape = Completions(
+            chat_request.model,
+            thread,
+            include_usage=bool((chat_request.stream_options or {}).get("include_usage")),
+            reasoning=(wanted or progress) == "reasoning",
+        )
+        conversation = chat_request.conversation()
+        return await launch(
+            request,
+            chat_request.model,
+            shape,
+            [_last_user(conversation)] if thread else conversation,  # a thread knows the rest
+            chat_request.asked(),
+            thread=thread,
+            stream=chat_request.stream,
+        )
+
+    add_responses_route(app, launch, unknown, threaded)
 
     return app
 
@@ -225,88 +257,6 @@ class ChatApp(FastAPI):
         """Close the SQLite connection behind threads, if one was opened."""
         if self.closer is not None:
             await self.closer()
-
-
-class _Run:
-    """One request's run: turns the graph's custom events into OpenAI's response shapes."""
-
-    def __init__(self, request: ChatRequest, thread: str | None) -> None:
-        self.request = request
-        self.thread = thread
-        self.id = f"chatcmpl-{uuid.uuid4().hex}"
-        self.created = int(time.time())
-
-    def _chunk(self, delta: dict, finish: str | None = None) -> dict:
-        return {
-            "id": self.id,
-            "object": "chat.completion.chunk",
-            "created": self.created,
-            "model": self.request.model,
-            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
-        }
-
-    async def sse(self, events: AsyncIterator[Any]) -> AsyncIterator[str]:
-        yield sse_data(self._chunk({"role": "assistant", "content": ""}))
-        streamed = False
-        usage = Usage()
-        try:
-            async for item in events:
-                if isinstance(item, _AnswerText):
-                    streamed = True
-                    yield sse_data(self._chunk({"content": item.text}))
-                elif isinstance(item, BaseEvent):
-                    yield f": anabranch {item.model_dump_json()}\n\n"
-                elif isinstance(item, _FinalAnswer):
-                    if not streamed:  # a graph that only knows its answer at the end
-                        yield sse_data(self._chunk({"content": item.text}))
-                    usage = item.usage
-                    total = UsageTotal(prompt_tokens=usage.prompt_tokens,
-                                       completion_tokens=usage.completion_tokens)  # fmt: skip
-                    yield f": anabranch {total.model_dump_json()}\n\n"
-        except Exception as exc:  # noqa: BLE001 - the client must hear why its stream ended
-            yield sse_data({"error": error_body(exc)})
-            yield "data: [DONE]\n\n"
-            return
-        yield sse_data(self._chunk({}, "stop"))
-        if (self.request.stream_options or {}).get("include_usage"):
-            yield sse_data({**self._chunk({}), "choices": [], "usage": usage_body(usage)})
-        yield "data: [DONE]\n\n"
-
-    async def complete(self, events: AsyncIterator[Any]) -> JSONResponse:
-        progress: list[BaseEvent] = []
-        answer = None
-        try:
-            async for item in events:
-                if isinstance(item, BaseEvent):
-                    progress.append(item)
-                elif isinstance(item, _FinalAnswer):
-                    answer = item
-        except Exception as exc:  # noqa: BLE001 - an error response, never a dropped connection
-            body = error_body(exc)
-            return error_response(502 if isinstance(exc, ChatGraphError) else 500, body["message"],
-                          body["type"])  # fmt: skip
-        if answer is None:
-            return error_response(500, "the graph ended without an answer", "server_error")
-        return JSONResponse(
-            {
-                "id": self.id,
-                "object": "chat.completion",
-                "created": self.created,
-                "model": self.request.model,
-                "choices": [
-                    {
-                        "index": 0,
-                        "message": {"role": "assistant", "content": answer.text},
-                        "finish_reason": "stop",
-                    }
-                ],
-                "usage": usage_body(answer.usage),
-                "anabranch": {
-                    "thread_id": self.thread,
-                    "events": [e.model_dump(mode="json") for e in progress],
-                },
-            }
-        )
 
 
 async def _watched(

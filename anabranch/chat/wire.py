@@ -5,15 +5,23 @@ of its answers, chunks and errors."""
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, Literal
 
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from anabranch.chat.adapters import Message
+from anabranch.chat.params import problem, requested
 from anabranch.errors import ChatGraphError
 from anabranch.redact import redact
 from anabranch.types import Usage
+
+Progress = Literal["comments", "reasoning"]
+"""Where a run's progress goes: SSE comments only (standard clients skip them), or also the
+answer's `reasoning_content`, which chat UIs show as a collapsible thinking block."""
+
+PROGRESS_HEADER = "x-anabranch-progress"
+"""The header that asks for a request's progress as `reasoning` (or `comments`)."""
 
 THREAD_HEADER = "x-thread-id"
 """The header that names a conversation's thread (the request's `user` field does too)."""
@@ -50,8 +58,9 @@ class ChatMessage(BaseModel):
 
 
 class ChatRequest(BaseModel):
-    """The part of OpenAI's request that a graph can honour; other fields are accepted and
-    ignored, as OpenAI-compatible servers do."""
+    """OpenAI's chat request as a graph takes it. The sampling parameters and `response_format`
+    are honoured or refused (chat/params.py); fields that ask nothing of the answer (`metadata`,
+    `store`, `tool_choice` without tools...) are accepted, as OpenAI-compatible servers do."""
 
     model_config = ConfigDict(extra="allow")
 
@@ -60,6 +69,21 @@ class ChatRequest(BaseModel):
     stream: bool = False
     stream_options: dict[str, Any] | None = None
     user: str | None = None
+    tools: list[dict[str, Any]] | None = None
+    """Functions the client offers the model (`tools_refusal` says whether a graph takes them)."""
+    anabranch_progress: Progress | None = None
+    """Where this request's progress goes (the `X-Anabranch-Progress` header says it too)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _nothing_unsupported(cls, data: Any) -> Any:
+        if isinstance(data, dict) and (why := problem(data)):
+            raise ValueError(why)
+        return data
+
+    def asked(self) -> dict[str, Any]:
+        """The sampling parameters and response format set, as the graph's LLM calls take them."""
+        return requested(self.model_dump(exclude_unset=True))
 
     @model_validator(mode="after")
     def _has_user_message(self) -> ChatRequest:

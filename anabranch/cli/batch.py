@@ -67,6 +67,8 @@ class BatchOptions:
     """Ray workers."""
     max_line_bytes: int = 1024 * 1024
     """The longest task line read."""
+    report: Path | None = None
+    """Where to write the HTML run report; None writes none."""
 
 
 def analysis_line(result: TaskResult) -> str:
@@ -258,6 +260,11 @@ class _Run:
         self.say(f"results: {'standard output' if self.out.path is None else self.options.out}")
         if self.journal is not None:
             self.say(f"journal: {self.journal.path} (run {self.run_id})")
+        if self.options.report is not None:
+            from anabranch.report import write_html
+
+            write_html(report, self.options.report, title=f"anabranch run {self.run_id}")
+            self.say(f"report: {self.options.report}")
         if report.tasks_rejected:
             return EXIT_USAGE
         if self.failure is not None:

@@ -123,6 +123,18 @@ def run(
             min=1, help="The longest task line read; a longer one is rejected by its number."
         ),
     ] = MAX_LINE_BYTES,
+    report: Annotated[
+        Path | None, typer.Option(help="Also write the run report as one HTML file (offline).")
+    ] = None,
+    otel: Annotated[
+        bool,
+        typer.Option(
+            "--otel",
+            help="Send OpenTelemetry traces and metrics over OTLP/HTTP where the OTEL_* "
+            "variables say (on by itself when OTEL_EXPORTER_OTLP_ENDPOINT is set); "
+            "pip install 'anabranch[otel]'.",
+        ),
+    ] = False,
 ) -> None:
     """Run the fan-out analysis (tokens, keywords, sentiment) over a JSONL file of tasks.
 
@@ -163,8 +175,17 @@ def run(
         ray_address=ray_address,
         workers=workers,
         max_line_bytes=max_line_bytes,
+        report=report,
     )
-    raise typer.Exit(asyncio.run(run_file(options)))
+    from anabranch.telemetry import setup as telemetry
+
+    exporting = telemetry.start_exporting() if telemetry.wanted(otel) else None
+    try:
+        code = asyncio.run(run_file(options))
+    finally:
+        if exporting is not None:
+            exporting.close()  # what is still buffered is sent before the command ends
+    raise typer.Exit(code)
 
 
 def demo(**options: Any) -> None:

@@ -12,6 +12,7 @@ from anabranch.cli.codes import UsageError
 
 if TYPE_CHECKING:
     from anabranch.journal import Journal
+    from anabranch.telemetry.timeline import Failure
 
 
 def runs(
@@ -21,6 +22,9 @@ def runs(
             help="[JOURNAL] to list its runs, or `show ID [JOURNAL]` for one run's trace. "
             "Default journal: results.jsonl.journal."
         ),
+    ] = None,
+    report: Annotated[
+        Path | None, typer.Option(help="With `show`: also write the run's HTML report here.")
     ] = None,
 ) -> None:
     """List the runs a journal holds, or show one run's trace."""
@@ -38,7 +42,7 @@ def runs(
 
     with Journal(path) as journal:
         if show:
-            _show_run(journal, words[1])
+            _show_run(journal, words[1], report)
             return
         infos = journal.runs()
         if not infos:
@@ -52,13 +56,27 @@ def runs(
                        f"{info.description}")  # fmt: skip
 
 
-def _show_run(journal: Journal, run_id: str) -> None:
-    from anabranch.report import render_trace
+def _show_run(journal: Journal, run_id: str, html: Path | None = None) -> None:
+    from anabranch.report import render_trace, write_html
 
     report = journal.report(run_id)
     if report is not None:
         typer.echo(render_trace(report))
+        if html is not None:  # a report of an older anabranch has no timeline: its failures
+            failures = None if report.timeline else _failures(journal, run_id)
+            write_html(report, html, title=f"anabranch run {run_id}", failures=failures)
+            typer.echo(f"report: {html}")
         return
     (info,) = [r for r in journal.runs() if r.run_id == run_id]
     typer.echo(f"run {run_id} did not finish; re-run its command to resume it")
     typer.echo(f"delivered so far: {info.tasks}")
+
+
+def _failures(journal: Journal, run_id: str) -> list[Failure]:
+    """The tasks of a run that did not end ok, as the journal holds them."""
+    from anabranch.telemetry.timeline import MAX_FAILURES, Failure
+
+    failed = (r for r in journal.results(run_id) if r.status != "ok")
+    return [Failure(task_id=r.task_id, status=r.status,
+                    reasons=[f"{e.kind}: {e.type}: {e.message}" for e in r.errors])
+            for r, _ in zip(failed, range(MAX_FAILURES), strict=False)]  # fmt: skip

@@ -8,6 +8,7 @@ graph named `module:attr` is found from the working directory, as `python -m` fi
 from __future__ import annotations
 
 import asyncio
+import enum
 import errno
 import os
 import socket
@@ -31,6 +32,14 @@ from anabranch.cli.options import (
 if TYPE_CHECKING:
     from anabranch.llm.connect import LLMOptions
 
+
+class Progress(enum.StrEnum):
+    """Where a served run's progress goes (`anabranch.chat.wire.Progress`)."""
+
+    comments = "comments"
+    reasoning = "reasoning"
+
+
 DEFAULT_GRAPHS = ("analyze", "chain")
 """What is served without `--graph`: the analysis, and the chain when there is an LLM."""
 
@@ -39,8 +48,9 @@ def serve(
     graph: Annotated[
         list[str] | None,
         typer.Option(
-            help="Graphs to serve: analyze, chain, or module:attr (repeatable; the module is "
-            "found from the working directory). Default: analyze and chain."
+            help="Graphs to serve: analyze, chain, assistant (the analysers as tools), or "
+            "module:attr (repeatable; the module is found from the working directory). "
+            "Default: analyze and chain."
         ),
     ] = None,
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
@@ -61,8 +71,16 @@ def serve(
         Path, typer.Option(help="SQLite file that keeps conversations by thread id.")
     ] = Path("anabranch-threads.sqlite"),
     max_runs: Annotated[int, typer.Option(min=1, help="Graph runs at once; more get 429.")] = 8,
+    progress: Annotated[
+        Progress,
+        typer.Option(
+            help="Where progress goes: SSE comments only, or also reasoning_content (the "
+            "thinking block of Open WebUI and LibreChat). A request can ask with the "
+            "X-Anabranch-Progress header."
+        ),
+    ] = Progress.comments,
 ) -> None:
-    """Serve graphs as OpenAI-compatible chat models (POST /v1/chat/completions)."""
+    """Serve graphs as OpenAI-compatible chat models (POST /v1/chat/completions, /v1/responses)."""
     from anabranch.analysis import needs_llm, parse_backend
     from anabranch.chat.guard import is_loopback
     from anabranch.llm.connect import without_llm
@@ -84,13 +102,13 @@ def serve(
     if graph is None and not analysis_needs_llm:  # the analysts are local: no LLM is wanted
         names.remove("chain")
         typer.echo("note: the chain graph needs an LLM backend; serving analyze only", err=True)
-    if "chain" not in names and not (analysis_needs_llm and "analyze" in names):
+    if not {"chain", "assistant"} & set(names) and not (analysis_needs_llm and "analyze" in names):
         options = without_llm(options)  # a user's graph brings its own
     if os.getcwd() not in sys.path:  # `module:attr` from here, as `python -m` finds modules
         sys.path.insert(0, os.getcwd())
     listener = _bind(host, port)
     asyncio.run(_serve(listener, names, host, port, backend, options, token, str(threads_db),
-                       max_runs))  # fmt: skip
+                       max_runs, progress.value))  # fmt: skip
 
 
 def _bind(host: str, port: int) -> socket.socket:
@@ -118,6 +136,7 @@ async def _serve(  # type: ignore[no-untyped-def]
     token,
     threads_db,
     max_runs,
+    progress,
 ) -> None:
     import uvicorn
 
@@ -128,7 +147,7 @@ async def _serve(  # type: ignore[no-untyped-def]
     async with maybe_endpoint(options, typer.echo) as endpoint:
         chats = [chat_graph(name, endpoint, backend=backend) for name in names]
         app = create_app(chats, api_token=token, threads_db=threads_db,
-                         max_concurrent_runs=max_runs)  # fmt: skip
+                         max_concurrent_runs=max_runs, progress=progress)  # fmt: skip
         typer.echo(f"serving {', '.join(c.name for c in chats)} at http://{host}:{port}/v1")
         server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
         try:

@@ -14,6 +14,7 @@ import operator
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Annotated, Any, Literal, TypedDict, cast
 
+from langchain_core.runnables import RunnableConfig
 from langgraph.graph import END, START, StateGraph
 from langgraph.runtime import Runtime
 from langgraph.types import Checkpointer
@@ -21,11 +22,12 @@ from langgraph.types import Checkpointer
 from anabranch.agents.specialists import Specialist
 from anabranch.errors import ConfigError, LLMOutputError
 from anabranch.events import Event, StepEnded, StepStarted, TextDelta
-from anabranch.graphs.state import Graph, now
+from anabranch.graphs.state import Graph, now, requested_sampling
 from anabranch.graphs.sync import sync_capable
 from anabranch.llm.connect import LLMOptions, build_endpoint
 from anabranch.llm.endpoint import Endpoint
-from anabranch.types import ChainResult, ChainStep, SubtaskError, Usage
+from anabranch.llm.settings import Sampling
+from anabranch.types import ChainResult, ChainStep, SubtaskError, ToolCallRecord, Usage
 
 ChainContext = Literal["previous", "all"]
 """What a step sees besides the prompt: the previous output, or all earlier outputs."""
@@ -55,7 +57,8 @@ def build_chain_graph(
     builder = StateGraph(ChainState)
     for i, specialist in enumerate(specialists, start=1):
         own = endpoints.get(specialist.name, endpoint)
-        builder.add_node(specialist.name, _step_node(i, specialist, own, context))
+        last = i == len(specialists)
+        builder.add_node(specialist.name, _step_node(i, specialist, own, context, last))
     builder.add_edge(START, names[0])
     for current, following in itertools.pairwise(names):
         builder.add_conditional_edges(current, _continue_to(following), [following, END])
@@ -103,29 +106,52 @@ def _messages(
         shown = earlier if context == "all" else earlier[-1:]
         answers = "\n\n".join(f"Previous answer ({s.specialist}):\n{s.output}" for s in shown)
         user = f"Question:\n{prompt}\n\n{answers}\n\nBuild on it as your role requires."
-    return [{"role": "system", "content": specialist.persona}, {"role": "user", "content": user}]
+    system = specialist.system_prompt
+    return [{"role": "system", "content": system}, {"role": "user", "content": user}]
 
 
 def _step_node(
-    index: int, specialist: Specialist, endpoint: Endpoint, context: ChainContext
+    index: int, specialist: Specialist, endpoint: Endpoint, context: ChainContext, last: bool
 ) -> Callable[..., Awaitable[dict[str, Any]]]:
-    async def step(state: ChainState, runtime: Runtime[Any]) -> dict[str, Any]:
+    async def step(
+        state: ChainState, runtime: Runtime[Any], config: RunnableConfig
+    ) -> dict[str, Any]:
         write = runtime.stream_writer
         messages = _messages(specialist, state["prompt"], state.get("steps", []), context)
         model = specialist.model or endpoint.model
+        asked = requested_sampling(config)
+        # Every step is held to the caller's sampling; only the answer's own step to its stop
+        # sequences and format, which would cut or reshape the earlier steps' drafts.
+        extra = {k: asked[k] for k in ("top_p", "seed") if k in asked}
+        if last:
+            extra |= {k: asked[k] for k in ("stop", "response_format") if k in asked}
+        temperature = asked.get("temperature", specialist.temperature)
         write(StepStarted(step=index, specialist=specialist.name))
         about = {"index": index, "specialist": specialist.name, "model": model,
-                "temperature": specialist.temperature}  # fmt: skip
+                 "temperature": temperature}  # fmt: skip
         start = now()
+        calls: list[ToolCallRecord] = []
         try:
-            completion = await endpoint.stream_chat(
-                messages,
-                lambda text: write(TextDelta(step=index, specialist=specialist.name, text=text)),
-                temperature=specialist.temperature,
-                max_tokens=specialist.max_tokens,
-                model=model,
-            )
-            if not completion.text.strip():
+            if specialist.tools or specialist.output_type is not None:
+                text, usage, calls = await _agent_step(
+                    specialist, endpoint, messages, temperature, asked.get("max_tokens")
+                )
+                write(TextDelta(step=index, specialist=specialist.name, text=text))
+                truncated = False
+            else:
+                completion = await endpoint.stream_chat(
+                    messages,
+                    lambda text: write(
+                        TextDelta(step=index, specialist=specialist.name, text=text)
+                    ),
+                    temperature=temperature,
+                    max_tokens=asked.get("max_tokens", specialist.max_tokens),
+                    model=model,
+                    extra=extra,
+                )
+                text, usage = completion.text, completion.usage
+                truncated = completion.finish_reason == "length"
+            if not text.strip():
                 raise LLMOutputError("the model returned no text")
         except Exception as exc:  # noqa: BLE001 - a failed step is recorded; the chain stops
             error = SubtaskError(
@@ -136,13 +162,13 @@ def _step_node(
             )
             record = ChainStep.model_validate(
                 {**about, "seconds": now() - start, "status": "error", "error": error,
-                 "usage": getattr(exc, "usage", None) or Usage()}
+                 "usage": getattr(exc, "usage", None) or Usage(),
+                 "tool_calls": getattr(exc, "tool_calls", None) or []}
             )  # fmt: skip
         else:
             record = ChainStep.model_validate(
-                {**about, "seconds": now() - start, "status": "ok",
-                 "output": completion.text.strip(), "usage": completion.usage,
-                 "truncated": completion.finish_reason == "length"}
+                {**about, "seconds": now() - start, "status": "ok", "output": text.strip(),
+                 "usage": usage, "truncated": truncated, "tool_calls": calls}
             )  # fmt: skip
         write(StepEnded(step=index, specialist=specialist.name, status=record.status,
                         seconds=record.seconds))  # fmt: skip
@@ -150,6 +176,31 @@ def _step_node(
 
     step.__name__ = f"step_{index}_{specialist.name}"
     return step
+
+
+async def _agent_step(
+    specialist: Specialist,
+    endpoint: Endpoint,
+    messages: list[dict[str, Any]],
+    temperature: float,
+    max_tokens: int | None,
+) -> tuple[str, Usage, list[ToolCallRecord]]:
+    """A step with tools or an output model: the specialist as an LLMAgent (its tool turns and
+    calls go to the stream as they happen); a typed answer becomes its JSON."""
+    from anabranch.agents.llm import LLMAgent, TextOutput
+
+    agent = LLMAgent(
+        specialist.name,
+        endpoint,
+        output_type=specialist.output_type or str,
+        tools=specialist.tools,
+        sampling=Sampling(temperature=temperature, max_tokens=max_tokens or specialist.max_tokens),
+        max_steps=specialist.max_steps,
+    )
+    answer = await agent.answer(messages)
+    output = answer.output
+    text = output.text if isinstance(output, TextOutput) else output.model_dump_json(indent=2)
+    return text, answer.usage, answer.tool_calls
 
 
 async def run_specialists(

@@ -20,6 +20,7 @@ from anabranch.agents.reducer import Reducer, TaskReducer
 from anabranch.errors import ConfigError
 from anabranch.graphs.state import FanoutInput, FanoutOutput, FanoutState, Graph, RunContext, now
 from anabranch.graphs.sync import sync_capable
+from anabranch.telemetry.tracing import invoke_agent
 from anabranch.types import Subtask, SubtaskError, SubtaskResult, Task, Usage
 
 PLANNER = "planner"
@@ -100,7 +101,7 @@ def agent_node(agent: Agent) -> Callable[..., Awaitable[dict[str, Any]]]:
         if ledger is not None and (done := ledger.reuse(subtask)) is not None:
             return {"results": [done]}  # finished before a crash: not recomputed
         try:
-            answer = await agent.run(subtask)
+            answer = await invoke_agent(agent, subtask)  # agent.run, in its span
         except Exception as exc:  # noqa: BLE001 - errors are data (architecture.md, rule 1)
             result = error_result(subtask, exc, start)
         else:
@@ -114,6 +115,7 @@ def agent_node(agent: Agent) -> Callable[..., Awaitable[dict[str, Any]]]:
                 attempts=answer.attempts,
                 latency_s=now() - start,
                 usage=answer.usage,
+                tool_calls=answer.tool_calls,
             )
         _record(runtime, "execute", start)
         if ledger is not None:
@@ -142,6 +144,7 @@ def error_result(subtask: Subtask, exc: Exception, start: float) -> SubtaskResul
         attempts=attempts,
         latency_s=now() - start,
         usage=getattr(exc, "usage", None) or Usage(),
+        tool_calls=getattr(exc, "tool_calls", None) or [],
     )
 
 

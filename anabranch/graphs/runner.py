@@ -29,6 +29,7 @@ from anabranch.graphs.state import Graph, RunContext, StageClock, now
 from anabranch.graphs.sync import iterate
 from anabranch.journal import Journal
 from anabranch.llm.adaptive import SlotStats
+from anabranch.telemetry.tracing import BatchTelemetry
 from anabranch.types import (
     ConcurrencyReport,
     RunReport,
@@ -176,6 +177,8 @@ class _Delivery:
             maxsize=self.concurrency
         )
         counts, clock, run = self.counts, self.clock, self.executor.run
+        # The workflow span and the run's timeline (the HTML report's data).
+        telemetry = BatchTelemetry(resume.run_id if resume is not None else "batch")
 
         async def work() -> None:
             for item in source:  # a shared iterator: each next() hands out a distinct task
@@ -208,7 +211,8 @@ class _Delivery:
 
         async def worker() -> None:
             try:
-                await work()
+                with telemetry.inside():
+                    await work()
             except Exception as exc:  # noqa: BLE001 - raised by the loop below
                 # Not data: the batch cannot go on (the input cannot be read, a cluster keeps
                 # losing its workers). Before, the worker died silently and the batch hung.
@@ -234,6 +238,7 @@ class _Delivery:
                 result, from_journal = item
                 tally.add(result, from_journal)
                 bar.advance(result)
+                telemetry.delivered(result)
                 delivered_at = now()
                 yield result
                 clock.record("deliver", delivered_at, now())
@@ -243,6 +248,7 @@ class _Delivery:
             for w in workers:
                 w.cancel()
             await asyncio.gather(*workers, return_exceptions=True)
+            timeline = telemetry.end()
             if ledger is not None and not ended:  # stopped early: keep what was done
                 await asyncio.to_thread(ledger.finish, None)
 
@@ -261,6 +267,7 @@ class _Delivery:
             tasks_changed=counts["changed"],
             subtasks_reused=ledger.reused if ledger is not None else 0,
             concurrency=_concurrency(watched, base, seconds),
+            timeline=timeline,
         )
         if ledger is not None:
             await asyncio.to_thread(ledger.finish, self.report)

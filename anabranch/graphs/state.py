@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import operator
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Protocol, TypedDict
 
+from langchain_core.runnables import RunnableConfig
 from langgraph.pregel import Pregel
 
 from anabranch.types import Subtask, SubtaskResult, Task, TaskResult
@@ -70,6 +72,20 @@ class RunContext:
     """Where the stages' times are kept, for the run's trace."""
     ledger: SubtaskLedger | None = None
     """The journal's view of the run, when the batch has a journal."""
+
+
+SAMPLING = "sampling"
+"""The key in a run's `configurable` that carries what the run's LLM calls are asked for."""
+
+
+def requested_sampling(config: RunnableConfig | None) -> Mapping[str, Any]:
+    """What a run's caller asked its LLM calls to use, as OpenAI request fields (`max_tokens`,
+    `temperature`, `top_p`, `stop`, `seed`, `response_format`); empty when it asked nothing.
+
+    The chat server puts a request's parameters here (`config["configurable"]["sampling"]`);
+    a node takes `config: RunnableConfig` and merges them into its own LLM call.
+    """
+    return ((config or {}).get("configurable") or {}).get(SAMPLING) or {}
 
 
 def now() -> float:

@@ -20,9 +20,10 @@ from pydantic import SecretStr
 
 from anabranch.errors import ConfigError, SetupError
 from anabranch.llm.cache import ResponseCache
-from anabranch.llm.endpoint import Endpoint, normalize_base_url
+from anabranch.llm.endpoint import Endpoint
 from anabranch.llm.retry import short
 from anabranch.llm.settings import Limits, RetryPolicy, Timeouts
+from anabranch.llm.url import normalize_base_url
 
 LOCAL = "local"
 """The `llm` value that means the embedded llama.cpp server."""

@@ -16,16 +16,14 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
-from urllib.parse import urlsplit
 
 import openai
 from pydantic import BaseModel, SecretStr
 
 from anabranch.errors import (
-    ConfigError,
     LLMAuthError,
     LLMStatusError,
     LLMTimeoutError,
@@ -38,8 +36,10 @@ from anabranch.llm.settings import Limits, RetryPolicy, Sampling, Timeouts
 from anabranch.llm.speed import Speed
 from anabranch.llm.structured import OutputMode, Parsed, parse, response_format
 from anabranch.llm.transport import Answer, Tokens, Transport
+from anabranch.llm.url import normalize_base_url
 from anabranch.redact import public_url, register_secret
-from anabranch.tools.tokenizer import readable_pieces
+from anabranch.telemetry.llm import first_chunk, llm_call
+from anabranch.tools.tokenizer import piece_bytes, readable_pieces
 from anabranch.types import Usage
 
 T = TypeVar("T", bound=BaseModel)
@@ -62,29 +62,14 @@ class Completion:
     finish_reason: str | None = None
     alternatives: tuple[tuple[str, float], ...] = ()
     """The likeliest first tokens and their log probabilities (asked for with `top_logprobs`)."""
+    tool_calls: tuple[dict[str, Any], ...] = ()
+    """The tools the model called (asked for with `tools`), in the server's JSON form."""
 
     @property
     def answer(self) -> Answer:
         """The answer as the transport gave it, for the cache."""
         tokens = Tokens(self.usage.prompt_tokens, self.usage.completion_tokens)
         return Answer(self.text, tokens, self.finish_reason, self.alternatives)
-
-
-def normalize_base_url(url: str) -> str:
-    """`http://host:11434` means the server's OpenAI API, which lives under /v1.
-
-    A URL with a path of its own is taken as given (some gateways mount the API elsewhere).
-    Anything but an http(s) URL with a host is a configuration mistake, refused here rather than
-    failing once per request.
-    """
-    parts = urlsplit(url.strip())
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ConfigError(
-            f"not an http(s) URL with a host: {public_url(url)!r} "
-            "(expected, e.g., http://localhost:11434 or https://api.openai.com/v1)"
-        )
-    url = url.strip().rstrip("/")
-    return url + "/v1" if parts.path in ("", "/") else url
 
 
 @dataclass
@@ -127,6 +112,8 @@ class Endpoint:
         self._has_tokenize: bool | None = None
         self._refused: LLMAuthError | None = None
         self._speed = Speed()
+        self.tools_native: bool = True
+        """Whether the server takes `tools`; the tool loop learns it (agents/prompted_tools.py)."""
 
     @property
     def client(self) -> openai.AsyncOpenAI:
@@ -196,12 +183,18 @@ class Endpoint:
         max_tokens: int | None = None,
         model: str | None = None,
         top_logprobs: int | None = None,
+        tools: list[dict[str, Any]] | None = None,
+        extra: Mapping[str, Any] | None = None,
     ) -> Completion:
         """One chat completion, retried on transient failures within the deadline.
 
         `top_logprobs`: also ask for the likeliest first tokens and their log probabilities
-        (`Completion.alternatives`)."""
-        params = self._params(messages, temperature, max_tokens, model, response_format)
+        (`Completion.alternatives`). `tools`: functions the model may call
+        (`Completion.tool_calls`); an answer that calls one is not cached. `extra`: more of
+        OpenAI's request fields (`top_p`, `stop`, `seed`...), sent as given."""
+        params = self._params(messages, temperature, max_tokens, model, response_format, extra)
+        if tools:
+            params["tools"] = tools
         if top_logprobs:
             params["logprobs"] = True
             params["top_logprobs"] = top_logprobs
@@ -218,7 +211,7 @@ class Endpoint:
                     alternatives=hit.alternatives,
                 )
         completion = await self._call(params, lambda timeout: self._transport.chat(params, timeout))
-        if self.cache is not None and key is not None:
+        if self.cache is not None and key is not None and not completion.tool_calls:
             self.cache.put(key, completion.answer)
         return completion
 
@@ -230,15 +223,18 @@ class Endpoint:
         temperature: float | None = None,
         max_tokens: int | None = None,
         model: str | None = None,
+        extra: Mapping[str, Any] | None = None,
     ) -> Completion:
-        """A streamed chat completion: `on_text` hears each piece of text as it arrives.
+        """A streamed chat completion: `on_text` hears each piece of text as it arrives;
+        `extra` as for `chat`.
 
         The per-attempt timeout is an idle timeout here. A failure before the first piece is
         retried like any call; after it, retrying would repeat text the caller has already
         shown, so the call fails instead.
         """
-        params = self._params(messages, temperature, max_tokens, model)
-        return await self._call(params, lambda _: self._transport.stream(params, on_text))
+        params = self._params(messages, temperature, max_tokens, model, extra=extra)
+        heard = first_chunk(on_text)  # the time to the first piece, when telemetry is on
+        return await self._call(params, lambda _: self._transport.stream(params, heard))
 
     def _timeout(self, params: dict[str, Any], left: float | None) -> float:
         """The configured attempt timeout, or longer if the server's measured speed needs it
@@ -255,6 +251,7 @@ class Endpoint:
         max_tokens: int | None,
         model: str | None,
         response_format: dict[str, Any] | None = None,
+        extra: Mapping[str, Any] | None = None,
     ) -> dict[str, Any]:
         params = {
             "model": model or self.model,
@@ -264,7 +261,7 @@ class Endpoint:
         }
         if response_format is not None:
             params["response_format"] = response_format
-        return params
+        return {**params, **(extra or {})}
 
     async def _call(
         self, params: dict[str, Any], send: Callable[[float], Awaitable[Answer]]
@@ -285,11 +282,13 @@ class Endpoint:
                 raise LLMAuthError(str(self._refused), attempts=tally.sent,
                                    status=self._refused.status)  # fmt: skip
             tally.sent += 1
+            call.sending()
             began = time.perf_counter()
             try:
                 answer = await send(self._timeout(params, tally.left()))
             except Exception as exc:
                 tally.last = exc
+                call.failed(exc)
                 if isinstance(exc, openai.APIStatusError) and exc.status_code in (401, 403):
                     self._refused = LLMAuthError(
                         f"the server at {self.public_url} refused the API key "
@@ -306,6 +305,7 @@ class Endpoint:
             self._speed.answered(time.perf_counter() - began, used)
             return answer
 
+        call = llm_call(self.base_url, lambda: limiter.slots.limit, params)
         start = time.perf_counter()
         budget = self.timeouts.call
         if limiter.breaker.outage is not None:  # a server that is down: wait here, slot-free,
@@ -319,7 +319,9 @@ class Endpoint:
             budget -= time.perf_counter() - start
         async with limiter.slot():
             try:
-                answer = await self._retrier.run(attempt, tally, limiter.lend, budget=budget)
+                with call:  # the chat span, the metrics and the run's timeline (telemetry/)
+                    answer = await self._retrier.run(attempt, tally, limiter.lend, budget=budget)
+                    call.answered(answer)
             except LLMTimeoutError as exc:
                 if limiter.breaker.outage is not None:  # it ended waiting for a down server
                     raise limiter.breaker.unavailable(
@@ -339,6 +341,7 @@ class Endpoint:
             latency_s=time.perf_counter() - start,
             finish_reason=answer.finish_reason,
             alternatives=answer.alternatives,
+            tool_calls=answer.tool_calls,
         )
 
     # -- structured output ----------------------------------------------------------------------
@@ -391,10 +394,4 @@ class Endpoint:
             raise
         self._has_tokenize = True
         tokens = response.get("tokens", []) if isinstance(response, dict) else []
-        return readable_pieces([_piece_bytes(t) for t in tokens]), len(tokens)
-
-
-def _piece_bytes(token: Any) -> bytes:
-    """llama.cpp gives a piece as a string, or as a list of byte values when it is not UTF-8."""
-    piece = token.get("piece", "") if isinstance(token, dict) else ""
-    return bytes(piece) if isinstance(piece, list) else str(piece).encode()
+        return readable_pieces([piece_bytes(t) for t in tokens]), len(tokens)

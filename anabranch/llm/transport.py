@@ -53,6 +53,8 @@ class Answer:
     alternatives: tuple[tuple[str, float], ...] = ()
     """The likeliest first tokens and their log probabilities, when the request asked for them
     (`top_logprobs`) and the server sent them."""
+    tool_calls: tuple[dict[str, Any], ...] = ()
+    """The functions the model asked for, as the server sent them (`id`, `function`)."""
 
 
 _PER_POOL = 16
@@ -236,7 +238,8 @@ def _answer(data: Any) -> Answer:
             (str(t["token"]), float(t["logprob"])) for t in first.get("top_logprobs") or ()
         )
         text = message.get("content") or ""
-        return Answer(text, tokens, choice.get("finish_reason"), alternatives)
+        calls = tuple(message.get("tool_calls") or ())
+        return Answer(text, tokens, choice.get("finish_reason"), alternatives, calls)
     except (AttributeError, IndexError, KeyError, TypeError, ValueError) as exc:
         raise LLMOutputError(f"not a chat completion: {short(data, 120)}") from exc
 

@@ -85,8 +85,18 @@ def schema_instance(schema: dict[str, Any], defs: dict[str, Any]) -> Any:
     return None
 
 
-def completion_body(request: dict[str, Any], content: str) -> dict[str, Any]:
+def completion_body(request: dict[str, Any], content: str, cut: bool = False) -> dict[str, Any]:
+    """The answer as a chat completion; with `cut`, ended as a model ends it: at a `stop`
+    sequence, and at `max_tokens` words (then with `finish_reason: length`)."""
     prompt = sum(len(str(m.get("content", "")).split()) for m in request.get("messages", []))
+    finish = "stop"
+    if cut:
+        stops = request.get("stop") or []
+        for stop in [stops] if isinstance(stops, str) else stops:
+            content = content.split(stop, 1)[0]
+        words, limit = content.split(), request.get("max_tokens") or 0
+        if limit and len(words) > limit:
+            content, finish = " ".join(words[:limit]), "length"
     completion = len(content.split())
     return {
         "id": "chatcmpl-fault",
@@ -97,7 +107,7 @@ def completion_body(request: dict[str, Any], content: str) -> dict[str, Any]:
             {
                 "index": 0,
                 "message": {"role": "assistant", "content": content},
-                "finish_reason": "stop",
+                "finish_reason": finish,
             }
         ],
         "usage": {
@@ -196,7 +206,8 @@ def sse_body(completion: dict[str, Any], *, cut: bool = False) -> bytes:
     if cut:
         events = events[: max(1, len(events) // 2)]
         return b"".join(f"data: {json.dumps(e)}\n\n".encode() for e in events)
-    events.append(base | {"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+    finish = completion["choices"][0]["finish_reason"]
+    events.append(base | {"choices": [{"index": 0, "delta": {}, "finish_reason": finish}]})
     events.append(base | {"choices": [], "usage": completion["usage"]})
     return b"".join(f"data: {json.dumps(e)}\n\n".encode() for e in events) + b"data: [DONE]\n\n"
 

@@ -10,6 +10,8 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
+from anabranch.testing.fault_tools import ToolScript
+
 Fault = Literal[
     "ok", "429", "500", "503", "400", "401", "403", "reset", "hang", "malformed", "invalid",
     "drip", "cut", "stream_cut",
@@ -89,3 +91,9 @@ class FaultConfig(BaseModel):
     """Quote the request's bearer token in every error body and in a response header, as
     OpenAI's 401 ("Incorrect API key provided: sk-...") and careless gateways do."""
     seed: int = 0
+    """Seeds the faults' random draws, so a run can be repeated."""
+    tools: ToolScript | None = None
+    """Answer requests that offer tools with the script's tool calls (testing/fault_tools.py)."""
+    cut_answers: bool = False
+    """Cut answers as a model does: at a `stop` sequence, and at `max_tokens` words (then with
+    `finish_reason: length`)."""

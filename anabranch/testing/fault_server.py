@@ -3,7 +3,8 @@
 A real LLM will not rate-limit, hang or answer garbage on demand; this server does, on a schedule
 (`script`: what the first requests get) or at random (`rates`). Otherwise it answers like a model:
 with JSON valid for the requested `response_format` schema, or an echo of the last user message.
-It counts requests, the most in flight at once, and when each arrived, at GET /stats.
+It counts requests, the most in flight at once, and when each arrived, and keeps what the latest
+requests asked (max_tokens, temperature, stop...), at GET /stats.
 
 It runs in a process of its own (`FaultServer`), so that its CPU never competes with the client
 being measured. HTTP/1.1 with keep-alive via h11, which lets it reset a connection for real.
@@ -19,7 +20,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,6 +41,7 @@ from anabranch.testing.fault_bodies import (
 )
 from anabranch.testing.fault_config import Fault, FaultConfig, Quota
 from anabranch.testing.fault_http import serve_connection
+from anabranch.testing.fault_tools import refusal, scripted_message
 
 __all__ = ["LABEL_LOGPROBS", "FaultConfig", "FaultServer", "Quota", "serve"]
 
@@ -56,6 +58,8 @@ class _Stats:
     arrivals: list[float] = field(default_factory=list)
     prompts: Counter[str] = field(default_factory=Counter)
     """Requests per distinct conversation (a digest of the messages), to tell repeats."""
+    params: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=256))
+    """What the latest chat requests asked besides their messages (max_tokens, stop...)."""
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -66,6 +70,7 @@ class _Stats:
             "faults": dict(self.faults),
             "arrivals": self.arrivals,
             "prompts": dict(self.prompts),
+            "params": list(self.params),
         }
 
 
@@ -224,6 +229,8 @@ class FaultApp:
                 echoed = key if self.config.echo_credentials else None
                 return error_reply(int(fault), self.config, echoed)
             request = json.loads(body or b"{}")
+            if not tokenize:
+                stats.params.append({k: v for k, v in request.items() if k != "messages"})
             if tokenize:
                 words = str(request.get("content", "")).split()
                 return json_reply(
@@ -240,8 +247,17 @@ class FaultApp:
                         }
                     },
                 )
+            script = self.config.tools
+            if script is not None and (refused_tools := refusal(request, script)) is not None:
+                return json_reply(400, refused_tools)
+            scripted = scripted_message(request, script) if script is not None else None
             content = "I am not JSON at all." if fault == "invalid" else echo_answer(request)
-            completion = completion_body(request, content)
+            completion = completion_body(request, content, cut=self.config.cut_answers)
+            if scripted is not None and fault != "invalid":
+                completion["choices"][0]["message"] = scripted
+                completion["choices"][0]["finish_reason"] = (
+                    "tool_calls" if scripted.get("tool_calls") else "stop"
+                )
             if request.get("logprobs") and self.config.logprobs and fault != "invalid":
                 completion["choices"][0]["logprobs"] = logprobs_for(content, request)
             if request.get("stream"):

@@ -17,6 +17,7 @@ import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import tiktoken
 from pydantic import BaseModel
@@ -127,3 +128,9 @@ def readable_pieces(token_bytes: list[bytes]) -> list[str]:
     if pending:
         pieces.append(pending.decode("utf-8", errors="replace"))
     return pieces
+
+
+def piece_bytes(token: Any) -> bytes:
+    """llama.cpp gives a piece as a string, or as a list of byte values when it is not UTF-8."""
+    piece = token.get("piece", "") if isinstance(token, dict) else ""
+    return bytes(piece) if isinstance(piece, list) else str(piece).encode()

@@ -1,0 +1,103 @@
+"""What a client asks of a run besides its conversation, honoured or refused, never ignored.
+
+A request's sampling parameters (`max_tokens`, `temperature`, `top_p`, `stop`, `seed`) and its
+`response_format` reach the graph's LLM calls through the run's configuration
+(`graphs.state.requested_sampling`). Each chat graph says which of them it honours
+(`ChatGraph.honours`); one it does not is the client's 400, as OpenAI answers a parameter a model
+does not support, since a client that asked for 50 tokens or a JSON schema and got something
+else would never know.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+import jsonschema
+
+from anabranch.errors import ChatGraphError
+
+SAMPLING_FIELDS = ("max_tokens", "temperature", "top_p", "stop", "seed")
+"""The sampling parameters a graph may honour, as OpenAI's chat API names them."""
+
+HONOURABLE = frozenset({*SAMPLING_FIELDS, "response_format"})
+"""Everything `ChatGraph.honours` may name."""
+
+UNSUPPORTED = ("frequency_penalty", "presence_penalty", "logit_bias", "logprobs", "top_logprobs")
+"""Parameters no graph here honours: refused when set to anything but their neutral value."""
+
+
+def problem(body: Mapping[str, Any]) -> str | None:
+    """What no graph here can honour in a request (`n` over 1, `frequency_penalty`, a
+    `response_format` that is not a JSON schema), or None. Asked by the request models'
+    validators, so the answer is the client's 400."""
+    if (n := body.get("n")) not in (None, 1):
+        return f"n={n} is not supported: a graph gives one answer per request; use n=1"
+    for name in UNSUPPORTED:
+        if body.get(name) not in (None, 0, False, {}):
+            return f"{name} is not supported by anabranch's graphs; leave it unset"
+    fmt = body.get("response_format")
+    if not fmt or fmt.get("type") == "text":
+        return None
+    if fmt.get("type") != "json_schema" or "schema" not in (fmt.get("json_schema") or {}):
+        return ("response_format: only {'type': 'json_schema', 'json_schema': {'name': ..., "
+                "'schema': {...}}} (or 'text') is supported")  # fmt: skip
+    try:
+        jsonschema.Draft202012Validator.check_schema(fmt["json_schema"]["schema"])
+    except jsonschema.SchemaError as exc:
+        return f"response_format: not a JSON schema: {exc.message}"
+    return None
+
+
+def requested(body: Mapping[str, Any]) -> dict[str, Any]:
+    """The request's parameters as the graph's LLM calls take them, in OpenAI's chat names:
+    `max_completion_tokens` (or the Responses API's `max_output_tokens`) is `max_tokens`; a
+    `stop` string is a list; `response_format: text` is no format. Only what was set."""
+    asked: dict[str, Any] = {}
+    for name in ("max_tokens", "max_completion_tokens", "max_output_tokens"):
+        if body.get(name) is not None:
+            asked["max_tokens"] = body[name]
+    for name in ("temperature", "top_p", "seed"):
+        if body.get(name) is not None:
+            asked[name] = body[name]
+    if stop := body.get("stop"):
+        asked["stop"] = [stop] if isinstance(stop, str) else list(stop)
+    fmt = body.get("response_format")
+    if fmt and fmt.get("type") != "text":
+        asked["response_format"] = fmt
+    return asked
+
+
+def refusal(asked: Mapping[str, Any], graph: str, honours: frozenset[str]) -> str | None:
+    """Why `graph` cannot take `asked`, naming what it does honour; None when it can."""
+    unknown = sorted(set(asked) - honours)
+    if not unknown:
+        return None
+    can = ", ".join(sorted(honours)) or "none of them"
+    return (f"{', '.join(unknown)} not supported by the {graph!r} graph (it honours: {can}); "
+            "leave it unset")  # fmt: skip
+
+
+def tools_refusal(tools: Any) -> str | None:
+    """Tools a client brings, until graphs can use them: refused. The one place a graph that
+    takes tools will be asked instead."""
+    if tools:
+        return "this graph cannot use tools: send the request without `tools`"
+    return None
+
+
+def check_answer(text: str, asked: Mapping[str, Any]) -> None:
+    """An answer asked for in a JSON schema must be valid for it: a graph error otherwise (the
+    client asked for a shape and must not get another)."""
+    fmt = asked.get("response_format")
+    if not fmt:
+        return
+    schema = fmt["json_schema"]["schema"]
+    try:
+        jsonschema.validate(json.loads(text), schema)
+    except (ValueError, jsonschema.ValidationError) as exc:
+        why = exc.message if isinstance(exc, jsonschema.ValidationError) else "not JSON"
+        raise ChatGraphError(
+            f"the answer does not match the response_format schema: {why}"
+        ) from exc

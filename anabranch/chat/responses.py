@@ -1,0 +1,283 @@
+"""OpenAI's Responses API (`POST /v1/responses`), which the OpenAI Agents SDK and other clients
+use by default: the same graphs and runs as chat completions, in the Responses shapes.
+
+The input is text or items (messages with `input_text` parts); `instructions` come first as a
+system message. Streamed, a run is the Responses event sequence, each event with its
+`sequence_number`: `response.created`, `response.in_progress`, `response.output_item.added`,
+`response.content_part.added`, `response.output_text.delta`..., `response.output_text.done`,
+`response.content_part.done`, `response.output_item.done`, then `response.completed` (or
+`response.incomplete` when cut at `max_output_tokens`) with the whole output and its usage.
+
+A stored response (`store`, the default) is a turn of a thread in the server's thread store: the
+thread is written into the response's id, so `previous_response_id` continues it after a restart
+too. It continues from the thread's latest turn, whichever of its responses is named.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, Protocol
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
+
+from anabranch.chat.adapters import Message
+from anabranch.chat.items import AnswerText, FinalAnswer, Shape
+from anabranch.chat.params import problem, requested, tools_refusal
+from anabranch.chat.wire import ChatMessage, error_body, error_response
+from anabranch.errors import describe
+from anabranch.events import BaseEvent
+from anabranch.graphs.state import Graph
+from anabranch.types import Usage
+
+_ID = re.compile(r"resp_([0-9a-f]{32})[0-9a-f]{16}")
+"""A response id: `resp_`, its thread's key, its own part."""
+
+_TEXT_PARTS = {"input_text", "output_text", "text"}
+
+
+class ResponsesRequest(BaseModel):
+    """The Responses request as a graph takes it; sampling and the text format are honoured or
+    refused as for chat completions (chat/params.py)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    model: str
+    input: str | list[dict[str, Any]]
+    instructions: str | None = None
+    stream: bool = False
+    store: bool = True
+    previous_response_id: str | None = None
+    tools: list[dict[str, Any]] | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _nothing_unsupported(cls, data: Any) -> Any:
+        if isinstance(data, dict) and (why := problem(_chat_names(data))):
+            raise ValueError(why)
+        return data
+
+    def asked(self) -> dict[str, Any]:
+        return requested(_chat_names(self.model_dump(exclude_unset=True)))
+
+    def messages(self) -> list[Message]:
+        """The input as chat messages, `instructions` first; items that are not messages
+        (function calls and their outputs, reasoning) are left to `function_items`."""
+        items = [{"role": "user", "content": self.input}] if isinstance(self.input, str) else [
+            i for i in self.input if i.get("type", "message") == "message"
+        ]  # fmt: skip
+        if self.instructions:
+            items.insert(0, {"role": "system", "content": self.instructions})
+        return [
+            ChatMessage.model_validate({"role": i.get("role"), "content": _content(i)}).model_dump(
+                exclude_unset=True
+            )
+            for i in items
+        ]
+
+    def function_items(self) -> list[dict[str, Any]]:
+        return [] if isinstance(self.input, str) else [
+            i for i in self.input if str(i.get("type", "")).startswith("function_call")
+        ]  # fmt: skip
+
+
+def _chat_names(body: dict[str, Any]) -> dict[str, Any]:
+    """A Responses body with its text format in chat's name (`response_format`)."""
+    fmt = (body.get("text") or {}).get("format")
+    if not fmt:
+        return body
+    if fmt.get("type") == "json_schema":
+        fields = ("name", "schema", "strict", "description")
+        fmt = {"type": "json_schema", "json_schema": {k: fmt[k] for k in fields if k in fmt}}
+    return {**body, "response_format": fmt}
+
+
+def _content(item: dict[str, Any]) -> Any:
+    """An item's content as chat content: its text parts as text parts, other parts as given."""
+    content = item.get("content")
+    if not isinstance(content, list):
+        return content
+    return [
+        {"type": "text", "text": p.get("text")} if p.get("type") in _TEXT_PARTS else p
+        for p in content
+    ]
+
+
+class ResponseRun:
+    """One request's run in the Responses shapes."""
+
+    def __init__(self, request: ResponsesRequest, thread_key: str | None) -> None:
+        self.request = request
+        own = uuid.uuid4().hex[:16]
+        self.id = f"resp_{thread_key}{own}" if thread_key else f"resp_{uuid.uuid4().hex}{own}"
+        self.message_id = f"msg_{uuid.uuid4().hex}"
+        self.created = time.time()
+        self.sequence = 0
+
+    def response(
+        self, status: str, text: str | None = None, final: FinalAnswer | None = None,
+        error: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:  # fmt: skip
+        asked = self.request.asked()
+        return {
+            "id": self.id,
+            "object": "response",
+            "created_at": self.created,
+            "status": status,
+            "model": self.request.model,
+            "instructions": self.request.instructions,
+            "previous_response_id": self.request.previous_response_id,
+            "output": [] if text is None else [self.message(text, "completed")],
+            "parallel_tool_calls": False,
+            "tool_choice": "auto",
+            "tools": [],
+            "temperature": asked.get("temperature"),
+            "top_p": asked.get("top_p"),
+            "max_output_tokens": asked.get("max_tokens"),
+            "store": self.request.store,
+            "text": {"format": {"type": "text"}},
+            "error": error,
+            "incomplete_details": _incomplete(status),
+            "usage": _usage(final.usage) if final else None,
+            "metadata": {},
+        }
+
+    def message(self, text: str, status: str) -> dict[str, Any]:
+        content = [] if status == "in_progress" else [_part(text)]
+        return {"id": self.message_id, "type": "message", "status": status,
+                "role": "assistant", "content": content}  # fmt: skip
+
+    def _event(self, kind: str, **fields: Any) -> str:
+        payload = {"type": kind, "sequence_number": self.sequence, **fields}
+        self.sequence += 1
+        return f"event: {kind}\ndata: {json.dumps(payload)}\n\n"
+
+    async def sse(self, events: AsyncIterator[Any]) -> AsyncIterator[str]:
+        at = {"item_id": self.message_id, "output_index": 0, "content_index": 0}
+        yield self._event("response.created", response=self.response("in_progress"))
+        yield self._event("response.in_progress", response=self.response("in_progress"))
+        yield self._event("response.output_item.added", output_index=0,
+                          item=self.message("", "in_progress"))  # fmt: skip
+        yield self._event("response.content_part.added", **at, part=_part(""))
+        streamed: list[str] = []
+        final = None
+        try:
+            async for item in events:
+                if isinstance(item, BaseEvent):
+                    yield f": anabranch {item.model_dump_json()}\n\n"
+                    continue
+                if isinstance(item, FinalAnswer):
+                    final = item
+                    if streamed:
+                        continue
+                    item = AnswerText(item.text)  # a graph that only knows it at the end
+                if isinstance(item, AnswerText):
+                    streamed.append(item.text)
+                    yield self._event("response.output_text.delta", **at, delta=item.text,
+                                      logprobs=[])  # fmt: skip
+        except Exception as exc:  # noqa: BLE001 - the client must hear why its stream ended
+            failure = {"code": "server_error", "message": error_body(exc)["message"]}
+            yield self._event("response.failed", response=self.response("failed", error=failure))
+            return
+        if final is None:
+            failure = {"code": "server_error", "message": "the graph ended without an answer"}
+            yield self._event("response.failed", response=self.response("failed", error=failure))
+            return
+        text = "".join(streamed)
+        yield self._event("response.output_text.done", **at, text=text, logprobs=[])
+        yield self._event("response.content_part.done", **at, part=_part(text))
+        yield self._event("response.output_item.done", output_index=0,
+                          item=self.message(text, "completed"))  # fmt: skip
+        status = "incomplete" if final.finish_reason == "length" else "completed"
+        yield self._event(f"response.{status}", response=self.response(status, text, final))
+
+    async def complete(self, events: AsyncIterator[Any]) -> JSONResponse:
+        final = None
+        try:
+            async for item in events:
+                if isinstance(item, FinalAnswer):
+                    final = item
+        except Exception as exc:  # noqa: BLE001 - an error response, never a dropped connection
+            body = error_body(exc)
+            code = 502 if body["type"] == "graph_error" else 500
+            return error_response(code, body["message"], body["type"])
+        if final is None:
+            return error_response(500, "the graph ended without an answer", "server_error")
+        status = "incomplete" if final.finish_reason == "length" else "completed"
+        return JSONResponse(self.response(status, final.text, final))
+
+
+def _incomplete(status: str) -> dict[str, str] | None:
+    return {"reason": "max_output_tokens"} if status == "incomplete" else None
+
+
+def _part(text: str) -> dict[str, Any]:
+    return {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
+
+
+def _usage(usage: Usage) -> dict[str, Any]:
+    return {
+        "input_tokens": usage.prompt_tokens,
+        "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
+        "output_tokens": usage.completion_tokens,
+        "output_tokens_details": {"reasoning_tokens": 0},
+        "total_tokens": usage.total_tokens,
+    }
+
+
+class Launch(Protocol):
+    """The app's way to run a graph and answer in a shape (`create_app`'s `launch`)."""
+
+    def __call__(
+        self, request: Request, model: str, shape: Shape, messages: list[Message],
+        asked: dict[str, Any], *, thread: str | None, stream: bool,
+    ) -> Awaitable[Response]: ...  # fmt: skip
+
+
+def add_responses_route(
+    app: FastAPI,
+    launch: Launch,
+    unknown: Callable[[str], Response | None],
+    threaded: Callable[[str], Awaitable[Graph]],
+) -> None:
+    """Serve `POST /v1/responses` on `app`, running graphs as `launch` does for chat."""
+
+    @app.post("/v1/responses")
+    async def responses(request: Request) -> Response:
+        try:
+            body = ResponsesRequest.model_validate_json(await request.body())
+            messages = body.messages()
+        except ValidationError as exc:
+            return error_response(400, f"invalid request: {describe(exc)}", "invalid_request_error")
+        if missing := unknown(body.model):
+            return missing
+        if why := tools_refusal(body.tools or body.function_items()):
+            return error_response(400, why, "invalid_request_error")
+        if not any(m["role"] == "user" for m in messages):
+            return error_response(400, "invalid request: the input has no user message",
+                                  "invalid_request_error")  # fmt: skip
+        key = uuid.uuid4().hex if body.store else None
+        if body.previous_response_id:
+            found = _ID.fullmatch(body.previous_response_id)
+            key = found.group(1) if found else None
+            if key is None or not await _stored(await threaded(body.model), key):
+                return error_response(404, f"previous response {body.previous_response_id!r} "
+                                      "not found", "invalid_request_error")  # fmt: skip
+        run = ResponseRun(body, key)
+        return await launch(request, body.model, run, messages, body.asked(),
+                            thread=_thread(key) if key else None, stream=body.stream)  # fmt: skip
+
+
+def _thread(key: str) -> str:
+    """The thread a response's key names in the thread store."""
+    return f"responses-{key}"
+
+
+async def _stored(graph: Graph, key: str) -> bool:
+    snapshot = await graph.aget_state({"configurable": {"thread_id": _thread(key)}})
+    return bool(snapshot.values)
