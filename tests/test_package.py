@@ -181,3 +181,10 @@ def test_no_module_but_errors_defines_an_exception():
             and f"{name}.{attr}" != "anabranch.cli.codes.UsageError"  # see ALLOWED
         ]
     assert not strays
+
+
+def test_no_module_is_over_400_lines():
+    """Small modules named by concept: one that grows past 400 lines holds two concepts."""
+    sizes = {str(p.relative_to(PACKAGE)): len(p.read_text().splitlines())
+             for p in PACKAGE.rglob("*.py")}  # fmt: skip
+    assert {name: n for name, n in sizes.items() if n > 400} == {}
