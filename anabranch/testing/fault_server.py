@@ -32,6 +32,7 @@ from pydantic import BaseModel, Field
 
 from anabranch.errors import SetupError
 from anabranch.llm.local_server import stop_process
+from anabranch.testing.fault_batches import BatchApi, BatchFaults
 from anabranch.testing.fault_tools import ToolScript, refusal, scripted_message
 
 Fault = Literal[
@@ -87,6 +88,8 @@ class FaultConfig(BaseModel):
     cut_answers: bool = False
     """Cut answers as a model does: at a `stop` sequence, and at `max_tokens` words (then with
     `finish_reason: length`)."""
+    batches: BatchFaults = Field(default_factory=BatchFaults)
+    """How the Batch API (`/v1/files`, `/v1/batches`) behaves: its time, its faults."""
 
 
 @dataclass
@@ -127,6 +130,15 @@ class FaultApp:
         self._random = random.Random(config.seed)
         self._bucket = self._stamp = 0.0
         self.set_quota(config.quota)
+        self.batches = BatchApi(config.batches, self._batch_answer)
+
+    def _batch_answer(self, request: dict[str, Any], invalid: bool) -> dict[str, Any]:
+        """A batch's answer to one request: what a live chat would get."""
+        content = "I am not JSON at all." if invalid else _answer(request)
+        completion = _completion(request, content, cut=self.config.cut_answers)
+        if request.get("logprobs") and self.config.logprobs and not invalid:
+            completion["choices"][0]["logprobs"] = _logprobs(content, request)
+        return completion
 
     def set_quota(self, quota: Quota | None) -> None:
         """A new capacity, counters kept (a provider's limit changing during a run)."""
@@ -213,7 +225,7 @@ class FaultApp:
         if method == "GET" and path == "/health":
             return _json(200, {"status": "ok"})
         if method == "GET" and path == "/stats":
-            return _json(200, self.stats.as_dict())
+            return _json(200, self.stats.as_dict() | {"batches": self.batches.stats()})
         if method == "PUT" and path == "/config":
             self.configure(FaultConfig.model_validate_json(body))
             return _json(200, self.config.model_dump())
@@ -225,6 +237,9 @@ class FaultApp:
             return _json(200, {"object": "list", "data": listed})
         if method == "POST" and path == "/v1/chat/completions":
             return await self._chat(body, key)
+        echoed = key if self.config.echo_credentials else None
+        if (batch_answer := self.batches.handle(method, path, body, echoed)) is not None:
+            return batch_answer
         if method == "POST" and path == "/tokenize" and self.config.tokenize:
             return await self._chat(body, key, tokenize=True)
         return _json(404, {"error": {"message": f"no route {method} {path}", "type": "not_found"}})
