@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from anabranch.batches_store import BATCH_SCHEMA, BATCH_TABLES, BatchRecord, list_batches
 from anabranch.errors import JournalBusyError, JournalError, failed_because_of_server
 from anabranch.ledger import LedgerWriter, RunLedger
 from anabranch.outputs import Line, ResultsFile, as_json
@@ -124,7 +125,7 @@ class Journal:
 
     def _check_version(self) -> None:
         with self._db:
-            self._db.executescript(_SCHEMA)
+            self._db.executescript(_SCHEMA + BATCH_SCHEMA)
             row = self._db.execute("SELECT value FROM meta WHERE key = 'version'").fetchone()
             if row is None:
                 self._db.execute("INSERT INTO meta VALUES ('version', ?)", (str(SCHEMA_VERSION),))
@@ -171,6 +172,10 @@ class Journal:
         if row is None:
             raise JournalError(f"no run {run_id!r} in {self.path}")
         return RunReport.model_validate_json(row[0]) if row[0] else None
+
+    def batches(self, run_id: str) -> list[BatchRecord]:
+        """The provider batches the run sent (with `batch` settings), in order."""
+        return list_batches(self._db, run_id)
 
     def results(self, run_id: str, *, complete_only: bool = False) -> Iterator[TaskResult]:
         """The run's delivered task results, in input order (read as they are iterated);
@@ -241,7 +246,7 @@ class Journal:
         now = time.time()
         with self._db:
             if fresh:
-                for table in ("tasks", "subtasks", "runs"):
+                for table in ("tasks", "subtasks", "runs", *BATCH_TABLES):
                     self._db.execute(f"DELETE FROM {table} WHERE run_id = ?", (run_id,))
             self._db.execute(
                 "INSERT INTO runs VALUES (?, ?, ?, ?, NULL) ON CONFLICT (run_id) DO UPDATE "

@@ -59,12 +59,22 @@ def render_trace(report: RunReport) -> str:
             f"LLM usage: {usage.requests} requests{cached}, {usage.prompt_tokens} prompt + "
             f"{usage.completion_tokens} completion = {usage.total_tokens} tokens"
         )
-    if (c := report.concurrency) is not None:
+    if (c := report.concurrency) is not None and c.requests:  # none: all went by batch
         lines.append(
             f"LLM concurrency: {c.final:.0f} at the end ({c.low:.0f}-{c.high:.0f} during the run), "
             f"{c.overloaded} overloaded (429/503) of {c.requests} requests, "
             f"{c.per_second:.1f} requests/s answered"
         )
+    if (b := report.batches) is not None and (b.batches or b.from_journal):
+        per = ", ".join(map(str, b.requests_per_batch[:8])) + (", ..." if b.batches > 8 else "")
+        lines.append(
+            f"Batch API: waves {b.waves}, batches {b.batches} ({per} requests), "
+            f"{b.resubmitted} requests sent again ({b.live} to the live API), "
+            f"{b.from_journal} answers from the journal; "
+            f"{b.prompt_tokens} prompt + {b.completion_tokens} completion tokens"
+        )
+        if b.live_cost is not None and b.batch_cost is not None:
+            lines.append(f"  cost: ${b.batch_cost:.4f} by batch against ${b.live_cost:.4f} live")
     if report.subtask_errors:
         errors = ", ".join(f"{k} x{v}" for k, v in sorted(report.subtask_errors.items()))
         lines.append(f"errors: {errors}")

@@ -276,6 +276,33 @@ class ConcurrencyReport(BaseModel):
     """Requests answered without overload, per second of the run."""
 
 
+class BatchReport(BaseModel):
+    """What went through a provider's Batch API in a run, and what it cost against live."""
+
+    waves: int
+    """Times the batch layer sent what had gathered (a graph with two LLM stages: two)."""
+    batches: int
+    """Batches created or, after a crash, polled again."""
+    requests_per_batch: list[int]
+    """Requests each batch carried, in order."""
+    requests: int
+    """Requests sent by batch, those sent again included."""
+    from_journal: int = 0
+    """Answers an earlier run's batches had brought, taken from the journal."""
+    resubmitted: int = 0
+    """Requests a batch did not finish (failed, expired, lost, transient errors), sent again."""
+    live: int = 0
+    """Requests a batch did not finish that went to the live API instead (`live_fallback`)."""
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    states: dict[str, int] = Field(default_factory=dict)
+    """Batches by the state they ended in."""
+    live_cost: float | None = None
+    """What the answers' tokens would have cost live (dollars, from the price table given)."""
+    batch_cost: float | None = None
+    """What they cost by batch."""
+
+
 class RunReport(BaseModel):
     """The pipeline trace of one batch, in its five stages (docs/architecture.md)."""
 
@@ -302,6 +329,9 @@ class RunReport(BaseModel):
     timeline: Timeline | None = None
     """The run over time (throughput, calls in flight, errors, latency by agent, failed tasks):
     what the HTML report draws, kept in the journal with the rest."""
+
+    batches: BatchReport | None = None
+    """What the watched endpoint sent through a provider's Batch API, when it did."""
 
     def html(self, title: str = "anabranch run") -> str:
         """The run report as one self-contained HTML page (charts as SVG, no network)."""

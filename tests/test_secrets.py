@@ -11,7 +11,8 @@ looked for in every encoding it takes on the wire (`encodings`: plain, URL-encod
 HTTP Basic's base64 of `user:key`), with the key in the environment and inside the `--llm` URL.
 A new output is covered by writing it under the run's folder (scanned whole) or by one
 `seen[surface].add(...)`. Scanned today: stdout and stderr of `run` (in process and on a Ray
-cluster), `runs`, `eval`, `chain` and `serve`; results.jsonl, its journal, the response cache,
+cluster, and by the Batch API), `runs`, `eval`, `chain` and `serve`; results.jsonl, its journal
+(its batches too), the response cache,
 the eval figures, the chain reports, the HTML run reports and the threads database; the OTLP
 traces and metrics `run --otel` exports (message content on) as a receiver got them; the logs of
 the Ray cluster the run started; every HTTP reply of the chat server, headers included; in the
@@ -376,4 +377,29 @@ async def test_tool_calls_never_carry_a_known_key(faults):
     [answer] = result.output("agent")
     assert answer.text.count("[REDACTED]") == 2  # what the model read: both, masked
     assert len(seen.items) == 7  # 2 model turns, 2 starts, 2 ends, the result
+    assert not seen.leaks(CANARY)
+
+
+@pytest.mark.slow
+def test_a_batch_api_run_carries_no_echoed_key(fault_server, tmp_path):
+    """The Batch API's error file quotes the key in its messages: the results, the journal's
+    batch tables, the trace and `runs show` are scanned."""
+    from anabranch.testing.fault_batches import BatchFaults
+
+    fault_server.configure(echo_credentials=True, batches=BatchFaults(
+        request_faults={"400": 0.3, "500": 0.2}, seed=7))  # fmt: skip
+    seen = Seen()
+    _write_inputs(tmp_path)
+    out = tmp_path / "results-batch.jsonl"
+    proc = run_cli("run", str(tmp_path / "tasks.jsonl"), "--llm", fault_server.url, "--model",
+                   "fault", "--batch-api", "--batch-poll", "0.2", "--out", str(out),
+                   env={"ANABRANCH_LLM_API_KEY": CANARY})  # fmt: skip
+    _proc(seen, "run --batch-api", proc)
+    assert proc.returncode == 4, proc.stderr  # delivered, some with the error file's errors
+    assert fault_server.stats()["batches"]["batches_created"] >= 2  # the 500s went again
+    run_id = proc.stdout.rsplit("(run ", 1)[1].split(")")[0]
+    _proc(seen, "runs show", run_cli("runs", "show", run_id, str(out) + ".journal"))
+    seen.add_tree(tmp_path)
+    fault_server.configure()
+    assert "Incorrect API key provided" in out.read_text()  # the server did quote it
     assert not seen.leaks(CANARY)

@@ -191,11 +191,12 @@ class _Run:
         from anabranch.graphs.runner import Resume, run_batch
         from anabranch.inputs import count_task_lines, read_tasks
         from anabranch.journal import fingerprint, run_id_for
-        from anabranch.llm.connect import maybe_endpoint
+        from anabranch.llm.connect import by_batch, in_flight, maybe_endpoint
 
         options, out, journal = self.options, self.out, self.journal
         limit = options.max_line_bytes
         self.run_id = run_id_for(self.source, Path(options.out))
+        llm = by_batch(llm, journal.path if journal else None, self.run_id)  # in the journal
         async with maybe_endpoint(llm, self.say) as endpoint:
             config = {
                 "backend": choice, "planner": options.planner, "version": __version__,
@@ -218,8 +219,8 @@ class _Run:
                                 description=f"{options.input} -> {options.out}")  # fmt: skip
             display = Display(total=self.total, watch=endpoint if executor is None else None)
             batch = run_batch(read_tasks(self.source, max_line_bytes=limit), target,
-                              concurrency=options.concurrency, executor=executor,
-                              resume=resume, display=display)  # fmt: skip
+                              concurrency=in_flight(llm, options.concurrency, self.total),
+                              executor=executor, resume=resume, display=display)  # fmt: skip
             try:
                 rejections = await self._write(batch, skip_replayed=resumed)
                 self.failure = server_failure(endpoint, llm.llm) if executor is None else None

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+from dataclasses import replace
 from pathlib import Path
-from typing import Annotated, Any, get_type_hints
+from typing import TYPE_CHECKING, Annotated, Any, get_type_hints
 
 import typer
 
@@ -25,6 +26,9 @@ from anabranch.cli.options import (
     Tpm,
     llm_options,
 )
+
+if TYPE_CHECKING:
+    from anabranch.llm.settings import BatchSettings
 
 MAX_LINE_BYTES = 1024 * 1024
 """`anabranch.inputs.MAX_LINE_BYTES`, named without importing the readers (a test keeps them
@@ -117,6 +121,26 @@ def run(
         typer.Option(help="The Ray cluster: `auto`, `ray://host:10001`; default a local one."),
     ] = None,
     workers: Annotated[int, typer.Option(min=1, help="Ray workers (with --executor ray).")] = 2,
+    batch_api: Annotated[
+        bool,
+        typer.Option(
+            "--batch-api",
+            help="Send the LLM calls through the server's Batch API (OpenAI's: half the price, "
+            "answers within 24 hours), every task in flight at once; the journal keeps the "
+            "batches, so after a crash the same command polls them instead of paying again.",
+        ),
+    ] = False,
+    batch_poll: Annotated[
+        float,
+        typer.Option(min=0.01, help="With --batch-api: the longest wait between two polls."),
+    ] = 60.0,
+    prices: Annotated[
+        str | None,
+        typer.Option(
+            help="With --batch-api: live prices as `INPUT,OUTPUT` dollars per million tokens "
+            "(e.g. 2.5,10), for the report's batch against live cost."
+        ),
+    ] = None,
     max_line_bytes: Annotated[
         int,
         typer.Option(
@@ -146,6 +170,9 @@ def run(
             "the embedded LLM runs on this machine, out of a remote cluster's reach: give its "
             "workers a server they can reach (--llm URL)"
         )
+    if batch_api and (executor == "ray" or llm == "local"):
+        raise UsageError("--batch-api needs a server with the Batch API (--llm URL), run here "
+                         "(not --executor ray)")  # fmt: skip
     if no_journal and (retry_failed or not resume):
         raise UsageError("--retry-failed and --fresh work on a journal: drop --no-journal")
     options = BatchOptions(
@@ -155,17 +182,20 @@ def run(
         chunk_tokens=chunk_tokens,
         backend=backend,
         planner=planner,
-        llm=llm_options(
-            llm,
-            model,
-            concurrency=llm_concurrency,
-            timeout=timeout,
-            deadline=deadline,
-            rpm=rpm,
-            tpm=tpm,
-            cache=cache,
-            adaptive=adaptive,
-            give_up_after=give_up_after,
+        llm=replace(
+            llm_options(
+                llm,
+                model,
+                concurrency=llm_concurrency,
+                timeout=timeout,
+                deadline=deadline,
+                rpm=rpm,
+                tpm=tpm,
+                cache=cache,
+                adaptive=adaptive,
+                give_up_after=give_up_after,
+            ),
+            batch=_batch_settings(batch_poll, prices) if batch_api else None,
         ),
         journal=journal,
         keep_journal=not no_journal,
@@ -186,6 +216,22 @@ def run(
         if exporting is not None:
             exporting.close()  # what is still buffered is sent before the command ends
     raise typer.Exit(code)
+
+
+def _batch_settings(poll: float, prices: str | None) -> BatchSettings:
+    """`--batch-api`'s settings (the journal and the run id are the batch's to give)."""
+    from anabranch.errors import ConfigError
+    from anabranch.llm.settings import BatchSettings, Prices
+
+    table = None
+    if prices is not None:
+        try:
+            given, taken = (float(p) for p in prices.split(","))
+            table = Prices(given, taken)
+        except (ValueError, ConfigError) as exc:
+            raise UsageError(f"--prices takes INPUT,OUTPUT dollars per million tokens, "
+                             f"e.g. 2.5,10; got {prices!r}") from exc  # fmt: skip
+    return BatchSettings(poll_initial=min(1.0, poll), poll_max=poll, prices=table)
 
 
 def demo(**options: Any) -> None:

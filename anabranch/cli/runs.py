@@ -66,10 +66,15 @@ def _show_run(journal: Journal, run_id: str, html: Path | None = None) -> None:
             failures = None if report.timeline else _failures(journal, run_id)
             write_html(report, html, title=f"anabranch run {run_id}", failures=failures)
             typer.echo(f"report: {html}")
-        return
-    (info,) = [r for r in journal.runs() if r.run_id == run_id]
-    typer.echo(f"run {run_id} did not finish; re-run its command to resume it")
-    typer.echo(f"delivered so far: {info.tasks}")
+    else:
+        (info,) = [r for r in journal.runs() if r.run_id == run_id]
+        typer.echo(f"run {run_id} did not finish; re-run its command to resume it")
+        typer.echo(f"delivered so far: {info.tasks}")
+    for batch in journal.batches(run_id):
+        typer.echo(
+            f"batch {batch.batch_id or '(being created)'}  wave {batch.wave}  "
+            f"{batch.state:<11}  {batch.requests} requests  file {batch.input_file}"
+        )
 
 
 def _failures(journal: Journal, run_id: str) -> list[Failure]:

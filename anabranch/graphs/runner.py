@@ -268,6 +268,7 @@ class _Delivery:
             subtasks_reused=ledger.reused if ledger is not None else 0,
             concurrency=_concurrency(watched, base, seconds),
             timeline=timeline,
+            batches=self.display.watch.batch_report if self.display.watch is not None else None,
         )
         if ledger is not None:
             await asyncio.to_thread(ledger.finish, self.report)

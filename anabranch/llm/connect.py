@@ -22,7 +22,7 @@ from anabranch.errors import ConfigError, SetupError
 from anabranch.llm.cache import ResponseCache
 from anabranch.llm.endpoint import Endpoint
 from anabranch.llm.retry import short
-from anabranch.llm.settings import Limits, RetryPolicy, Timeouts
+from anabranch.llm.settings import BatchSettings, Limits, RetryPolicy, Timeouts
 from anabranch.llm.url import normalize_base_url
 
 LOCAL = "local"
@@ -50,6 +50,8 @@ class LLMOptions:
     """Seconds the one check of a remote server before the work starts may take."""
     cache: Path | None = None
     """A response cache file: deterministic requests already answered are not sent again."""
+    batch: BatchSettings | None = None
+    """Send chat calls through the provider's Batch API instead of live (`Endpoint.batch`)."""
 
     def __post_init__(self) -> None:
         if self.llm not in (None, LOCAL):
@@ -106,7 +108,7 @@ def build_endpoint(
     return Endpoint(where, model if model is not None else options.model or "",
                     api_key=key or SecretStr("not-needed"),
                     timeouts=options.timeouts, limits=held,
-                    retry=options.retry, cache=cache)  # fmt: skip
+                    retry=options.retry, cache=cache, batch=options.batch)  # fmt: skip
 
 
 @asynccontextmanager
@@ -143,6 +145,20 @@ async def maybe_endpoint(
         return
     async with open_endpoint(options, say) as endpoint:
         yield endpoint
+
+
+def by_batch(options: LLMOptions, journal: Path | None, run_id: str) -> LLMOptions:
+    """The options with their Batch API settings (if any) recording the run's batches in its
+    journal, so a re-run of the run polls them instead of paying again."""
+    if options.batch is None or options.llm is None:
+        return options
+    return replace(options, batch=replace(options.batch, journal=journal, run_id=run_id))
+
+
+def in_flight(options: LLMOptions, concurrency: int, total: int | None) -> int:
+    """Graph runs at once: `concurrency`, or by batch every task (a wave carries what waits)."""
+    batched = options.batch is not None and options.llm is not None
+    return max(concurrency, total or 0) if batched else concurrency
 
 
 def without_llm(options: LLMOptions) -> LLMOptions:

@@ -29,10 +29,11 @@ from anabranch.errors import (
     LLMTimeoutError,
 )
 from anabranch.llm.adaptive import SlotStats
+from anabranch.llm.batch_api import BatchLayer
 from anabranch.llm.cache import ResponseCache
 from anabranch.llm.limits import CallLimiter, estimate_tokens
 from anabranch.llm.retry import Retrier, Tally, short
-from anabranch.llm.settings import Limits, RetryPolicy, Sampling, Timeouts
+from anabranch.llm.settings import BatchSettings, Limits, RetryPolicy, Sampling, Timeouts
 from anabranch.llm.speed import Speed
 from anabranch.llm.structured import OutputMode, Parsed, parse, response_format
 from anabranch.llm.transport import Answer, Tokens, Transport
@@ -40,7 +41,7 @@ from anabranch.llm.url import normalize_base_url
 from anabranch.redact import public_url, register_secret
 from anabranch.telemetry.llm import first_chunk, llm_call
 from anabranch.tools.tokenizer import piece_bytes, readable_pieces
-from anabranch.types import Usage
+from anabranch.types import BatchReport, Usage
 
 T = TypeVar("T", bound=BaseModel)
 
@@ -92,6 +93,9 @@ class Endpoint:
     """Temperature and max_tokens unless a call says otherwise."""
     cache: ResponseCache | None = None
     """Answers already given, given again at no cost (the caller opens and closes it)."""
+    batch: BatchSettings | None = None
+    """Send chat calls through the provider's Batch API (half the price, answers within 24h)
+    instead of live; streams and /tokenize stay live."""
 
     def __post_init__(self) -> None:
         if isinstance(self.api_key, str):
@@ -114,6 +118,7 @@ class Endpoint:
         self._speed = Speed()
         self.tools_native: bool = True
         """Whether the server takes `tools`; the tool loop learns it (agents/prompted_tools.py)."""
+        self._batches = BatchLayer(self.client, self.batch, self._live) if self.batch else None
 
     @property
     def client(self) -> openai.AsyncOpenAI:
@@ -162,7 +167,14 @@ class Endpoint:
     def output_mode(self, mode: OutputMode) -> None:
         self._output_mode = mode
 
+    @property
+    def batch_report(self) -> BatchReport | None:
+        """What went by batch so far, when the endpoint sends by batch."""
+        return self._batches.report if self._batches is not None else None
+
     async def aclose(self) -> None:
+        if self._batches is not None:
+            await self._batches.aclose()
         await self._limiter.breaker.aclose()
         await self._transport.aclose()
 
@@ -210,7 +222,14 @@ class Endpoint:
                     finish_reason=hit.finish_reason,
                     alternatives=hit.alternatives,
                 )
-        completion = await self._call(params, lambda timeout: self._transport.chat(params, timeout))
+        if self._batches is not None:  # the batch layer takes the place of limits, retry, transport
+            began = time.perf_counter()
+            answer, sent = await self._batches.chat(params)
+            completion = _completion_of(answer, sent, time.perf_counter() - began)
+        else:
+            completion = await self._call(
+                params, lambda timeout: self._transport.chat(params, timeout)
+            )
         if self.cache is not None and key is not None and not completion.tool_calls:
             self.cache.put(key, completion.answer)
         return completion
@@ -243,6 +262,11 @@ class Endpoint:
         attempt, call = self.timeouts.attempt, self.timeouts.call
         timeout = self._speed.timeout(attempt, params["max_tokens"], call)
         return timeout if left is None else max(0.001, min(timeout, left - 0.01))
+
+    async def _live(self, params: dict[str, Any]) -> tuple[Answer, int]:
+        """A request through the live layers, for the batch layer's `live_fallback`."""
+        completion = await self._call(params, lambda timeout: self._transport.chat(params, timeout))
+        return completion.answer, completion.attempts
 
     def _params(
         self,
@@ -395,3 +419,18 @@ class Endpoint:
         self._has_tokenize = True
         tokens = response.get("tokens", []) if isinstance(response, dict) else []
         return readable_pieces([piece_bytes(t) for t in tokens]), len(tokens)
+
+
+def _completion_of(answer: Answer, sent: int, latency_s: float) -> Completion:
+    """A completion from the answer of its last request, `sent` requests in all."""
+    tokens = answer.tokens
+    prompt, completion = (tokens.prompt, tokens.completion) if tokens else (0, 0)
+    return Completion(
+        text=answer.text,
+        usage=Usage(requests=sent, prompt_tokens=prompt, completion_tokens=completion),
+        attempts=sent,
+        latency_s=latency_s,
+        finish_reason=answer.finish_reason,
+        alternatives=answer.alternatives,
+        tool_calls=answer.tool_calls,
+    )

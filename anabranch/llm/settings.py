@@ -8,6 +8,7 @@ resources (the HTTP client, the semaphore, the buckets) built from them.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from anabranch.errors import ConfigError
 
@@ -102,3 +103,63 @@ class Sampling:
     def __post_init__(self) -> None:
         if self.max_tokens < 1 or self.temperature < 0:
             raise ConfigError(f"max_tokens must be >= 1 and temperature >= 0, got {self}")
+
+
+@dataclass(frozen=True, slots=True)
+class Prices:
+    """What tokens cost live, in dollars per million, and what a batch takes off."""
+
+    input: float
+    """Prompt tokens, live."""
+    output: float
+    """Completion tokens, live."""
+    batch_share: float = 0.5
+    """What a batch costs against live (OpenAI's is half)."""
+
+    def __post_init__(self) -> None:
+        if min(self.input, self.output) < 0 or not 0 < self.batch_share <= 1:
+            raise ConfigError(f"prices must be >= 0 and batch_share in (0, 1], got {self}")
+
+
+@dataclass(frozen=True, slots=True)
+class BatchSettings:
+    """Send the endpoint's chat calls through the provider's Batch API instead of live."""
+
+    journal: Path | None = None
+    """Where the run's batches are recorded (its journal file): a re-run polls the batches
+    still running and takes the answers downloaded instead of paying again. None keeps none."""
+    run_id: str = ""
+    """The run the batches belong to in that journal."""
+    gather: float = 0.5
+    """Seconds with no new call before a wave is sent."""
+    max_requests: int = 50_000
+    """Requests per input file (OpenAI's limit); a bigger wave is split."""
+    max_bytes: int = 190 * 1024 * 1024
+    """Bytes per input file (OpenAI's limit is 200 MB); a bigger wave is split."""
+    poll_initial: float = 1.0
+    """Seconds before a batch is first polled; doubled after each poll."""
+    poll_max: float = 60.0
+    """The longest wait between two polls."""
+    max_rounds: int = 3
+    """Batches one request may go in (failed, expired, lost, transient errors) before its call
+    fails."""
+    max_enqueued_tokens: int | None = None
+    """Tokens (each request's prompt, estimated, plus its max_tokens) the provider lets wait in
+    batches at once (OpenAI's enqueued token limit, per model): a file waits for earlier batches
+    to end rather than go over it, and a wave is split to fit it. None: no such limit."""
+    live_fallback: bool = False
+    """Send what a batch did not finish (it failed, expired or lost the request) to the live
+    API, at the live price, instead of the next batch."""
+    prices: Prices | None = None
+    """Token prices, for the report's live against batch cost; None reports no cost."""
+
+    def __post_init__(self) -> None:
+        if (
+            self.max_requests < 1
+            or self.max_bytes < 1024
+            or self.max_rounds < 1
+            or (self.max_enqueued_tokens is not None and self.max_enqueued_tokens < 1)
+        ):
+            raise ConfigError(f"batch limits must be positive, got {self}")
+        if min(self.gather, self.poll_initial, self.poll_max) < 0:
+            raise ConfigError(f"batch waits cannot be negative, got {self}")

@@ -10,6 +10,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
+from anabranch.testing.fault_batches import BatchFaults
 from anabranch.testing.fault_tools import ToolScript
 
 Fault = Literal[
@@ -97,3 +98,5 @@ class FaultConfig(BaseModel):
     cut_answers: bool = False
     """Cut answers as a model does: at a `stop` sequence, and at `max_tokens` words (then with
     `finish_reason: length`)."""
+    batches: BatchFaults = Field(default_factory=BatchFaults)
+    """How the Batch API (`/v1/files`, `/v1/batches`) behaves: its time, its faults."""

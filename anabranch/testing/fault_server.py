@@ -26,6 +26,7 @@ from typing import Any
 
 from anabranch.errors import SetupError
 from anabranch.llm.local_server import stop_process
+from anabranch.testing.fault_batches import BatchApi
 from anabranch.testing.fault_bodies import (
     LABEL_LOGPROBS,
     Act,
@@ -84,6 +85,15 @@ class FaultApp:
         self._random = random.Random(config.seed)
         self._bucket = self._stamp = 0.0
         self.set_quota(config.quota)
+        self.batches = BatchApi(config.batches, self._batch_answer)
+
+    def _batch_answer(self, request: dict[str, Any], invalid: bool) -> dict[str, Any]:
+        """A batch's answer to one request: what a live chat would get."""
+        content = "I am not JSON at all." if invalid else echo_answer(request)
+        completion = completion_body(request, content, cut=self.config.cut_answers)
+        if request.get("logprobs") and self.config.logprobs and not invalid:
+            completion["choices"][0]["logprobs"] = logprobs_for(content, request)
+        return completion
 
     def set_quota(self, quota: Quota | None) -> None:
         """A new capacity, counters kept (a provider's limit changing during a run)."""
@@ -184,7 +194,7 @@ class FaultApp:
         if method == "GET" and path == "/health":
             return json_reply(200, {"status": "ok"})
         if method == "GET" and path == "/stats":
-            return json_reply(200, self.stats.as_dict())
+            return json_reply(200, self.stats.as_dict() | {"batches": self.batches.stats()})
         if method == "PUT" and path == "/config":
             self.configure(FaultConfig.model_validate_json(body))
             return json_reply(200, self.config.model_dump())
@@ -196,6 +206,9 @@ class FaultApp:
             return json_reply(200, {"object": "list", "data": listed})
         if method == "POST" and path == "/v1/chat/completions":
             return await self._chat(body, key)
+        echoed = key if self.config.echo_credentials else None
+        if (batch_answer := self.batches.handle(method, path, body, echoed)) is not None:
+            return batch_answer
         if method == "POST" and path == "/tokenize" and self.config.tokenize:
             return await self._chat(body, key, tokenize=True)
         return json_reply(
