@@ -28,7 +28,6 @@ import hashlib
 from collections import Counter
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
-from functools import partial
 from typing import Any, TypeVar
 
 import openai
@@ -36,11 +35,12 @@ import orjson
 
 from anabranch.batches_store import BatchStore
 from anabranch.errors import LLMError, LLMStatusError, LLMTimeoutError
-from anabranch.llm.batch_files import answer_of, read_results, request_line, split
+from anabranch.llm.batch_calls import TERMINAL, read_batch, retried
+from anabranch.llm.batch_files import answer_of, request_line, split
+from anabranch.llm.limits import estimate_tokens
 from anabranch.llm.retry import short
 from anabranch.llm.settings import TRANSIENT_STATUS, BatchSettings
 from anabranch.llm.transport import Answer
-from anabranch.tools.tokenizer import count_tokens
 from anabranch.types import BatchReport
 
 R = TypeVar("R")
@@ -50,9 +50,6 @@ Live = Callable[[dict[str, Any]], Awaitable[tuple[Answer, int]]]
 
 _MAX_GATHER = 120.0
 """The longest a wave gathers, however busy the event loop stays."""
-
-TERMINAL = frozenset({"completed", "failed", "expired", "cancelled"})
-"""States after which a batch changes no more."""
 
 
 @dataclass(slots=True)
@@ -125,7 +122,7 @@ class BatchLayer:
         followed = custom_id in self._followed  # sent by an earlier run: its poller answers
         call = self._calls.setdefault(custom_id, _Call(custom_id, params, line, int(followed)))
         if self.settings.max_enqueued_tokens is not None and not call.tokens:
-            call.tokens = _estimate_tokens(params)
+            call.tokens = estimate_tokens(params["messages"]) + int(params.get("max_tokens") or 0)
         if not followed:
             self._enqueue(call)
         try:
@@ -243,7 +240,7 @@ class BatchLayer:
     async def _upload(self, ids: list[str], body: bytes, wave: int) -> None:
         """Upload a file of requests, journal it, and follow its batch to its end."""
         try:
-            upload = await _retried(
+            upload = await retried(
                 lambda: self.client.files.create(
                     file=("anabranch-requests.jsonl", body), purpose="batch"
                 )
@@ -267,7 +264,7 @@ class BatchLayer:
             self._tally.batches.append(len(ids))
             self._tally.requests += len(ids)
             batch = await self._poll(input_file, batch_id)
-            answers, failures = await self._read(batch)
+            answers, failures = await read_batch(self.client, batch)
             if self._store is not None:
                 await asyncio.to_thread(
                     self._store.answered,
@@ -335,7 +332,7 @@ class BatchLayer:
         """The batch of an input file: one an earlier run created before it crashed (among the
         provider's latest), or a new one."""
         if resumed:
-            page = await _retried(lambda: self.client.batches.list(limit=100))
+            page = await retried(lambda: self.client.batches.list(limit=100))
             for batch in page.data:
                 if batch.input_file_id == input_file:
                     if self._store is not None:
@@ -343,7 +340,7 @@ class BatchLayer:
                             self._store.state, input_file, batch.status, batch.id
                         )
                     return batch.id
-        created = await _retried(
+        created = await retried(
             lambda: self.client.batches.create(
                 input_file_id=input_file,
                 endpoint="/v1/chat/completions",
@@ -359,7 +356,7 @@ class BatchLayer:
         """Poll with backoff until the batch ends; its state is journaled as it changes."""
         delay, state = self.settings.poll_initial, ""
         while True:
-            batch = await _retried(lambda: self.client.batches.retrieve(batch_id))
+            batch = await retried(lambda: self.client.batches.retrieve(batch_id))
             if batch.status != state and self._store is not None:
                 await asyncio.to_thread(self._store.state, input_file, batch.status)
             state = batch.status
@@ -370,19 +367,6 @@ class BatchLayer:
             delay = min(delay * 2, self.settings.poll_max)
 
     # -- answers ---------------------------------------------------------------------------------
-
-    async def _read(
-        self, batch: Any
-    ) -> tuple[dict[str, dict[str, Any]], dict[str, tuple[int, str]]]:
-        """The batch's output file (answers by custom_id) and error file (a status and message
-        by custom_id; those it says expired or were cancelled are left out: unfinished)."""
-        answers: dict[str, dict[str, Any]] = {}
-        failures: dict[str, tuple[int, str]] = {}
-        for file_id in (batch.output_file_id, batch.error_file_id):
-            if file_id:
-                content = await _retried(partial(self.client.files.content, file_id))
-                read_results(content.content, answers, failures)
-        return answers, failures
 
     def _resolve(self, custom_id: str, body: dict[str, Any]) -> None:
         future = self._waiting.get(custom_id)
@@ -414,29 +398,3 @@ class BatchLayer:
         task = asyncio.get_running_loop().create_task(work, name=name)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-
-
-async def _retried(send: Callable[[], Awaitable[R]], attempts: int = 5) -> R:
-    """One of the few Batch API calls (upload, create, poll, download), retried when transient:
-    losing a batch's poll to one 503 would strand thousands of calls."""
-    attempt = 0
-    while True:
-        try:
-            return await send()
-        except (
-            openai.APIConnectionError,
-            openai.APITimeoutError,
-            openai.RateLimitError,
-            openai.InternalServerError,
-        ):
-            attempt += 1
-            if attempt == attempts:
-                raise
-            await asyncio.sleep(min(2**attempt, 30))
-
-
-def _estimate_tokens(params: dict[str, Any]) -> int:
-    """A request's tokens before it is sent: its messages' (tiktoken's count, and 4 a message
-    for the roles around them) plus the answer's max_tokens."""
-    prompt = sum(count_tokens(str(m.get("content") or "")) + 4 for m in params["messages"])
-    return prompt + int(params.get("max_tokens") or 0)

@@ -31,12 +31,13 @@ from anabranch.errors import (
 from anabranch.llm.adaptive import SlotStats
 from anabranch.llm.batch_api import BatchLayer
 from anabranch.llm.cache import ResponseCache
+from anabranch.llm.completion import Completion, completion_of
 from anabranch.llm.limits import CallLimiter, estimate_tokens
 from anabranch.llm.retry import Retrier, Tally, short
 from anabranch.llm.settings import BatchSettings, Limits, RetryPolicy, Sampling, Timeouts
 from anabranch.llm.speed import Speed
 from anabranch.llm.structured import OutputMode, Parsed, parse, response_format
-from anabranch.llm.transport import Answer, Tokens, Transport
+from anabranch.llm.transport import Answer, Transport
 from anabranch.llm.url import normalize_base_url
 from anabranch.redact import public_url, register_secret
 from anabranch.telemetry.llm import first_chunk, llm_call
@@ -49,28 +50,6 @@ _CHECK_TIMEOUT = 5.0
 """Seconds the cheap check (/health, /v1/models) may take, or the attempt timeout if shorter: a
 server that cannot answer in five seconds is not merely slow (a longer check let a hung server's
 calls run out their retries as timeouts before the breaker opened)."""
-
-
-@dataclass(slots=True)
-class Completion:
-    """One chat answer and what it cost, retries included."""
-
-    text: str
-    usage: Usage
-    attempts: int
-    """Requests sent for it, the first included."""
-    latency_s: float
-    finish_reason: str | None = None
-    alternatives: tuple[tuple[str, float], ...] = ()
-    """The likeliest first tokens and their log probabilities (asked for with `top_logprobs`)."""
-    tool_calls: tuple[dict[str, Any], ...] = ()
-    """The tools the model called (asked for with `tools`), in the server's JSON form."""
-
-    @property
-    def answer(self) -> Answer:
-        """The answer as the transport gave it, for the cache."""
-        tokens = Tokens(self.usage.prompt_tokens, self.usage.completion_tokens)
-        return Answer(self.text, tokens, self.finish_reason, self.alternatives)
 
 
 @dataclass
@@ -225,7 +204,7 @@ class Endpoint:
         if self._batches is not None:  # the batch layer takes the place of limits, retry, transport
             began = time.perf_counter()
             answer, sent = await self._batches.chat(params)
-            completion = _completion_of(answer, sent, time.perf_counter() - began)
+            completion = completion_of(answer, sent, time.perf_counter() - began)
         else:
             completion = await self._call(
                 params, lambda timeout: self._transport.chat(params, timeout)
@@ -419,18 +398,3 @@ class Endpoint:
         self._has_tokenize = True
         tokens = response.get("tokens", []) if isinstance(response, dict) else []
         return readable_pieces([piece_bytes(t) for t in tokens]), len(tokens)
-
-
-def _completion_of(answer: Answer, sent: int, latency_s: float) -> Completion:
-    """A completion from the answer of its last request, `sent` requests in all."""
-    tokens = answer.tokens
-    prompt, completion = (tokens.prompt, tokens.completion) if tokens else (0, 0)
-    return Completion(
-        text=answer.text,
-        usage=Usage(requests=sent, prompt_tokens=prompt, completion_tokens=completion),
-        attempts=sent,
-        latency_s=latency_s,
-        finish_reason=answer.finish_reason,
-        alternatives=answer.alternatives,
-        tool_calls=answer.tool_calls,
-    )
