@@ -19,7 +19,7 @@ import threading
 import pytest
 from conftest import ROOT, run_cli, write_tasks
 
-from anabranch.cli.batch import analysis_line
+from anabranch.analysis.records import analysis_line
 from anabranch.journal import Journal
 from anabranch.outputs import ResultsFile
 

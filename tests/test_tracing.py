@@ -166,7 +166,9 @@ async def test_a_batch_with_20_percent_faults_gives_the_genai_span_tree(faults, 
     assert sum(timeline.retries) == len(retries)
     assert sum(timeline.failed_attempts["429"]) == stats["faults"]["429"]
     assert {a: sum(c) for a, c in timeline.latency.items()} == {a: n for a in AGENTS}
-    assert 1 <= max(timeline.in_flight) <= 8
+    # Calls in flight include those waiting out a retry's backoff, which lend their slot (so the
+    # timeline may show more than the cap of 8); the server never held more than 8 at once.
+    assert 1 <= max(timeline.in_flight) <= 3 * n and stats["max_in_flight"] <= 8
     assert len(timeline.failures) == sum(r.status != "ok" for r in results)
 
 

@@ -75,6 +75,12 @@ class AnalysisRecord(BaseModel):
         return record
 
 
+def analysis_line(result: TaskResult) -> str:
+    """A result as the analysis writes it to results.jsonl: its flat record (the fields 0.1
+    wrote), the `line` the CLI gives the output file and `Journal.export`."""
+    return AnalysisRecord.of(result).model_dump_json()
+
+
 def render_analysis(result: TaskResult) -> str:
     """A task result of the analysis as a few lines a person reads (the chat answer)."""
     r = AnalysisRecord.of(result)

@@ -30,7 +30,6 @@ if TYPE_CHECKING:
     from anabranch.llm.connect import LLMOptions
     from anabranch.llm.endpoint import Endpoint
     from anabranch.outputs import ResultsFile
-    from anabranch.types import TaskResult
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,13 +70,6 @@ class BatchOptions:
     """Where to write the HTML run report; None writes none."""
 
 
-def analysis_line(result: TaskResult) -> str:
-    """A result as the analysis writes it: its flat record, with the fields 0.1 wrote."""
-    from anabranch.analysis import AnalysisRecord
-
-    return AnalysisRecord.of(result).model_dump_json()
-
-
 def journal_path(options: BatchOptions, out: ResultsFile) -> Path | None:
     """`--journal`, else OUT.journal beside a regular output, else NAME.journal in the working
     directory (a device, a FIFO or standard output has no folder of its own to write in)."""
@@ -106,6 +98,8 @@ async def run_file(options: BatchOptions) -> int:
         raise UsageError(f"no such input file: {options.input}")
     if source.is_dir():
         raise UsageError(f"the input {options.input} is a folder, not a file of tasks")
+    from anabranch.analysis.records import analysis_line
+
     out = ResultsFile(options.out, input=source, line=analysis_line)
     llm = options.llm
     choice = parse_backend(options.backend, llm.llm is not None)

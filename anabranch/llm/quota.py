@@ -221,13 +221,21 @@ class QuotaLearner:
         share = trial.refused / trial.answers
         through = (trial.answers - trial.refused) / max(now - trial.began, 1e-3)
         bound = trial.paced >= 0.5 * trial.answers  # else our demand, not the rate, was low
-        self.quota = bound and share <= 0.5 * trial.share
+        # Fewer 429s at the lower rate: it was the quota. More of them (clearly: past what 32
+        # answers' chance allows): the trial's rate is itself over the quota (a fast client's
+        # first second can send many times a quota, and half of it is still too much).
+        self.quota = bound and (share <= 0.5 * trial.share or share > trial.share + _WORSE)
         self._recent.clear()  # the next suspicion is judged on answers after this verdict
         if self.quota:  # above the quota, what got through is the quota; below, the trial's
             self.rate = max(0.5, min(through, self.rate or through) if share else self.rate or 0.5)
         else:  # it did not fall with the rate: sporadic
             self.baseline = max(self.baseline, share, trial.share)
             self.rate = trial.before
+
+
+_WORSE = 0.15
+"""How much higher a trial's share of 429s must be than the share that started it to say its
+rate is still over a quota (a sporadic share over 32 answers varies by about 0.06)."""
 
 
 @dataclass
