@@ -31,7 +31,7 @@ demo: llm
 test: llm lint
 	$(BIN)/python -m pytest -q
 
-# The fast tier, for the edit-test loop: no embedded model, no Ray, no notebooks, under 2 minutes
+# The fast tier, for the edit-test loop: no embedded model, no Ray, no notebooks, its target 2 minutes (4.6 on 2 cores today)
 # (tests that need them, or take more than about 10 s, are marked `slow`).
 test-fast: install
 	$(BIN)/python -m pytest -q -m "not slow"
