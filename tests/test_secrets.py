@@ -53,8 +53,9 @@ TOKEN_CANARY = f"tok-CANARY{uuid.uuid4().hex}"
 """The chat server's own bearer token."""
 REASONING = {"X-Anabranch-Progress": "reasoning"}
 """Progress as `reasoning_content` too: one more surface a message can reach."""
-ECHOED = {"401": 0.2, "403": 0.2, "429": 0.2, "500": 0.2}
-"""Each echoing fault on a fifth of the requests; the rest are answered."""
+ECHOED = {"400": 0.2, "429": 0.2, "500": 0.2}
+"""Each echoing fault on a fifth of the requests; the rest are answered. (A 401 or 403 ends a
+run at once: the refused-key run below has its own server setting.)"""
 
 
 class Seen:
@@ -152,6 +153,16 @@ def surfaces(fault_server, tmp_path_factory):
     assert proc.returncode == 4, proc.stderr
     assert "LLM: fault at http://127.0.0.1:" in proc.stdout
     seen["run with the key in the URL"].add_tree(url_dir)
+    # A refused key ends the run (exit 2) with a message that quotes the server's 401 body.
+    fault_server.configure(echo_credentials=True, rates={"401": 1.0}, retry_after=0, seed=7)
+    refused_dir = run_dir / "refused"
+    refused_dir.mkdir()
+    proc = run_cli("run", tasks, "--llm", url_with(fault_server.url, URL_CANARY), "--model",
+                   "fault", "--out", str(refused_dir / "results.jsonl"))  # fmt: skip
+    _proc(seen["run with the key in the URL"], "run refused", proc)
+    assert proc.returncode == 2 and "the key came from the URL" in proc.stderr, proc.stderr
+    seen["run with the key in the URL"].add_tree(refused_dir)
+    fault_server.configure(echo_credentials=True, rates=ECHOED, retry_after=0, seed=7)
 
     # `chain`: a report on disk, streamed text on stdout.
     for i in range(3):

@@ -217,7 +217,8 @@ class _Run:
                               executor=executor, resume=resume, display=display)  # fmt: skip
             try:
                 rejections = await self._write(batch, skip_replayed=resumed)
-                self.failure = server_failure(endpoint, llm.llm) if executor is None else None
+                key = llm.api_key.get_secret_value() if llm.api_key else None
+                self.failure = None if executor else server_failure(endpoint, key)
             except asyncio.CancelledError:
                 if self.signalled is None:
                     raise

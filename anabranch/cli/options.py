@@ -108,15 +108,19 @@ def llm_options(
     )
 
 
-def server_failure(endpoint: Endpoint | None, url: str | None) -> str | None:
+def server_failure(endpoint: Endpoint | None, api_key: str | None) -> str | None:
     """Why a run's results are not results: the server refused the key (and where the key came
-    from, to fix it), or not one LLM call got an answer."""
+    from, to fix it: `api_key` is the one the run sent), or not one LLM call got an answer."""
     if endpoint is None:
         return None
     if (refused := endpoint.refused_key) is not None:
         given = next((v for v in API_KEY_VARIABLES if os.environ.get(v)), None)
-        source = (f"${given}" if given else "the URL" if url and "@" in url
-                  else f"no key was given (set {API_KEY_VARIABLES[0]})")  # fmt: skip
+        if api_key and (given is None or os.environ[given] != api_key):
+            source = "the URL"  # a key inside `--llm` wins over the variables
+        elif given:
+            source = f"${given}"
+        else:
+            source = f"no key was given (set {API_KEY_VARIABLES[0]})"
         return f"{refused}; the key came from {source}"
     stats = endpoint.slot_stats
     if stats.requests and not stats.answered:
