@@ -139,3 +139,14 @@ def start_run(*args: str, new_session: bool = False) -> subprocess.Popen:
 def output_ids(out: Path) -> list[str]:
     """The task ids of the output, line by line."""
     return [json.loads(line)["task_id"] for line in out.read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def backend(fault_server, tmp_path_factory):
+    """A real `anabranch serve` over the fault server, one per test module: its URL."""
+    db = tmp_path_factory.mktemp("threads") / "threads.sqlite"
+    process, url = start_server("--llm", fault_server.url, "--model", "m",
+                                "--threads-db", str(db))  # fmt: skip
+    yield url
+    process.terminate()
+    process.wait(timeout=10)

@@ -12,7 +12,7 @@ import subprocess
 
 import openai
 import pytest
-from conftest import ROOT, TOKEN, start_server
+from conftest import ROOT, TOKEN
 from pydantic import BaseModel
 
 PROMPT = "Name one river with a side channel."
@@ -22,16 +22,6 @@ NODE_DIR = ROOT / "build" / "node"
 class River(BaseModel):
     river: str
     length_km: int
-
-
-@pytest.fixture(scope="module")
-def backend(fault_server, tmp_path_factory):
-    db = tmp_path_factory.mktemp("threads") / "threads.sqlite"
-    process, url = start_server("--llm", fault_server.url, "--model", "m",
-                                "--threads-db", str(db))  # fmt: skip
-    yield url
-    process.terminate()
-    process.wait(timeout=10)
 
 
 @pytest.fixture

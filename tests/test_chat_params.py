@@ -29,16 +29,6 @@ SCHEMA = {
 }
 
 
-@pytest.fixture(scope="module")
-def backend(fault_server, tmp_path_factory):
-    db = tmp_path_factory.mktemp("threads") / "threads.sqlite"
-    process, url = start_server("--llm", fault_server.url, "--model", "m",
-                                "--threads-db", str(db))  # fmt: skip
-    yield url
-    process.terminate()
-    process.wait(timeout=10)
-
-
 @pytest.fixture
 def client(backend, faults):
     faults.configure(cut_answers=True)  # the fault LLM cuts at max_tokens and stop, as models do

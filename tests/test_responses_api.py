@@ -8,7 +8,7 @@ import httpx
 import jsonschema
 import openai
 import pytest
-from conftest import TOKEN, start_server
+from conftest import TOKEN
 from openai.types.responses import Response
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -30,16 +30,6 @@ ENDING = [
     "response.output_item.done",
     "response.completed",
 ]
-
-
-@pytest.fixture(scope="module")
-def backend(fault_server, tmp_path_factory):
-    db = tmp_path_factory.mktemp("threads") / "threads.sqlite"
-    process, url = start_server("--llm", fault_server.url, "--model", "m",
-                                "--threads-db", str(db))  # fmt: skip
-    yield url
-    process.terminate()
-    process.wait(timeout=10)
 
 
 @pytest.fixture
