@@ -31,10 +31,12 @@ demo: llm
 test: llm lint
 	$(BIN)/python -m pytest -q
 
-# The fast tier, for the edit-test loop: no embedded model, no Ray, no notebooks, its target 2 minutes (4.6 on 2 cores today)
-# (tests that need them, or take more than about 10 s, are marked `slow`).
+# The fast tier, for the edit-test loop: no embedded model, no Ray, no notebooks (tests that need
+# them, or take more than about 10 s, are marked `slow`). Its tests mostly wait on `anabranch`
+# processes and servers, so they run in JOBS pytest-xdist workers, a test module to each.
+JOBS ?= 3
 test-fast: install
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q -m "not slow" -n $(JOBS) --dist loadfile
 
 bench: install
 	$(BIN)/python bench/bench_startup.py

@@ -135,10 +135,11 @@ async def test_the_requests_per_minute_limit_holds(faults):
         elapsed = time.perf_counter() - start
     arrivals = faults.stats()["arrivals"]
     assert elapsed >= 2.8  # a one-second burst of 10, then 10 per second
-    busiest = max(sum(1 for b in arrivals if a <= b < a + 1.0) for a in arrivals)
-    # The burst and one second's refill: 20, and one more when a request of the burst reached the
-    # server late, behind the set-up of its connection.
-    assert busiest <= 21
+    busiest = max(sum(1 for b in arrivals if a <= b < a + 2.0) for a in arrivals)
+    # The burst and two seconds' refill: 30 in any two seconds (a flat cap of 64 sends all 40 in
+    # one), and two more for requests that reached the server late, behind a busy machine or the
+    # set-up of their connection.
+    assert busiest <= 32
 
 
 async def test_the_tokens_per_minute_limit_holds(faults):
