@@ -1,10 +1,8 @@
-"""What runs before any route: bearer-token auth and the request size limit, and the check
-`serve` makes before it listens anywhere but this machine."""
+"""What runs before any route: bearer-token auth and the request size limit."""
 
 from __future__ import annotations
 
 import hmac
-import ipaddress
 from collections.abc import Mapping
 
 from pydantic import SecretStr
@@ -68,16 +66,6 @@ def _replay(body: bytes, receive: Receive, first: AsgiMessage | None = None) -> 
         return pending.pop() if pending else await receive()
 
     return replayed
-
-
-def is_loopback(host: str) -> bool:
-    """Only this machine can reach `host` (127.0.0.0/8, ::1, localhost)."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 def _authorized(headers: Mapping[str, str], token: SecretStr) -> bool:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import errno
+import ipaddress
 import os
 import socket
 import sys
@@ -81,13 +82,9 @@ def serve(
     ] = Progress.comments,
 ) -> None:
     """Serve graphs as OpenAI-compatible chat models (POST /v1/chat/completions, /v1/responses)."""
-    from anabranch.analysis import needs_llm, parse_backend
-    from anabranch.chat.guard import is_loopback
-    from anabranch.llm.connect import without_llm
-
     given = api_token if api_token is not None else os.environ.get("ANABRANCH_API_TOKEN")
     token = given.strip() if given and given.strip() else None  # an empty token is no token
-    if token is None and not is_loopback(host):
+    if token is None and not _is_loopback(host):
         why = "the token given is empty" if given is not None else "neither is set"
         raise UsageError(
             f"serving on {host} needs --api-token or ANABRANCH_API_TOKEN ({why}): the host is "
@@ -95,6 +92,9 @@ def serve(
         )
     if token is None and given is not None:
         typer.echo("warning: the API token is empty, so none is required (loopback only)", err=True)
+    from anabranch.analysis import needs_llm, parse_backend  # after the checks: seconds to load
+    from anabranch.llm.connect import without_llm
+
     options = llm_options(llm, model, concurrency=llm_concurrency, timeout=timeout,
                           deadline=deadline)  # fmt: skip
     analysis_needs_llm = needs_llm(parse_backend(backend, options.llm is not None))
@@ -109,6 +109,16 @@ def serve(
     listener = _bind(host, port)
     asyncio.run(_serve(listener, names, host, port, backend, options, token, str(threads_db),
                        max_runs, progress.value))  # fmt: skip
+
+
+def _is_loopback(host: str) -> bool:
+    """Only this machine can reach `host` (127.0.0.0/8, ::1, localhost)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def _bind(host: str, port: int) -> socket.socket:
