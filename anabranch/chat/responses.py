@@ -19,17 +19,18 @@ import json
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, Protocol
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
+from pydantic import ValidationError
 
+from anabranch.agents.deferred import ClientTools
 from anabranch.chat.adapters import Message
 from anabranch.chat.items import AnswerText, FinalAnswer, Shape
-from anabranch.chat.params import problem, requested, tools_refusal
-from anabranch.chat.wire import ChatMessage, error_body, error_response
+from anabranch.chat.responses_input import ResponsesRequest
+from anabranch.chat.wire import error_body, error_response, fragments
 from anabranch.errors import describe
 from anabranch.events import BaseEvent
 from anabranch.graphs.state import Graph
@@ -37,75 +38,6 @@ from anabranch.types import Usage
 
 _ID = re.compile(r"resp_([0-9a-f]{32})[0-9a-f]{16}")
 """A response id: `resp_`, its thread's key, its own part."""
-
-_TEXT_PARTS = {"input_text", "output_text", "text"}
-
-
-class ResponsesRequest(BaseModel):
-    """The Responses request as a graph takes it; sampling and the text format are honoured or
-    refused as for chat completions (chat/params.py)."""
-
-    model_config = ConfigDict(extra="allow")
-
-    model: str
-    input: str | list[dict[str, Any]]
-    instructions: str | None = None
-    stream: bool = False
-    store: bool = True
-    previous_response_id: str | None = None
-    tools: list[dict[str, Any]] | None = None
-
-    @model_validator(mode="before")
-    @classmethod
-    def _nothing_unsupported(cls, data: Any) -> Any:
-        if isinstance(data, dict) and (why := problem(_chat_names(data))):
-            raise ValueError(why)
-        return data
-
-    def asked(self) -> dict[str, Any]:
-        return requested(_chat_names(self.model_dump(exclude_unset=True)))
-
-    def messages(self) -> list[Message]:
-        """The input as chat messages, `instructions` first; items that are not messages
-        (function calls and their outputs, reasoning) are left to `function_items`."""
-        items = [{"role": "user", "content": self.input}] if isinstance(self.input, str) else [
-            i for i in self.input if i.get("type", "message") == "message"
-        ]  # fmt: skip
-        if self.instructions:
-            items.insert(0, {"role": "system", "content": self.instructions})
-        return [
-            ChatMessage.model_validate({"role": i.get("role"), "content": _content(i)}).model_dump(
-                exclude_unset=True
-            )
-            for i in items
-        ]
-
-    def function_items(self) -> list[dict[str, Any]]:
-        return [] if isinstance(self.input, str) else [
-            i for i in self.input if str(i.get("type", "")).startswith("function_call")
-        ]  # fmt: skip
-
-
-def _chat_names(body: dict[str, Any]) -> dict[str, Any]:
-    """A Responses body with its text format in chat's name (`response_format`)."""
-    fmt = (body.get("text") or {}).get("format")
-    if not fmt:
-        return body
-    if fmt.get("type") == "json_schema":
-        fields = ("name", "schema", "strict", "description")
-        fmt = {"type": "json_schema", "json_schema": {k: fmt[k] for k in fields if k in fmt}}
-    return {**body, "response_format": fmt}
-
-
-def _content(item: dict[str, Any]) -> Any:
-    """An item's content as chat content: its text parts as text parts, other parts as given."""
-    content = item.get("content")
-    if not isinstance(content, list):
-        return content
-    return [
-        {"type": "text", "text": p.get("text")} if p.get("type") in _TEXT_PARTS else p
-        for p in content
-    ]
 
 
 class ResponseRun:
@@ -118,28 +50,33 @@ class ResponseRun:
         self.message_id = f"msg_{uuid.uuid4().hex}"
         self.created = time.time()
         self.sequence = 0
+        self.calls: list[dict[str, Any]] = []
+        """The answer's `function_call` items, once it is known."""
 
     def response(
         self, status: str, text: str | None = None, final: FinalAnswer | None = None,
         error: dict[str, Any] | None = None,
     ) -> dict[str, Any]:  # fmt: skip
-        asked = self.request.asked()
+        """The response object; its output is the message (when `text` is given), then the
+        function calls."""
+        asked, request = self.request.asked(), self.request
+        message = [] if text is None else [self.message(text, "completed")]
         return {
             "id": self.id,
             "object": "response",
             "created_at": self.created,
             "status": status,
-            "model": self.request.model,
-            "instructions": self.request.instructions,
-            "previous_response_id": self.request.previous_response_id,
-            "output": [] if text is None else [self.message(text, "completed")],
-            "parallel_tool_calls": False,
-            "tool_choice": "auto",
-            "tools": [],
+            "model": request.model,
+            "instructions": request.instructions,
+            "previous_response_id": request.previous_response_id,
+            "output": message + self.calls,
+            "parallel_tool_calls": request.parallel_tool_calls is not False,
+            "tool_choice": request.tool_choice or "auto",
+            "tools": request.tools or [],
             "temperature": asked.get("temperature"),
             "top_p": asked.get("top_p"),
             "max_output_tokens": asked.get("max_tokens"),
-            "store": self.request.store,
+            "store": request.store,
             "text": {"format": {"type": "text"}},
             "error": error,
             "incomplete_details": _incomplete(status),
@@ -157,13 +94,19 @@ class ResponseRun:
         self.sequence += 1
         return f"event: {kind}\ndata: {json.dumps(payload)}\n\n"
 
+    def _opening(self) -> list[str]:
+        """The message item's first events, sent with its first text."""
+        return [
+            self._event("response.output_item.added", output_index=0,
+                        item=self.message("", "in_progress")),
+            self._event("response.content_part.added", item_id=self.message_id, output_index=0,
+                        content_index=0, part=_part("")),
+        ]  # fmt: skip
+
     async def sse(self, events: AsyncIterator[Any]) -> AsyncIterator[str]:
         at = {"item_id": self.message_id, "output_index": 0, "content_index": 0}
         yield self._event("response.created", response=self.response("in_progress"))
         yield self._event("response.in_progress", response=self.response("in_progress"))
-        yield self._event("response.output_item.added", output_index=0,
-                          item=self.message("", "in_progress"))  # fmt: skip
-        yield self._event("response.content_part.added", **at, part=_part(""))
         streamed: list[str] = []
         final = None
         try:
@@ -173,10 +116,13 @@ class ResponseRun:
                     continue
                 if isinstance(item, FinalAnswer):
                     final = item
-                    if streamed:
+                    if streamed or (item.tool_calls and not item.text):
                         continue
                     item = AnswerText(item.text)  # a graph that only knows it at the end
                 if isinstance(item, AnswerText):
+                    if not streamed:
+                        for line in self._opening():
+                            yield line
                     streamed.append(item.text)
                     yield self._event("response.output_text.delta", **at, delta=item.text,
                                       logprobs=[])  # fmt: skip
@@ -188,11 +134,29 @@ class ResponseRun:
             failure = {"code": "server_error", "message": "the graph ended without an answer"}
             yield self._event("response.failed", response=self.response("failed", error=failure))
             return
-        text = "".join(streamed)
-        yield self._event("response.output_text.done", **at, text=text, logprobs=[])
-        yield self._event("response.content_part.done", **at, part=_part(text))
-        yield self._event("response.output_item.done", output_index=0,
-                          item=self.message(text, "completed"))  # fmt: skip
+        text = "".join(streamed) if streamed else None
+        if text is not None:
+            yield self._event("response.output_text.done", **at, text=text, logprobs=[])
+            yield self._event("response.content_part.done", **at, part=_part(text))
+            yield self._event("response.output_item.done", output_index=0,
+                              item=self.message(text, "completed"))  # fmt: skip
+        for index, call in enumerate(_function_items(final.tool_calls), start=1 if streamed else 0):
+            yield self._event(
+                "response.output_item.added",
+                output_index=index,
+                item={**call, "arguments": "", "status": "in_progress"},
+            )
+            at_call = {"item_id": call["id"], "output_index": index}
+            for piece in fragments(call["arguments"]):
+                yield self._event("response.function_call_arguments.delta", **at_call, delta=piece)
+            yield self._event(
+                "response.function_call_arguments.done",
+                **at_call,
+                name=call["name"],
+                arguments=call["arguments"],
+            )
+            yield self._event("response.output_item.done", output_index=index, item=call)
+            self.calls.append(call)
         status = "incomplete" if final.finish_reason == "length" else "completed"
         yield self._event(f"response.{status}", response=self.response(status, text, final))
 
@@ -209,7 +173,16 @@ class ResponseRun:
         if final is None:
             return error_response(500, "the graph ended without an answer", "server_error")
         status = "incomplete" if final.finish_reason == "length" else "completed"
-        return JSONResponse(self.response(status, final.text, final))
+        self.calls = _function_items(final.tool_calls)
+        text = final.text if final.text or not self.calls else None
+        return JSONResponse(self.response(status, text, final))
+
+
+def _function_items(tool_calls: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Chat `tool_calls` entries as the Responses API's `function_call` output items."""
+    return [{"id": f"fc_{uuid.uuid4().hex}", "type": "function_call", "call_id": c["id"],
+             "name": c["function"]["name"], "arguments": c["function"]["arguments"],
+             "status": "completed"} for c in tool_calls]  # fmt: skip
 
 
 def _incomplete(status: str) -> dict[str, str] | None:
@@ -236,6 +209,7 @@ class Launch(Protocol):
     def __call__(
         self, request: Request, model: str, shape: Shape, messages: list[Message],
         asked: dict[str, Any], *, thread: str | None, stream: bool,
+        client: ClientTools | None = None,
     ) -> Awaitable[Response]: ...  # fmt: skip
 
 
@@ -256,9 +230,7 @@ def add_responses_route(
             return error_response(400, f"invalid request: {describe(exc)}", "invalid_request_error")
         if missing := unknown(body.model):
             return missing
-        if why := tools_refusal(body.tools or body.function_items()):
-            return error_response(400, why, "invalid_request_error")
-        if not any(m["role"] == "user" for m in messages):
+        if not any(m["role"] in ("user", "tool") for m in messages):
             return error_response(400, "invalid request: the input has no user message",
                                   "invalid_request_error")  # fmt: skip
         key = uuid.uuid4().hex if body.store else None
@@ -270,7 +242,8 @@ def add_responses_route(
                                       "not found", "invalid_request_error")  # fmt: skip
         run = ResponseRun(body, key)
         return await launch(request, body.model, run, messages, body.asked(),
-                            thread=_thread(key) if key else None, stream=body.stream)  # fmt: skip
+                            thread=_thread(key) if key else None, stream=body.stream,
+                            client=body.client_tools())  # fmt: skip
 
 
 def _thread(key: str) -> str:
