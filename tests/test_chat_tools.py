@@ -226,3 +226,68 @@ def test_a_graph_that_cannot_use_tools_says_so(client, url, faults):
     refused = httpx.post(f"{url}/responses", json=body, headers=AUTH, timeout=30)
     assert refused.status_code == 400 and "not 'web_search'" in refused.text
     assert faults.stats()["requests"] == 0
+
+
+def get_weather(city: str) -> str:
+    """The weather in a city now.
+
+    Args:
+        city: the city's name
+    """
+    return f"{city}: 12 C and rain"
+
+
+@pytest.mark.slow  # importing langchain_openai takes over 10 s on a busy machine
+def test_langchain_bind_tools_gets_tool_calls(client, url, faults):
+    from langchain_core.messages import HumanMessage, ToolMessage
+    from langchain_openai import ChatOpenAI
+
+    model = ChatOpenAI(model="assistant", base_url=url, api_key=TOKEN, max_retries=0)
+    bound = model.bind_tools([get_weather])
+    question = HumanMessage("What is the weather in Oslo?")
+    asked = bound.invoke([question])
+    (call,) = asked.tool_calls
+    assert call["name"] == "get_weather" and call["args"] == {"city": "Oslo"}
+    streamed = None
+    for piece in bound.stream([question]):
+        streamed = piece if streamed is None else streamed + piece
+    assert streamed is not None and streamed.tool_calls[0]["args"] == {"city": "Oslo"}
+    answer = bound.invoke([question, asked, ToolMessage(get_weather(**call["args"]),
+                                                        tool_call_id=call["id"])])  # fmt: skip
+    assert RESULT in answer.content and not answer.tool_calls
+    said("langchain bind_tools", "invoke and stream with get_weather; then a ToolMessage",
+         f"{call['name']}({call['args']}); {answer.content}")  # fmt: skip
+
+
+@pytest.mark.slow  # importing the Agents SDK takes over 10 s on a busy machine
+async def test_openai_agents_sdk_runs_a_function_tool_through_the_graph(client, url, faults):
+    from agents import Agent, OpenAIResponsesModel, Runner, function_tool, set_tracing_disabled
+
+    set_tracing_disabled(True)  # its traces would go to OpenAI
+    ran: list[str] = []
+
+    @function_tool
+    def weather(city: str) -> str:
+        """The weather in a city now."""
+        ran.append(city)
+        return get_weather(city)
+
+    faults.configure(tools=ToolScript(turns=[[ScriptedCall(name="weather",
+                                                           arguments={"city": "Oslo"})]]))  # fmt: skip
+    agent = Agent(
+        name="forecaster",
+        instructions="Answer with the weather.",
+        model=OpenAIResponsesModel(
+            model="assistant",
+            openai_client=openai.AsyncOpenAI(base_url=url, api_key=TOKEN, max_retries=0),
+        ),
+        tools=[weather],
+    )
+    result = await Runner.run(agent, "What is the weather in Oslo?")
+    assert ran == ["Oslo"] and RESULT in result.final_output
+    streamed = Runner.run_streamed(agent, "What is the weather in Oslo?")
+    kinds = [e.type async for e in streamed.stream_events()]
+    assert ran == ["Oslo", "Oslo"] and RESULT in streamed.final_output
+    assert "run_item_stream_event" in kinds
+    said("openai-agents", "Runner.run and run_streamed with @function_tool weather",
+         f"ran weather{ran}; {result.final_output}")  # fmt: skip
