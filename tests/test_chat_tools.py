@@ -43,16 +43,27 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 @pytest.fixture(scope="module")
 def url(fault_server, tmp_path_factory):
     db = tmp_path_factory.mktemp("threads") / "threads.sqlite"
-    process, url = start_server("--graph", "assistant", "--graph", "chain", "--llm",
-                                fault_server.url, "--model", "m", "--threads-db", str(db))  # fmt: skip
+    process, url = start_server(
+        "--graph",
+        "assistant",
+        "--graph",
+        "chain",
+        "--llm",
+        fault_server.url,
+        "--model",
+        "m",
+        "--threads-db",
+        str(db),
+    )
     yield url
     stop_process(process, grace=10)
 
 
 @pytest.fixture
 def client(url, faults):
-    faults.configure(tools=ToolScript(turns=[[ScriptedCall(name="get_weather",
-                                                           arguments={"city": "Oslo"})]]))  # fmt: skip
+    faults.configure(
+        tools=ToolScript(turns=[[ScriptedCall(name="get_weather", arguments={"city": "Oslo"})]])
+    )
     return openai.OpenAI(base_url=url, api_key=TOKEN, max_retries=0)
 
 
@@ -85,8 +96,11 @@ def test_chat_completions_round_trip(client, faults):
     assert final.choices[0].finish_reason == "stop"
     assert RESULT in final.choices[0].message.content  # the result reached the model
     assert not final.choices[0].message.tool_calls
-    said("openai chat", "tools=[get_weather]; then its tool message",
-         f"{call.function.name}({call.function.arguments}); {final.choices[0].message.content}")  # fmt: skip
+    said(
+        "openai chat",
+        "tools=[get_weather]; then its tool message",
+        f"{call.function.name}({call.function.arguments}); {final.choices[0].message.content}",
+    )
 
 
 def test_chat_completions_streams_tool_call_deltas(client, faults):
@@ -102,11 +116,19 @@ def test_chat_completions_streams_tool_call_deltas(client, faults):
     assert chunks[-1].choices[0].finish_reason == "tool_calls"
     conversation = [
         *QUESTION,
-        {"role": "assistant", "content": None, "tool_calls": [
-            {"id": deltas[0].id, "type": "function",
-             "function": {"name": "get_weather", "arguments": arguments}}]},
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {
+                    "id": deltas[0].id,
+                    "type": "function",
+                    "function": {"name": "get_weather", "arguments": arguments},
+                }
+            ],
+        },
         {"role": "tool", "tool_call_id": deltas[0].id, "content": RESULT},
-    ]  # fmt: skip
+    ]
     answer = "".join(
         c.choices[0].delta.content or ""
         for c in client.chat.completions.create(
@@ -127,16 +149,21 @@ def test_responses_round_trip_by_items_and_by_previous_response(client, faults):
     assert first.tools[0].name == "get_weather"
     result = {"type": "function_call_output", "call_id": call.call_id, "output": RESULT}
     again = client.responses.create(
-        model="assistant", input=[*QUESTION, call.model_dump(exclude_none=True), result],
-        tools=[FLAT_WEATHER], store=False,
-    )  # fmt: skip
+        model="assistant",
+        input=[*QUESTION, call.model_dump(exclude_none=True), result],
+        tools=[FLAT_WEATHER],
+        store=False,
+    )
     assert RESULT in again.output_text
     continued = client.responses.create(
         model="assistant", input=[result], previous_response_id=first.id, tools=[FLAT_WEATHER]
     )
     assert RESULT in continued.output_text and continued.status == "completed"
-    said("openai responses", "tools=[get_weather]; function_call_output by items and by "
-         "previous_response_id", f"{call.name}({call.arguments}); {continued.output_text}")  # fmt: skip
+    said(
+        "openai responses",
+        "tools=[get_weather]; function_call_output by items and by previous_response_id",
+        f"{call.name}({call.arguments}); {continued.output_text}",
+    )
 
 
 def test_responses_stream_function_call_events(url, client, faults):
@@ -147,8 +174,11 @@ def test_responses_stream_function_call_events(url, client, faults):
     assert kinds[:2] == ["response.created", "response.in_progress"]
     assert kinds[2] == "response.output_item.added" and events[2]["item"]["type"] == "function_call"
     assert "response.function_call_arguments.delta" in kinds
-    assert kinds[-3:] == ["response.function_call_arguments.done", "response.output_item.done",
-                          "response.completed"]  # fmt: skip
+    assert kinds[-3:] == [
+        "response.function_call_arguments.done",
+        "response.output_item.done",
+        "response.completed",
+    ]
     assert [e["sequence_number"] for e in events] == list(range(len(events)))
     deltas = "".join(e["delta"] for e in events if e["type"].endswith("arguments.delta"))
     assert json.loads(deltas) == {"city": "Oslo"} and events[-3]["arguments"] == deltas
@@ -160,16 +190,28 @@ def test_responses_stream_function_call_events(url, client, faults):
 
 
 def test_tool_choice_and_parallel_calls_reach_the_model(client, faults):
-    faults.configure(tools=ToolScript(turns=[[ScriptedCall(name="get_weather", arguments={
-        "city": "Oslo"}), ScriptedCall(name="get_weather", arguments={"city": "Bergen"})]]))  # fmt: skip
+    faults.configure(
+        tools=ToolScript(
+            turns=[
+                [
+                    ScriptedCall(name="get_weather", arguments={"city": "Oslo"}),
+                    ScriptedCall(name="get_weather", arguments={"city": "Bergen"}),
+                ]
+            ]
+        )
+    )
     both = client.chat.completions.create(model="assistant", messages=QUESTION, tools=[WEATHER])
     assert [c.function.arguments for c in both.choices[0].message.tool_calls] == [
-        '{"city": "Oslo"}', '{"city": "Bergen"}'
+        '{"city": "Oslo"}',
+        '{"city": "Bergen"}',
     ]
     one = client.chat.completions.create(
-        model="assistant", messages=QUESTION, tools=[WEATHER], parallel_tool_calls=False,
+        model="assistant",
+        messages=QUESTION,
+        tools=[WEATHER],
+        parallel_tool_calls=False,
         tool_choice={"type": "function", "function": {"name": "get_weather"}},
-    )  # fmt: skip
+    )
     assert len(one.choices[0].message.tool_calls) == 1
     sent = faults.stats()["params"][-1]
     assert sent["tool_choice"] == {"type": "function", "function": {"name": "get_weather"}}
@@ -182,10 +224,14 @@ def test_tool_choice_and_parallel_calls_reach_the_model(client, faults):
 
 
 def test_the_agents_own_tools_still_run_on_the_server(client, faults):
-    faults.configure(tools=ToolScript(turns=[
-        [ScriptedCall(name="sentiment", arguments={"text": "I love Oslo."})],
-        [ScriptedCall(name="get_weather", arguments={"city": "Oslo"})],
-    ]))  # fmt: skip
+    faults.configure(
+        tools=ToolScript(
+            turns=[
+                [ScriptedCall(name="sentiment", arguments={"text": "I love Oslo."})],
+                [ScriptedCall(name="get_weather", arguments={"city": "Oslo"})],
+            ]
+        )
+    )
     progress = []
     with client.chat.completions.with_streaming_response.create(
         model="assistant", messages=QUESTION, tools=[WEATHER], stream=True
@@ -195,8 +241,12 @@ def test_the_agents_own_tools_still_run_on_the_server(client, faults):
     ended = [p for p in progress if p["type"] == "tool_end"]
     assert [p["name"] for p in ended] == ["sentiment"] and '"positive"' in ended[0]["content"]
     calls = [json.loads(x[6:]) for x in lines if x.startswith("data: {")]
-    names = [d["function"]["name"] for c in calls for d in c["choices"][0]["delta"].get(
-        "tool_calls") or [] if d.get("id")]  # fmt: skip
+    names = [
+        d["function"]["name"]
+        for c in calls
+        for d in c["choices"][0]["delta"].get("tool_calls") or []
+        if d.get("id")
+    ]
     assert names == ["get_weather"]  # the client's call is the answer; sentiment ran here
 
 
@@ -204,12 +254,14 @@ def test_the_agents_own_tools_still_run_on_the_server(client, faults):
     ("extra", "why"),
     [
         ({"tools": [{"type": "code_interpreter"}]}, "only function tools are supported"),
-        ({"tools": [WEATHER], "tool_choice": {"type": "function", "function": {"name": "x"}}},
-         "tool_choice names 'x'"),
+        (
+            {"tools": [WEATHER], "tool_choice": {"type": "function", "function": {"name": "x"}}},
+            "tool_choice names 'x'",
+        ),
         ({"tools": [WEATHER], "tool_choice": "sometimes"}, "tool_choice must be"),
         ({"tools": [{"type": "function", "function": {"name": "a b"}}]}, "needs a name"),
     ],
-)  # fmt: skip
+)
 def test_bad_tools_are_the_clients_400(client, faults, extra, why):
     with pytest.raises(openai.BadRequestError) as e:
         client.chat.completions.create(model="assistant", messages=QUESTION, extra_body=extra)
@@ -252,11 +304,15 @@ def test_langchain_bind_tools_gets_tool_calls(client, url, faults):
     for piece in bound.stream([question]):
         streamed = piece if streamed is None else streamed + piece
     assert streamed is not None and streamed.tool_calls[0]["args"] == {"city": "Oslo"}
-    answer = bound.invoke([question, asked, ToolMessage(get_weather(**call["args"]),
-                                                        tool_call_id=call["id"])])  # fmt: skip
+    answer = bound.invoke(
+        [question, asked, ToolMessage(get_weather(**call["args"]), tool_call_id=call["id"])]
+    )
     assert RESULT in answer.content and not answer.tool_calls
-    said("langchain bind_tools", "invoke and stream with get_weather; then a ToolMessage",
-         f"{call['name']}({call['args']}); {answer.content}")  # fmt: skip
+    said(
+        "langchain bind_tools",
+        "invoke and stream with get_weather; then a ToolMessage",
+        f"{call['name']}({call['args']}); {answer.content}",
+    )
 
 
 @pytest.mark.slow  # importing the Agents SDK takes over 10 s on a busy machine
@@ -272,8 +328,9 @@ async def test_openai_agents_sdk_runs_a_function_tool_through_the_graph(client, 
         ran.append(city)
         return get_weather(city)
 
-    faults.configure(tools=ToolScript(turns=[[ScriptedCall(name="weather",
-                                                           arguments={"city": "Oslo"})]]))  # fmt: skip
+    faults.configure(
+        tools=ToolScript(turns=[[ScriptedCall(name="weather", arguments={"city": "Oslo"})]])
+    )
     agent = Agent(
         name="forecaster",
         instructions="Answer with the weather.",
@@ -289,5 +346,8 @@ async def test_openai_agents_sdk_runs_a_function_tool_through_the_graph(client, 
     kinds = [e.type async for e in streamed.stream_events()]
     assert ran == ["Oslo", "Oslo"] and RESULT in streamed.final_output
     assert "run_item_stream_event" in kinds
-    said("openai-agents", "Runner.run and run_streamed with @function_tool weather",
-         f"ran weather{ran}; {result.final_output}")  # fmt: skip
+    said(
+        "openai-agents",
+        "Runner.run and run_streamed with @function_tool weather",
+        f"ran weather{ran}; {result.final_output}",
+    )

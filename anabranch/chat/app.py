@@ -250,7 +250,7 @@ def create_app(
             client=chat_request.client_tools(),
         )
 
-    add_responses_route(app, launch, unknown, threaded)
+    add_responses_route(app, launch, unknown, threaded, progress)
 
     return app
 

@@ -29,8 +29,9 @@ from pydantic import ValidationError
 from anabranch.agents.deferred import ClientTools
 from anabranch.chat.adapters import Message
 from anabranch.chat.items import AnswerText, FinalAnswer, Shape
+from anabranch.chat.progress import progress_line
 from anabranch.chat.responses_input import ResponsesRequest
-from anabranch.chat.wire import error_body, error_response, fragments
+from anabranch.chat.wire import PROGRESS_HEADER, Progress, error_body, error_response, fragments
 from anabranch.errors import describe
 from anabranch.events import BaseEvent
 from anabranch.graphs.state import Graph
@@ -41,26 +42,28 @@ _ID = re.compile(r"resp_([0-9a-f]{32})[0-9a-f]{16}")
 
 
 class ResponseRun:
-    """One request's run in the Responses shapes."""
+    """One request's run in the Responses shapes; with `reasoning`, its progress also goes out
+    as a reasoning item's summary (chat/progress.py), before the answer's items."""
 
-    def __init__(self, request: ResponsesRequest, thread_key: str | None) -> None:
+    def __init__(
+        self, request: ResponsesRequest, thread_key: str | None, *, reasoning: bool = False
+    ) -> None:
         self.request = request
         own = uuid.uuid4().hex[:16]
         self.id = f"resp_{thread_key}{own}" if thread_key else f"resp_{uuid.uuid4().hex}{own}"
         self.message_id = f"msg_{uuid.uuid4().hex}"
+        self.reasoning_id = f"rs_{uuid.uuid4().hex}"
         self.created = time.time()
         self.sequence = 0
-        self.calls: list[dict[str, Any]] = []
-        """The answer's `function_call` items, once it is known."""
+        self.output: list[dict[str, Any]] = []
+        """The output items finished so far, in order."""
+        self.thoughts: list[str] | None = [] if reasoning else None
+        """The progress lines of the reasoning item; None once it is closed (or not asked)."""
 
     def response(
-        self, status: str, text: str | None = None, final: FinalAnswer | None = None,
-        error: dict[str, Any] | None = None,
-    ) -> dict[str, Any]:  # fmt: skip
-        """The response object; its output is the message (when `text` is given), then the
-        function calls."""
+        self, status: str, final: FinalAnswer | None = None, error: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
         asked, request = self.request.asked(), self.request
-        message = [] if text is None else [self.message(text, "completed")]
         return {
             "id": self.id,
             "object": "response",
@@ -69,7 +72,7 @@ class ResponseRun:
             "model": request.model,
             "instructions": request.instructions,
             "previous_response_id": request.previous_response_id,
-            "output": message + self.calls,
+            "output": list(self.output),
             "parallel_tool_calls": request.parallel_tool_calls is not False,
             "tool_choice": request.tool_choice or "auto",
             "tools": request.tools or [],
@@ -89,30 +92,56 @@ class ResponseRun:
         return {"id": self.message_id, "type": "message", "status": status,
                 "role": "assistant", "content": content}  # fmt: skip
 
+    def reasoning(self, text: str, status: str) -> dict[str, Any]:
+        summary = [] if status == "in_progress" else [_summary(text)]
+        return {"id": self.reasoning_id, "type": "reasoning", "status": status,
+                "summary": summary}  # fmt: skip
+
     def _event(self, kind: str, **fields: Any) -> str:
         payload = {"type": kind, "sequence_number": self.sequence, **fields}
         self.sequence += 1
         return f"event: {kind}\ndata: {json.dumps(payload)}\n\n"
 
-    def _opening(self) -> list[str]:
-        """The message item's first events, sent with its first text."""
+    def _think(self, event: BaseEvent) -> list[str]:
+        """A progress event as a delta of the reasoning summary, opening it on the first."""
+        if self.thoughts is None or not (line := progress_line(event)):
+            return []
+        at = {"item_id": self.reasoning_id, "output_index": len(self.output), "summary_index": 0}
+        lines = [] if self.thoughts else [
+            self._event("response.output_item.added", output_index=len(self.output),
+                        item=self.reasoning("", "in_progress")),
+            self._event("response.reasoning_summary_part.added", **at, part=_summary("")),
+        ]  # fmt: skip
+        self.thoughts.append(line)
+        return [*lines, self._event("response.reasoning_summary_text.delta", **at, delta=line)]
+
+    def _stop_thinking(self) -> list[str]:
+        """Close the reasoning item, if one is open: the answer's items come after it."""
+        thoughts, self.thoughts = self.thoughts, None
+        if not thoughts:
+            return []
+        text = "".join(thoughts)
+        at = {"item_id": self.reasoning_id, "output_index": len(self.output), "summary_index": 0}
+        self.output.append(self.reasoning(text, "completed"))
         return [
-            self._event("response.output_item.added", output_index=0,
-                        item=self.message("", "in_progress")),
-            self._event("response.content_part.added", item_id=self.message_id, output_index=0,
-                        content_index=0, part=_part("")),
+            self._event("response.reasoning_summary_text.done", **at, text=text),
+            self._event("response.reasoning_summary_part.done", **at, part=_summary(text)),
+            self._event("response.output_item.done", output_index=at["output_index"],
+                        item=self.output[-1]),
         ]  # fmt: skip
 
     async def sse(self, events: AsyncIterator[Any]) -> AsyncIterator[str]:
-        at = {"item_id": self.message_id, "output_index": 0, "content_index": 0}
         yield self._event("response.created", response=self.response("in_progress"))
         yield self._event("response.in_progress", response=self.response("in_progress"))
         streamed: list[str] = []
+        at: dict[str, Any] = {}
         final = None
         try:
             async for item in events:
                 if isinstance(item, BaseEvent):
                     yield f": anabranch {item.model_dump_json()}\n\n"
+                    for line in self._think(item):
+                        yield line
                     continue
                 if isinstance(item, FinalAnswer):
                     final = item
@@ -120,9 +149,14 @@ class ResponseRun:
                         continue
                     item = AnswerText(item.text)  # a graph that only knows it at the end
                 if isinstance(item, AnswerText):
-                    if not streamed:
-                        for line in self._opening():
+                    if not streamed:  # the message opens with its first words
+                        for line in self._stop_thinking():
                             yield line
+                        at = {"item_id": self.message_id, "output_index": len(self.output),
+                              "content_index": 0}  # fmt: skip
+                        yield self._event("response.output_item.added", output_index=len(
+                            self.output), item=self.message("", "in_progress"))  # fmt: skip
+                        yield self._event("response.content_part.added", **at, part=_part(""))
                     streamed.append(item.text)
                     yield self._event("response.output_text.delta", **at, delta=item.text,
                                       logprobs=[])  # fmt: skip
@@ -134,13 +168,17 @@ class ResponseRun:
             failure = {"code": "server_error", "message": "the graph ended without an answer"}
             yield self._event("response.failed", response=self.response("failed", error=failure))
             return
-        text = "".join(streamed) if streamed else None
-        if text is not None:
+        for line in self._stop_thinking():
+            yield line
+        if streamed:
+            text = "".join(streamed)
             yield self._event("response.output_text.done", **at, text=text, logprobs=[])
             yield self._event("response.content_part.done", **at, part=_part(text))
-            yield self._event("response.output_item.done", output_index=0,
-                              item=self.message(text, "completed"))  # fmt: skip
-        for index, call in enumerate(_function_items(final.tool_calls), start=1 if streamed else 0):
+            self.output.append(self.message(text, "completed"))
+            yield self._event("response.output_item.done", output_index=at["output_index"],
+                              item=self.output[-1])  # fmt: skip
+        for call in _function_items(final.tool_calls):
+            index = len(self.output)
             yield self._event(
                 "response.output_item.added",
                 output_index=index,
@@ -155,27 +193,40 @@ class ResponseRun:
                 name=call["name"],
                 arguments=call["arguments"],
             )
+            self.output.append(call)
             yield self._event("response.output_item.done", output_index=index, item=call)
-            self.calls.append(call)
-        status = "incomplete" if final.finish_reason == "length" else "completed"
-        yield self._event(f"response.{status}", response=self.response(status, text, final))
+        yield self._event(f"response.{_status(final)}", response=self.response(_status(final),
+                                                                              final))  # fmt: skip
 
     async def complete(self, events: AsyncIterator[Any]) -> JSONResponse:
         final = None
+        thoughts: list[str] = []
         try:
             async for item in events:
                 if isinstance(item, FinalAnswer):
                     final = item
+                elif isinstance(item, BaseEvent) and self.thoughts is not None:
+                    thoughts.append(progress_line(item))
         except Exception as exc:  # noqa: BLE001 - an error response, never a dropped connection
             body = error_body(exc)
             code = 502 if body["type"] == "graph_error" else 500
             return error_response(code, body["message"], body["type"])
         if final is None:
             return error_response(500, "the graph ended without an answer", "server_error")
-        status = "incomplete" if final.finish_reason == "length" else "completed"
-        self.calls = _function_items(final.tool_calls)
-        text = final.text if final.text or not self.calls else None
-        return JSONResponse(self.response(status, text, final))
+        if "".join(thoughts):
+            self.output.append(self.reasoning("".join(thoughts), "completed"))
+        if final.text or not final.tool_calls:
+            self.output.append(self.message(final.text, "completed"))
+        self.output += _function_items(final.tool_calls)
+        return JSONResponse(self.response(_status(final), final))
+
+
+def _status(final: FinalAnswer) -> str:
+    return "incomplete" if final.finish_reason == "length" else "completed"
+
+
+def _summary(text: str) -> dict[str, str]:
+    return {"type": "summary_text", "text": text}
 
 
 def _function_items(tool_calls: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -218,8 +269,10 @@ def add_responses_route(
     launch: Launch,
     unknown: Callable[[str], Response | None],
     threaded: Callable[[str], Awaitable[Graph]],
+    progress: Progress = "comments",
 ) -> None:
-    """Serve `POST /v1/responses` on `app`, running graphs as `launch` does for chat."""
+    """Serve `POST /v1/responses` on `app`, running graphs as `launch` does for chat; progress
+    goes out as a reasoning summary when `progress` or the request asks for `reasoning`."""
 
     @app.post("/v1/responses")
     async def responses(request: Request) -> Response:
@@ -240,7 +293,8 @@ def add_responses_route(
             if key is None or not await _stored(await threaded(body.model), key):
                 return error_response(404, f"previous response {body.previous_response_id!r} "
                                       "not found", "invalid_request_error")  # fmt: skip
-        run = ResponseRun(body, key)
+        wanted = request.headers.get(PROGRESS_HEADER) or body.anabranch_progress
+        run = ResponseRun(body, key, reasoning=(wanted or progress) == "reasoning")
         return await launch(request, body.model, run, messages, body.asked(),
                             thread=_thread(key) if key else None, stream=body.stream,
                             client=body.client_tools())  # fmt: skip

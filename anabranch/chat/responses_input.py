@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, model_validator
 from anabranch.agents.deferred import ClientTools
 from anabranch.chat.adapters import Message
 from anabranch.chat.params import client_tools, problem, requested
-from anabranch.chat.wire import ChatMessage
+from anabranch.chat.wire import ChatMessage, Progress
 
 _TEXT_PARTS = {"input_text", "output_text", "text"}
 
@@ -37,6 +37,9 @@ class ResponsesRequest(BaseModel):
     """Function tools the client runs itself (flat: name, description, parameters)."""
     tool_choice: str | dict[str, Any] | None = None
     parallel_tool_calls: bool | None = None
+    anabranch_progress: Progress | None = None
+    """Where this request's progress goes (the `X-Anabranch-Progress` header says it too):
+    `reasoning` adds a reasoning item whose summary is the progress, as chat UIs show it."""
 
     @model_validator(mode="before")
     @classmethod
