@@ -11,6 +11,7 @@ sent and what came back (`pytest -s` shows them)."""
 from __future__ import annotations
 
 import json
+import os
 
 import httpx
 import openai
@@ -351,3 +352,59 @@ async def test_openai_agents_sdk_runs_a_function_tool_through_the_graph(client, 
         "Runner.run and run_streamed with @function_tool weather",
         f"ran weather{ran}; {result.final_output}",
     )
+
+
+USERS_GRAPH = """
+from typing import Annotated, TypedDict
+
+from langchain_core.messages import AIMessage
+from langchain_core.runnables import RunnableConfig
+from langgraph.graph import START, StateGraph
+from langgraph.graph.message import add_messages
+
+from anabranch.agents.deferred import client_tools
+from anabranch.chat import MessagesChat
+
+
+class State(TypedDict):
+    messages: Annotated[list, add_messages]
+
+
+def lookup(state: State, config: RunnableConfig) -> dict:
+    last = state["messages"][-1]
+    if last.type == "tool":
+        return {"messages": [AIMessage(f"the tool said: {last.content}")]}
+    offered = client_tools(config).offered
+    call = {"name": offered[0]["function"]["name"], "args": {"q": last.content}, "id": "c1"}
+    return {"messages": [AIMessage("", tool_calls=[call])]}
+
+
+builder = StateGraph(State)
+builder.add_node(lookup)
+builder.add_edge(START, "lookup")
+chat = MessagesChat(builder.compile(checkpointer=False), name="lookup", takes_tools=True)
+"""
+
+
+def test_a_users_graph_that_declares_it_takes_tools_gets_them(tmp_path, faults):
+    (tmp_path / "lookup_graph.py").write_text(USERS_GRAPH)
+    path = os.pathsep.join(p for p in (str(tmp_path), os.environ.get("PYTHONPATH")) if p)
+    process, url = start_server("--graph", "lookup_graph:chat", "--llm", faults.url,
+                                "--threads-db", ":memory:", env={"PYTHONPATH": path})  # fmt: skip
+    try:
+        client = openai.OpenAI(base_url=url, api_key=TOKEN, max_retries=0)
+        first = client.chat.completions.create(model="lookup", messages=QUESTION, tools=[WEATHER])
+        (call,) = first.choices[0].message.tool_calls
+        assert first.choices[0].finish_reason == "tool_calls" and call.id == "c1"
+        assert json.loads(call.function.arguments) == {"q": QUESTION[0]["content"]}
+        conversation = [
+            *QUESTION,
+            first.choices[0].message.model_dump(exclude_none=True),
+            {"role": "tool", "tool_call_id": "c1", "content": RESULT},
+        ]
+        final = client.chat.completions.create(
+            model="lookup", messages=conversation, tools=[WEATHER]
+        )
+        assert final.choices[0].message.content == f"the tool said: {RESULT}"
+    finally:
+        stop_process(process, grace=10)

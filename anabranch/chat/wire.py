@@ -98,8 +98,10 @@ class ChatRequest(BaseModel):
         return self
 
     def conversation(self) -> list[Message]:
-        """The messages as the graphs take them: plain dicts, as the client sent them."""
-        return [m.model_dump(exclude_unset=True) for m in self.messages]
+        """The messages as the graphs take them: plain dicts, as the client sent them, each with
+        a `content` (an assistant message of tool calls may come without one; LangChain's
+        messages need it)."""
+        return [{"content": None, **m.model_dump(exclude_unset=True)} for m in self.messages]
 
 
 def error_body(exc: Exception) -> dict:
