@@ -28,9 +28,9 @@ from pydantic import ValidationError
 
 from anabranch.agents.deferred import ClientTools
 from anabranch.chat.adapters import Message
+from anabranch.chat.input_items import ResponsesRequest
 from anabranch.chat.items import AnswerText, FinalAnswer, Shape
 from anabranch.chat.progress import progress_line
-from anabranch.chat.input_items import ResponsesRequest
 from anabranch.chat.wire import PROGRESS_HEADER, Progress, error_body, error_response, fragments
 from anabranch.errors import describe
 from anabranch.events import BaseEvent
