@@ -104,6 +104,20 @@ def test_chat_completions_round_trip(client, faults):
     )
 
 
+def test_a_thread_keeps_the_tool_calls_for_their_results(client, faults):
+    thread = {"X-Thread-Id": "weather-thread"}
+    first = client.chat.completions.create(
+        model="assistant", messages=QUESTION, tools=[WEATHER], extra_headers=thread
+    )
+    (call,) = first.choices[0].message.tool_calls
+    result = {"role": "tool", "tool_call_id": call.id, "content": RESULT}
+    final = client.chat.completions.create(  # only the results: the thread has the rest
+        model="assistant", messages=[*QUESTION, result], tools=[WEATHER], extra_headers=thread
+    )
+    assert RESULT in final.choices[0].message.content
+    assert len(faults.stats()["params"]) == 2
+
+
 def test_chat_completions_streams_tool_call_deltas(client, faults):
     stream = client.chat.completions.create(
         model="assistant", messages=QUESTION, tools=[WEATHER], stream=True
@@ -260,6 +274,9 @@ def test_the_agents_own_tools_still_run_on_the_server(client, faults):
             "tool_choice names 'x'",
         ),
         ({"tools": [WEATHER], "tool_choice": "sometimes"}, "tool_choice must be"),
+        ({"tools": [WEATHER], "tool_choice": {"function": "x"}}, "tool_choice must be"),
+        ({"tools": [WEATHER], "parallel_tool_calls": "yes"}, "must be true or false"),
+        ({"tools": [{"type": "function", "function": "f"}]}, "needs a `function` object"),
         ({"tools": [{"type": "function", "function": {"name": "a b"}}]}, "needs a name"),
     ],
 )

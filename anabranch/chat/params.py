@@ -6,6 +6,9 @@ A request's sampling parameters (`max_tokens`, `temperature`, `top_p`, `stop`, `
 (`ChatGraph.honours`); one it does not is the client's 400, as OpenAI answers a parameter a model
 does not support, since a client that asked for 50 tokens or a JSON schema and got something
 else would never know.
+
+The client's `tools` (with `tool_choice` and `parallel_tool_calls`) are checked here too, and go
+to a graph that takes them (`ChatGraph.takes_tools`) as a `ClientTools` (agents/deferred.py).
 """
 
 from __future__ import annotations
@@ -98,10 +101,12 @@ def tools_problem(body: Mapping[str, Any]) -> str | None:
         return "tools must be a list of function tools"
     names = []
     for number, spec in enumerate(tools):
-        function = spec.get("function") if isinstance(spec, dict) else None
-        if not isinstance(spec, dict) or spec.get("type") != "function" or not function:
-            kind = spec.get("type") if isinstance(spec, dict) else type(spec).__name__
+        kind = spec.get("type") if isinstance(spec, dict) else type(spec).__name__
+        if kind != "function":
             return f"tools[{number}]: only function tools are supported, not {kind!r}"
+        function = spec.get("function")
+        if not isinstance(function, dict):
+            return f"tools[{number}]: a function tool needs a `function` object (name, parameters)"
         name = function.get("name")
         if not isinstance(name, str) or not _NAME.fullmatch(name):
             return (
@@ -114,10 +119,13 @@ def tools_problem(body: Mapping[str, Any]) -> str | None:
         names.append(name)
     if len(set(names)) != len(names):
         return f"tools: two functions share a name ({', '.join(names)})"
+    if body.get("parallel_tool_calls") not in (None, True, False):
+        return "parallel_tool_calls must be true or false"
     choice = body.get("tool_choice")
     if not tools or choice is None or choice in _CHOICES:
         return None  # a choice without tools asks nothing, as OpenAI-compatible servers take it
-    named = choice.get("function", {}).get("name") if isinstance(choice, dict) else None
+    function = choice.get("function") if isinstance(choice, dict) else None
+    named = function.get("name") if isinstance(function, dict) else None
     if named in names:
         return None
     if named is not None:
