@@ -403,6 +403,7 @@ chat = MessagesChat(builder.compile(checkpointer=False), name="lookup", takes_to
 """
 
 
+@pytest.mark.slow  # a server of its own: over 10 s on a busy machine
 def test_a_users_graph_that_declares_it_takes_tools_gets_them(tmp_path, faults):
     (tmp_path / "lookup_graph.py").write_text(USERS_GRAPH)
     path = os.pathsep.join(p for p in (str(tmp_path), os.environ.get("PYTHONPATH")) if p)
