@@ -140,7 +140,7 @@ def test_an_answer_that_misses_the_schema_is_a_graph_error(client, faults):
         (
             "chain",
             {"tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}]},
-            "this graph cannot use tools",
+            "the 'chain' graph cannot use tools",
         ),
     ],
 )

@@ -156,3 +156,30 @@ def test_a_graph_that_knows_its_answer_only_at_the_end_streams_it_as_one_delta(b
     kinds = [e["type"] for e in events]
     assert kinds == [*SEQUENCE, "response.output_text.delta", *ENDING]
     assert events[4]["delta"].startswith("Sentiment: ") and events[4]["delta"] == events[5]["text"]
+
+
+def test_progress_as_reasoning_is_a_reasoning_item_before_the_answer(backend, client):
+    body = {"model": "chain", "input": "Name a river.", "stream": True}
+    with httpx.stream("POST", f"{backend}/responses", json=body, timeout=60,
+                      headers={**AUTH, "X-Anabranch-Progress": "reasoning"}) as r:  # fmt: skip
+        events = [json.loads(line[6:]) for line in r.iter_lines() if line.startswith("data: ")]
+    kinds = [e["type"] for e in events]
+    assert events[2]["type"] == "response.output_item.added"
+    assert events[2]["item"]["type"] == "reasoning" and events[2]["output_index"] == 0
+    thought = "".join(e["delta"] for e in events if e["type"].endswith("summary_text.delta"))
+    assert thought.startswith("Step 1: ") and "Step 2: " in thought
+    done = kinds.index("response.reasoning_summary_text.done")
+    assert events[done]["text"] == thought and done < kinds.index("response.output_text.delta")
+    message = next(e for e in events[done:] if e["type"] == "response.output_item.added")
+    assert message["item"]["type"] == "message" and message["output_index"] == 1
+    final = Response.model_validate(events[-1]["response"])
+    assert [i.type for i in final.output] == ["reasoning", "message"]
+    assert final.output[0].summary[0].text == thought
+    whole = client.responses.create(
+        model="chain", input="Name a river.", extra_body={"anabranch_progress": "reasoning"}
+    )
+    assert [i.type for i in whole.output] == ["reasoning", "message"]
+    assert "Step 1: " in whole.output[0].summary[0].text
+    assert "Name a river." in whole.output_text
+    plain = client.responses.create(model="chain", input="Name a river.")
+    assert [i.type for i in plain.output] == ["message"]  # only when asked

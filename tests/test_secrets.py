@@ -15,7 +15,8 @@ cluster, and by the Batch API), `runs`, `eval`, `chain` and `serve`; results.jso
 (its batches too), the response cache,
 the eval figures, the chain reports, the HTML run reports and the threads database; the OTLP
 traces and metrics `run --otel` exports (message content on) as a receiver got them; the logs of
-the Ray cluster the run started; every HTTP reply of the chat server, headers included; in the
+the Ray cluster the run started; every HTTP reply of the chat server, headers included (tool-call
+replies and the answers to a client's tool results too); in the
 Python API, every result, the report and the text of the exception a failed call raises; and a
 tool loop's messages to the model, its tool-call records and its stream events.
 """
@@ -40,6 +41,7 @@ from anabranch import Endpoint, LLMError, build_fanout_graph, run_batch
 from anabranch.analysis import make_agents
 from anabranch.llm.settings import RetryPolicy
 from anabranch.redact import public_url, redact, register_secret, split_credentials
+from anabranch.testing.fault_tools import ScriptedCall, ToolScript
 from anabranch.types import Task
 
 CANARY = f"sk-CANARY{uuid.uuid4().hex}"
@@ -204,9 +206,14 @@ def surfaces(fault_server, tmp_path_factory):
     assert "JSON judgement instead" in proc.stderr and "LLM: fault at" in proc.stdout
 
     # `serve`: both graphs, streamed and not, with and without a thread, progress as reasoning;
-    # the Responses API too.
+    # the Responses API too; and the assistant with a client's tool: its own tool runs on the
+    # server (its events in the progress), the client's call is the reply, its result goes back.
+    fault_server.configure(echo_credentials=True, rates=ECHOED, retry_after=0, seed=7,
+                           logprobs=False, tools=TOOL_SCRIPT)  # fmt: skip
     db = run_dir / "threads.sqlite"
-    process, url = start_server(*llm, "--threads-db", str(db), token=TOKEN_CANARY, env=env)
+    graphs = ("--graph", "analyze", "--graph", "chain", "--graph", "assistant")
+    process, url = start_server(*llm, "--threads-db", str(db), *graphs, token=TOKEN_CANARY,
+                                env=env)  # fmt: skip
     try:
         headers = {"Authorization": f"Bearer {TOKEN_CANARY}"}
         asked = [{"role": "user", "content": "I love it."}]
@@ -223,6 +230,12 @@ def surfaces(fault_server, tmp_path_factory):
                 reply = http.post("/responses", json=body)
                 label = f"serve responses {graph} stream={stream}"
                 seen["serve"].add(label, repr(reply.headers).encode() + reply.content)
+            calls = 0
+            for api, stream, _ in itertools.product(("chat", "responses"), (False, True), range(4)):
+                for label, reply in _tool_round_trip(http, api, stream):
+                    seen["serve"].add(label, repr(reply.headers).encode() + reply.content)
+                    calls += b"get_weather" in reply.content
+            assert calls, "no reply carried the client's tool call"
     finally:
         process.terminate()
         out, err = process.communicate(timeout=20)
@@ -237,6 +250,51 @@ def surfaces(fault_server, tmp_path_factory):
     fault_server.configure()
     seen["every file under the run's folder"].add_tree(run_dir)  # what a later feature writes
     return seen
+
+
+TOOL_SCRIPT = ToolScript(turns=[
+    [ScriptedCall(name="sentiment", arguments={"text": "I love it."})],
+    [ScriptedCall(name="get_weather", arguments={"city": "Oslo"})],
+])  # fmt: skip
+"""The assistant's model: its own `sentiment` first, then the client's `get_weather`."""
+WEATHER = {"type": "function", "name": "get_weather", "parameters": {"type": "object"}}
+
+
+def _tool_round_trip(
+    http: httpx.Client, api: str, stream: bool
+) -> list[tuple[str, httpx.Response]]:
+    """A request offering the client's tool to the assistant, then its result sent back: the
+    replies (tool calls or the errors the echoing server caused), labelled."""
+    label = f"serve assistant {api} tools stream={stream}"
+    asked = [{"role": "user", "content": "Weather in Oslo?"}]
+    if api == "chat":
+        tool = {"type": "function", "function": {k: v for k, v in WEATHER.items() if k != "type"}}
+        body = {"model": "assistant", "stream": stream, "messages": asked, "tools": [tool]}
+        first = http.post("/chat/completions", json=body, headers=REASONING)
+        call = {
+            "id": "call_1",
+            "type": "function",
+            "function": {"name": "get_weather", "arguments": '{"city": "Oslo"}'},
+        }
+        body["messages"] = [
+            *asked,
+            {"role": "assistant", "content": None, "tool_calls": [call]},
+            {"role": "tool", "tool_call_id": "call_1", "content": "12 C"},
+        ]
+        return [(label, first), (label + " result", http.post("/chat/completions", json=body))]
+    body = {"model": "assistant", "stream": stream, "input": asked, "tools": [WEATHER]}
+    first = http.post("/responses", json=body, headers=REASONING)
+    body["input"] = [
+        *asked,
+        {
+            "type": "function_call",
+            "call_id": "call_1",
+            "name": "get_weather",
+            "arguments": '{"city": "Oslo"}',
+        },
+        {"type": "function_call_output", "call_id": "call_1", "output": "12 C"},
+    ]
+    return [(label, first), (label + " result", http.post("/responses", json=body))]  # fmt: skip
 
 
 def _write_inputs(run_dir: Path) -> None:

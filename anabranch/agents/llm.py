@@ -22,6 +22,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from anabranch.agents.base import Answer, Part
+from anabranch.agents.deferred import ClientTools
 from anabranch.agents.tools import (
     DEFAULT_TOOL_TIMEOUT,
     Emit,
@@ -98,13 +99,17 @@ class LLMAgent:
     async def run(self, subtask: Subtask) -> Answer:
         return await self.answer(self.messages(subtask))
 
-    async def answer(self, messages: list[dict[str, Any]]) -> Answer:
-        """The agent on a conversation of the caller's own (a chain step's): the tool loop if
-        it has tools, then its output. `messages` is extended with the tool turns."""
+    async def answer(
+        self, messages: list[dict[str, Any]], client: ClientTools | None = None
+    ) -> Answer:
+        """The agent on a conversation of the caller's own (a chain step's, a chat's): the tool
+        loop if it has tools, then its output. `messages` is extended with the tool turns.
+        `client`: tools the caller runs itself (agents/deferred.py); when the model calls one,
+        the answer's output is the `ClientCalls` to run, not the output type."""
         sampling = self.sampling or self.endpoint.sampling
         usage, attempts = Usage(), 0
         calls: list[ToolCallRecord] = []
-        if self._tools:
+        if self._tools or (client is not None and client.offered):
             opening = list(messages)
             loop = await run_tool_loop(
                 self.endpoint,
@@ -116,8 +121,11 @@ class LLMAgent:
                 temperature=sampling.temperature,
                 max_tokens=sampling.max_tokens,
                 emit=_stream_writer(),
+                client=client,
             )
             usage, attempts, calls, text = loop.usage, loop.attempts, loop.calls, loop.text
+            if loop.client_calls is not None:
+                return Answer(loop.client_calls, usage, attempts, calls)
             if self.model is TextOutput:
                 return Answer(TextOutput(text=text), usage, attempts, calls)
             try:

@@ -32,7 +32,7 @@ import docstring_parser
 import pydantic_core
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
-from anabranch.agents import prompted_tools
+from anabranch.agents import deferred, prompted_tools
 from anabranch.errors import ConfigError, LLMError, LLMStatusError, ToolLoopError, describe
 from anabranch.events import BaseEvent, ModelTurn, ToolEnded, ToolStarted
 from anabranch.llm.endpoint import Endpoint
@@ -164,6 +164,8 @@ class LoopResult:
     usage: Usage = field(default_factory=Usage)
     attempts: int = 0
     """Requests sent in all, retries included."""
+    client_calls: deferred.ClientCalls | None = None
+    """The client's calls that ended the loop (agents/deferred.py); `text` is then empty."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,14 +189,17 @@ async def run_tool_loop(
     temperature: float | None = None,
     max_tokens: int | None = None,
     emit: Emit | None = None,
+    client: deferred.ClientTools | None = None,
 ) -> LoopResult:
-    """Ask the model, answer its tool calls, and ask again, until it answers without a call.
+    """Ask the model, answer its tool calls, and ask again, until it answers without a call,
+    or calls one of the `client`'s tools (deferred: `LoopResult.client_calls`).
 
     `messages` is extended in place with the turns. Raises ToolLoopError when the model still
     calls tools on turn `max_steps`; an LLM call that fails raises its LLMError, carrying the
     usage and the tool calls of the whole loop."""
     by_name = {t.name: t for t in tools}
-    specs = [t.spec for t in tools]
+    specs = [t.spec for t in tools] + (client.offered if client else [])
+    names = [*by_name, *(client.names if client else [])]
     result = LoopResult(text="", calls=[])
     say = emit or (lambda event: None)
     step = 0
@@ -208,6 +213,7 @@ async def run_tool_loop(
                 tools=specs if native else None,
                 temperature=temperature,
                 max_tokens=max_tokens,
+                extra=client.extra() if client else None,
             )
         except LLMStatusError as exc:
             if native and prompted_tools.refuses_tools(exc):
@@ -223,13 +229,14 @@ async def run_tool_loop(
         result.attempts += completion.attempts
         calls = _native_calls(completion.tool_calls) or [
             _Call(c["id"], c["name"], c["arguments"])
-            for c in prompted_tools.text_calls(completion.text, list(by_name), step)
+            for c in prompted_tools.text_calls(completion.text, names, step)
         ]
         from_text = bool(calls) and not completion.tool_calls
         text = "" if from_text else completion.text
         say(ModelTurn(agent=agent, step=step, tool_calls=[c.name for c in calls], text=text))
-        if not calls:
-            result.text = completion.text
+        result.client_calls = deferred.ending(client, text, calls)
+        if not calls or result.client_calls:
+            result.text = "" if result.client_calls else completion.text
             return result
         if step >= max_steps:
             asked = ", ".join(c.name for c in calls)

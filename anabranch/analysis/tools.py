@@ -21,7 +21,7 @@ from anabranch.tools.sentiment import SentimentLabel, _analyzer, label_for
 from anabranch.tools.tokenizer import DEFAULT_ENCODING, get_encoding, readable_pieces
 
 if TYPE_CHECKING:
-    from anabranch.chat.adapters import FanoutChat
+    from anabranch.chat.agent_chat import AgentChat
 
 
 class Tokens(BaseModel):
@@ -88,18 +88,11 @@ def assistant(endpoint: Endpoint, name: str = "assistant") -> LLMAgent:
     )
 
 
-def assistant_chat(endpoint: Endpoint) -> FanoutChat:
-    """The assistant as a chat model: the last user message is the question; the answer is the
-    model's, and the stream's progress shows each model turn and tool call."""
-    from anabranch.chat.adapters import FanoutChat
-    from anabranch.graphs.fanout import build_fanout_graph
-    from anabranch.types import TaskResult
+def assistant_chat(endpoint: Endpoint) -> AgentChat:
+    """The assistant as a chat model over the whole conversation: the stream's progress shows
+    each model turn and tool call; a client's own tools are offered beside the analysers, and
+    the model's calls of them are the answer, for the client to run (chat/agent_chat.py)."""
+    from anabranch.chat.agent_chat import AgentChat
 
-    def render(result: TaskResult) -> str:
-        if "assistant" not in result.outputs:
-            return "\n".join(f"Error in {e.kind}: {e.type}: {e.message}" for e in result.errors)
-        return "\n".join(output.text for output in result.output("assistant"))
-
-    graph = build_fanout_graph([assistant(endpoint)]).copy({"checkpointer": False})
-    return FanoutChat(graph, "assistant", "Answers about texts, calling the analysers as tools.",
-                      render=render)  # fmt: skip
+    return AgentChat(assistant(endpoint), description="Answers about texts, calling the "
+                     "analysers as tools (and the client's own tools).")  # fmt: skip

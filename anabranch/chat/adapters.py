@@ -65,6 +65,10 @@ class ChatGraph(Protocol):
     """The request parameters the graph's LLM calls take from the run's configuration
     (`graphs.state.requested_sampling`; names from `chat.params.HONOURABLE`); a request that
     sets another is refused."""
+    takes_tools: bool
+    """Whether the graph takes the client's tools (`agents.deferred.client_tools(config)`) and
+    may answer with calls of them (its last message's `tool_calls`); a request with `tools`
+    to a graph that does not is refused."""
 
     def start(self, conversation: Sequence[Message]) -> Turn: ...
 
@@ -139,6 +143,8 @@ class FanoutChat:
     honours: frozenset[str] = frozenset()
     """None by default: the answer is a rendering of the agents' structured outputs, which
     sampling parameters and stop sequences would only break."""
+    takes_tools: bool = False
+    """Its agents answer subtasks, not a conversation that could hold a client's tool calls."""
 
     def start(self, conversation: Sequence[Message]) -> FanoutTurn:
         task = Task(id=f"chat-{uuid.uuid4().hex[:12]}", text=last_user_text(conversation))
@@ -193,6 +199,8 @@ class ChainChat:
     honours: frozenset[str] = HONOURABLE
     """All of them: every step takes max_tokens, temperature, top_p and seed; the last, whose
     words are the answer, also the stop sequences and the response format."""
+    takes_tools: bool = False
+    """Its steps refine one text; the agent graph (`assistant`) is the one that converses."""
 
     def start(self, conversation: Sequence[Message]) -> ChainTurn:
         question = last_user_text(conversation)
@@ -216,21 +224,26 @@ class MessagesTurn:
     usage: Usage = field(default_factory=Usage)
     last: str = ""
     finish_reason: str = "stop"
+    tool_calls: list[Message] = field(default_factory=list)
+    """The last message's calls of the client's tools (chat `tool_calls` entries)."""
 
     def feed(self, mode: str, chunk: Any) -> tuple[str, list[Event]]:
         if mode != "updates":
             return "", [cast(Event, chunk) if isinstance(chunk, BaseEvent) else Custom(data=chunk)]
         events: list[Event] = []
         for node, update in chunk.items():
+            if isinstance(update, dict) and isinstance(update.get("usage"), Usage):
+                self.usage += update["usage"]  # a node that says what its calls cost
             messages = update.get("messages") if isinstance(update, dict) else None
             if messages:
                 self.last = content_text(_message_content(messages[-1]))
+                self.tool_calls = _tool_calls(messages[-1])
                 self.finish_reason = _finish_reason(messages[-1])
                 events.append(NodeDone(node=node))
         return "", events
 
     def answer(self) -> str:
-        if not self.last:
+        if not self.last and not self.tool_calls:
             raise ChatGraphError("the graph wrote no message")
         return self.last
 
@@ -245,8 +258,21 @@ def _message_content(message: Any) -> Any:
     return getattr(message, "content", "")
 
 
+def _tool_calls(message: Any) -> list[Message]:
+    """A message's tool calls as chat `tool_calls` entries: an OpenAI dict's as they are, a
+    LangChain message's (`name`, `args`, `id`) in OpenAI's shape."""
+    if isinstance(message, dict):
+        return list(message.get("tool_calls") or [])
+    return [{"id": c.get("id") or f"call_{uuid.uuid4().hex[:24]}", "type": "function",
+             "function": {"name": c["name"], "arguments": json.dumps(c.get("args") or {})}}
+            for c in getattr(message, "tool_calls", None) or []]  # fmt: skip
+
+
 def _finish_reason(message: Any) -> str:
-    """`length` when a LangChain message says its model was cut at max_tokens."""
+    """`tool_calls` when it calls tools; `length` when a LangChain message says its model was
+    cut at max_tokens."""
+    if _tool_calls(message):
+        return "tool_calls"
     metadata = getattr(message, "response_metadata", None) or {}
     return "length" if metadata.get("finish_reason") == "length" else "stop"
 
@@ -264,6 +290,9 @@ class MessagesChat:
     description: str = "A user-defined graph."
     honours: frozenset[str] = frozenset()
     """The request parameters the graph's LLM calls take (names from `params.HONOURABLE`)."""
+    takes_tools: bool = False
+    """True for a graph whose LLM node offers the client's tools (`client_tools(config)`) and
+    writes the model's calls of them as its last message's `tool_calls`."""
 
     def start(self, conversation: Sequence[Message]) -> MessagesTurn:
         return MessagesTurn({"messages": list(conversation)})

@@ -27,11 +27,12 @@ from langgraph.graph import END, START, StateGraph
 from langgraph.runtime import Runtime
 from pydantic import SecretStr, ValidationError
 
+from anabranch.agents.deferred import CLIENT_TOOLS, ClientTools
 from anabranch.chat.adapters import STREAM_MODES, ChatGraph, Message
 from anabranch.chat.completions import Completions
 from anabranch.chat.guard import Guard
 from anabranch.chat.items import AnswerText, FinalAnswer, Shape
-from anabranch.chat.params import check_answer, refusal, tools_refusal
+from anabranch.chat.params import check_answer, refusal
 from anabranch.chat.responses import add_responses_route
 from anabranch.chat.slots import RunSlots, SlotStream, releasing
 from anabranch.chat.wire import (
@@ -88,6 +89,11 @@ def conversation_graph(chat: ChatGraph, checkpointer: Any = None) -> Graph:
             for event in events:
                 write(event)
         text = turn.answer()
+        calls = tuple(getattr(turn, "tool_calls", None) or ())  # the client's tools to run
+        if calls:
+            write(FinalAnswer(text, turn.usage, "tool_calls", calls))
+            return {"messages": [{"role": "assistant", "content": text or None,
+                                  "tool_calls": list(calls)}]}  # fmt: skip
         check_answer(text, requested_sampling(get_config()))
         # A Turn written before `finish_reason` joined the protocol ends as it did then.
         write(FinalAnswer(text, turn.usage, getattr(turn, "finish_reason", "stop")))
@@ -170,11 +176,14 @@ def create_app(
         *,
         thread: str | None,
         stream: bool,
+        client: ClientTools | None = None,
     ) -> Response:
         """Run `model` and answer in `shape`: on `thread`, whose stored turns come before
-        `messages`, or, without one, on `messages` alone."""
+        `messages`, or, without one, on `messages` alone; `client`: the client's tools."""
         chat = chats[model]
         why = refusal(asked, model, getattr(chat, "honours", frozenset()))
+        if why is None and not getattr(chat, "takes_tools", False):
+            why = _tools_refusal(model, client, messages, chats)
         if why:
             return error_response(400, why, "invalid_request_error")
         slot = runs.take()  # taken here, at once: two requests cannot both pass a check
@@ -182,7 +191,7 @@ def create_app(
             return error_response(429, f"all {max_concurrent_runs} runs are busy; retry shortly",
                           "rate_limit_exceeded", headers={"Retry-After": "1"})  # fmt: skip
         try:
-            config: RunnableConfig = {"configurable": {SAMPLING: asked}}
+            config: RunnableConfig = {"configurable": {SAMPLING: asked, CLIENT_TOOLS: client}}
             if thread:
                 graph = await threaded(model)
                 config["configurable"]["thread_id"] = thread
@@ -221,8 +230,6 @@ def create_app(
             return error_response(400, f"invalid request: {describe(exc)}", "invalid_request_error")
         if missing := unknown(chat_request.model):
             return missing
-        if why := tools_refusal(chat_request.tools):
-            return error_response(400, why, "invalid_request_error")
         thread = request.headers.get(THREAD_HEADER) or chat_request.user
         wanted = request.headers.get(PROGRESS_HEADER) or chat_request.anabranch_progress
         shape = Completions(
@@ -236,13 +243,14 @@ def create_app(
             request,
             chat_request.model,
             shape,
-            [_last_user(conversation)] if thread else conversation,  # a thread knows the rest
+            _new_turn(conversation) if thread else conversation,  # a thread knows the rest
             chat_request.asked(),
             thread=thread,
             stream=chat_request.stream,
+            client=chat_request.client_tools(),
         )
 
-    add_responses_route(app, launch, unknown, threaded)
+    add_responses_route(app, launch, unknown, threaded, progress)
 
     return app
 
@@ -312,6 +320,27 @@ async def _until_disconnect(
     return task.result()
 
 
-def _last_user(messages: list[Message]) -> Message:
+def _new_turn(messages: list[Message]) -> list[Message]:
+    """What a thread does not know yet: the tool results that end the conversation (answers
+    to its last turn's calls), else the last user message."""
+    tail = len(messages)
+    while tail and messages[tail - 1].get("role") == "tool":
+        tail -= 1
+    if tail < len(messages):
+        return messages[tail:]
     users = [m for m in messages if m.get("role") == "user"]
-    return users[-1] if users else messages[-1]
+    return [users[-1] if users else messages[-1]]
+
+
+def _tools_refusal(
+    model: str, client: ClientTools | None, messages: list[Message], chats: Mapping[str, Any]
+) -> str | None:
+    """Why a graph that takes no tools cannot take this request (tools offered, or a
+    conversation holding tool calls and results), naming the graphs that do; None if it can."""
+    called = any(m.get("role") == "tool" or m.get("tool_calls") for m in messages)
+    if client is None and not called:
+        return None
+    takers = [n for n, c in chats.items() if getattr(c, "takes_tools", False)]
+    where = f" (graphs here that do: {', '.join(takers)})" if takers else ""
+    return (f"the {model!r} graph cannot use tools{where}: send the request without `tools` "
+            "and tool messages")  # fmt: skip

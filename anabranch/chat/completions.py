@@ -17,7 +17,7 @@ from fastapi.responses import JSONResponse
 
 from anabranch.chat.items import AnswerText, FinalAnswer
 from anabranch.chat.progress import progress_line
-from anabranch.chat.wire import error_body, error_response, sse_data, usage_body
+from anabranch.chat.wire import error_body, error_response, fragments, sse_data, usage_body
 from anabranch.errors import ChatGraphError
 from anabranch.events import BaseEvent, UsageTotal
 from anabranch.types import Usage
@@ -63,8 +63,11 @@ class Completions:
                         yield line
                 elif isinstance(item, FinalAnswer):
                     final = item
-                    if not streamed:  # a graph that only knows its answer at the end
+                    if not streamed and item.text:  # a graph that only knows it at the end
                         yield sse_data(self._chunk({"content": item.text}))
+                    for index, call in enumerate(item.tool_calls):
+                        for delta in _call_deltas(index, call):
+                            yield sse_data(self._chunk({"tool_calls": [delta]}))
                     for line in self._progress(_total(item.usage)):
                         yield line
         except Exception as exc:  # noqa: BLE001 - the client must hear why its stream ended
@@ -92,6 +95,8 @@ class Completions:
         if answer is None:
             return error_response(500, "the graph ended without an answer", "server_error")
         message: dict[str, Any] = {"role": "assistant", "content": answer.text}
+        if answer.tool_calls:
+            message.update(content=answer.text or None, tool_calls=list(answer.tool_calls))
         if self.reasoning:
             message["reasoning_content"] = "".join(map(progress_line, progress))
         return JSONResponse(
@@ -110,6 +115,17 @@ class Completions:
                 },
             }
         )
+
+
+def _call_deltas(index: int, call: dict[str, Any]) -> list[dict[str, Any]]:
+    """One tool call as OpenAI streams it: its index, id and name first (arguments empty),
+    then its arguments in fragments."""
+    function = call["function"]
+    first = {"index": index, "id": call["id"], "type": "function",
+             "function": {"name": function["name"], "arguments": ""}}  # fmt: skip
+    rest = [{"index": index, "function": {"arguments": piece}}
+            for piece in fragments(function["arguments"])]  # fmt: skip
+    return [first, *rest]
 
 
 def _total(usage: Usage) -> UsageTotal:

@@ -27,7 +27,10 @@ class FinalAnswer:
     text: str
     usage: Usage
     finish_reason: str = "stop"
-    """`stop`, or `length` when the answer was cut at `max_tokens`."""
+    """`stop`; `length` when the answer was cut at `max_tokens`; `tool_calls` when it asks
+    the client to run its tools."""
+    tool_calls: tuple[dict[str, Any], ...] = ()
+    """The client's tools to run, as chat `tool_calls` entries (id, type, function)."""
 
 
 class Shape(Protocol):

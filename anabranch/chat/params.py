@@ -6,16 +6,21 @@ A request's sampling parameters (`max_tokens`, `temperature`, `top_p`, `stop`, `
 (`ChatGraph.honours`); one it does not is the client's 400, as OpenAI answers a parameter a model
 does not support, since a client that asked for 50 tokens or a JSON schema and got something
 else would never know.
+
+The client's `tools` (with `tool_choice` and `parallel_tool_calls`) are checked here too, and go
+to a graph that takes them (`ChatGraph.takes_tools`) as a `ClientTools` (agents/deferred.py).
 """
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from typing import Any
 
 import jsonschema
 
+from anabranch.agents.deferred import ClientTools
 from anabranch.errors import ChatGraphError
 
 SAMPLING_FIELDS = ("max_tokens", "temperature", "top_p", "stop", "seed")
@@ -37,6 +42,8 @@ def problem(body: Mapping[str, Any]) -> str | None:
     for name in UNSUPPORTED:
         if body.get(name) not in (None, 0, False, {}):
             return f"{name} is not supported by anabranch's graphs; leave it unset"
+    if why := tools_problem(body):
+        return why
     fmt = body.get("response_format")
     if not fmt or fmt.get("type") == "text":
         return None
@@ -79,12 +86,63 @@ def refusal(asked: Mapping[str, Any], graph: str, honours: frozenset[str]) -> st
             "leave it unset")  # fmt: skip
 
 
-def tools_refusal(tools: Any) -> str | None:
-    """Tools a client brings, until graphs can use them: refused. The one place a graph that
-    takes tools will be asked instead."""
-    if tools:
-        return "this graph cannot use tools: send the request without `tools`"
-    return None
+_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+"""A function's name, as OpenAI allows it."""
+
+_CHOICES = ("auto", "none", "required")
+
+
+def tools_problem(body: Mapping[str, Any]) -> str | None:
+    """What is wrong with a request's `tools`, `tool_choice` and `parallel_tool_calls` (in the
+    chat API's shapes), or None: only function tools, each named and with a JSON schema for its
+    parameters, and a choice that names one of them."""
+    tools = body.get("tools") or []
+    if not isinstance(tools, list):
+        return "tools must be a list of function tools"
+    names = []
+    for number, spec in enumerate(tools):
+        kind = spec.get("type") if isinstance(spec, dict) else type(spec).__name__
+        if kind != "function":
+            return f"tools[{number}]: only function tools are supported, not {kind!r}"
+        function = spec.get("function")
+        if not isinstance(function, dict):
+            return f"tools[{number}]: a function tool needs a `function` object (name, parameters)"
+        name = function.get("name")
+        if not isinstance(name, str) or not _NAME.fullmatch(name):
+            return (
+                f"tools[{number}]: a function needs a name of letters, digits, _ or - (64 at most)"
+            )
+        try:
+            jsonschema.Draft202012Validator.check_schema(function.get("parameters") or {})
+        except jsonschema.SchemaError as exc:
+            return f"tools[{number}] ({name}): parameters are not a JSON schema: {exc.message}"
+        names.append(name)
+    if len(set(names)) != len(names):
+        return f"tools: two functions share a name ({', '.join(names)})"
+    if body.get("parallel_tool_calls") not in (None, True, False):
+        return "parallel_tool_calls must be true or false"
+    choice = body.get("tool_choice")
+    if not tools or choice is None or choice in _CHOICES:
+        return None  # a choice without tools asks nothing, as OpenAI-compatible servers take it
+    function = choice.get("function") if isinstance(choice, dict) else None
+    named = function.get("name") if isinstance(function, dict) else None
+    if named in names:
+        return None
+    if named is not None:
+        return f"tool_choice names {named!r}, which is not among the tools ({', '.join(names)})"
+    return ("tool_choice must be 'auto', 'none', 'required' or {'type': 'function', "
+            "'function': {'name': ...}}")  # fmt: skip
+
+
+def client_tools(body: Mapping[str, Any]) -> ClientTools | None:
+    """The request's tools as a run takes them (checked by `tools_problem`), or None."""
+    if not body.get("tools"):
+        return None
+    return ClientTools(
+        specs=tuple(body["tools"]),
+        choice=body.get("tool_choice") or "auto",
+        parallel=body.get("parallel_tool_calls") is not False,
+    )
 
 
 def check_answer(text: str, asked: Mapping[str, Any]) -> None:

@@ -19,17 +19,19 @@ import json
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, Protocol
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
+from pydantic import ValidationError
 
+from anabranch.agents.deferred import ClientTools
 from anabranch.chat.adapters import Message
+from anabranch.chat.input_items import ResponsesRequest
 from anabranch.chat.items import AnswerText, FinalAnswer, Shape
-from anabranch.chat.params import problem, requested, tools_refusal
-from anabranch.chat.wire import ChatMessage, error_body, error_response
+from anabranch.chat.progress import progress_line
+from anabranch.chat.wire import PROGRESS_HEADER, Progress, error_body, error_response, fragments
 from anabranch.errors import describe
 from anabranch.events import BaseEvent
 from anabranch.graphs.state import Graph
@@ -38,108 +40,46 @@ from anabranch.types import Usage
 _ID = re.compile(r"resp_([0-9a-f]{32})[0-9a-f]{16}")
 """A response id: `resp_`, its thread's key, its own part."""
 
-_TEXT_PARTS = {"input_text", "output_text", "text"}
-
-
-class ResponsesRequest(BaseModel):
-    """The Responses request as a graph takes it; sampling and the text format are honoured or
-    refused as for chat completions (chat/params.py)."""
-
-    model_config = ConfigDict(extra="allow")
-
-    model: str
-    input: str | list[dict[str, Any]]
-    instructions: str | None = None
-    stream: bool = False
-    store: bool = True
-    previous_response_id: str | None = None
-    tools: list[dict[str, Any]] | None = None
-
-    @model_validator(mode="before")
-    @classmethod
-    def _nothing_unsupported(cls, data: Any) -> Any:
-        if isinstance(data, dict) and (why := problem(_chat_names(data))):
-            raise ValueError(why)
-        return data
-
-    def asked(self) -> dict[str, Any]:
-        return requested(_chat_names(self.model_dump(exclude_unset=True)))
-
-    def messages(self) -> list[Message]:
-        """The input as chat messages, `instructions` first; items that are not messages
-        (function calls and their outputs, reasoning) are left to `function_items`."""
-        items = [{"role": "user", "content": self.input}] if isinstance(self.input, str) else [
-            i for i in self.input if i.get("type", "message") == "message"
-        ]  # fmt: skip
-        if self.instructions:
-            items.insert(0, {"role": "system", "content": self.instructions})
-        return [
-            ChatMessage.model_validate({"role": i.get("role"), "content": _content(i)}).model_dump(
-                exclude_unset=True
-            )
-            for i in items
-        ]
-
-    def function_items(self) -> list[dict[str, Any]]:
-        return [] if isinstance(self.input, str) else [
-            i for i in self.input if str(i.get("type", "")).startswith("function_call")
-        ]  # fmt: skip
-
-
-def _chat_names(body: dict[str, Any]) -> dict[str, Any]:
-    """A Responses body with its text format in chat's name (`response_format`)."""
-    fmt = (body.get("text") or {}).get("format")
-    if not fmt:
-        return body
-    if fmt.get("type") == "json_schema":
-        fields = ("name", "schema", "strict", "description")
-        fmt = {"type": "json_schema", "json_schema": {k: fmt[k] for k in fields if k in fmt}}
-    return {**body, "response_format": fmt}
-
-
-def _content(item: dict[str, Any]) -> Any:
-    """An item's content as chat content: its text parts as text parts, other parts as given."""
-    content = item.get("content")
-    if not isinstance(content, list):
-        return content
-    return [
-        {"type": "text", "text": p.get("text")} if p.get("type") in _TEXT_PARTS else p
-        for p in content
-    ]
-
 
 class ResponseRun:
-    """One request's run in the Responses shapes."""
+    """One request's run in the Responses shapes; with `reasoning`, its progress also goes out
+    as a reasoning item's summary (chat/progress.py), before the answer's items."""
 
-    def __init__(self, request: ResponsesRequest, thread_key: str | None) -> None:
+    def __init__(
+        self, request: ResponsesRequest, thread_key: str | None, *, reasoning: bool = False
+    ) -> None:
         self.request = request
         own = uuid.uuid4().hex[:16]
         self.id = f"resp_{thread_key}{own}" if thread_key else f"resp_{uuid.uuid4().hex}{own}"
         self.message_id = f"msg_{uuid.uuid4().hex}"
+        self.reasoning_id = f"rs_{uuid.uuid4().hex}"
         self.created = time.time()
         self.sequence = 0
+        self.output: list[dict[str, Any]] = []
+        """The output items finished so far, in order."""
+        self.thoughts: list[str] | None = [] if reasoning else None
+        """The progress lines of the reasoning item; None once it is closed (or not asked)."""
 
     def response(
-        self, status: str, text: str | None = None, final: FinalAnswer | None = None,
-        error: dict[str, Any] | None = None,
-    ) -> dict[str, Any]:  # fmt: skip
-        asked = self.request.asked()
+        self, status: str, final: FinalAnswer | None = None, error: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        asked, request = self.request.asked(), self.request
         return {
             "id": self.id,
             "object": "response",
             "created_at": self.created,
             "status": status,
-            "model": self.request.model,
-            "instructions": self.request.instructions,
-            "previous_response_id": self.request.previous_response_id,
-            "output": [] if text is None else [self.message(text, "completed")],
-            "parallel_tool_calls": False,
-            "tool_choice": "auto",
-            "tools": [],
+            "model": request.model,
+            "instructions": request.instructions,
+            "previous_response_id": request.previous_response_id,
+            "output": list(self.output),
+            "parallel_tool_calls": request.parallel_tool_calls is not False,
+            "tool_choice": request.tool_choice or "auto",
+            "tools": request.tools or [],
             "temperature": asked.get("temperature"),
             "top_p": asked.get("top_p"),
             "max_output_tokens": asked.get("max_tokens"),
-            "store": self.request.store,
+            "store": request.store,
             "text": {"format": {"type": "text"}},
             "error": error,
             "incomplete_details": _incomplete(status),
@@ -152,31 +92,71 @@ class ResponseRun:
         return {"id": self.message_id, "type": "message", "status": status,
                 "role": "assistant", "content": content}  # fmt: skip
 
+    def reasoning(self, text: str, status: str) -> dict[str, Any]:
+        summary = [] if status == "in_progress" else [_summary(text)]
+        return {"id": self.reasoning_id, "type": "reasoning", "status": status,
+                "summary": summary}  # fmt: skip
+
     def _event(self, kind: str, **fields: Any) -> str:
         payload = {"type": kind, "sequence_number": self.sequence, **fields}
         self.sequence += 1
         return f"event: {kind}\ndata: {json.dumps(payload)}\n\n"
 
+    def _think(self, event: BaseEvent) -> list[str]:
+        """A progress event as a delta of the reasoning summary, opening it on the first."""
+        if self.thoughts is None or not (line := progress_line(event)):
+            return []
+        at = {"item_id": self.reasoning_id, "output_index": len(self.output), "summary_index": 0}
+        lines = [] if self.thoughts else [
+            self._event("response.output_item.added", output_index=len(self.output),
+                        item=self.reasoning("", "in_progress")),
+            self._event("response.reasoning_summary_part.added", **at, part=_summary("")),
+        ]  # fmt: skip
+        self.thoughts.append(line)
+        return [*lines, self._event("response.reasoning_summary_text.delta", **at, delta=line)]
+
+    def _stop_thinking(self) -> list[str]:
+        """Close the reasoning item, if one is open: the answer's items come after it."""
+        thoughts, self.thoughts = self.thoughts, None
+        if not thoughts:
+            return []
+        text = "".join(thoughts)
+        at = {"item_id": self.reasoning_id, "output_index": len(self.output), "summary_index": 0}
+        self.output.append(self.reasoning(text, "completed"))
+        return [
+            self._event("response.reasoning_summary_text.done", **at, text=text),
+            self._event("response.reasoning_summary_part.done", **at, part=_summary(text)),
+            self._event("response.output_item.done", output_index=at["output_index"],
+                        item=self.output[-1]),
+        ]  # fmt: skip
+
     async def sse(self, events: AsyncIterator[Any]) -> AsyncIterator[str]:
-        at = {"item_id": self.message_id, "output_index": 0, "content_index": 0}
         yield self._event("response.created", response=self.response("in_progress"))
         yield self._event("response.in_progress", response=self.response("in_progress"))
-        yield self._event("response.output_item.added", output_index=0,
-                          item=self.message("", "in_progress"))  # fmt: skip
-        yield self._event("response.content_part.added", **at, part=_part(""))
         streamed: list[str] = []
+        at: dict[str, Any] = {}
         final = None
         try:
             async for item in events:
                 if isinstance(item, BaseEvent):
                     yield f": anabranch {item.model_dump_json()}\n\n"
+                    for line in self._think(item):
+                        yield line
                     continue
                 if isinstance(item, FinalAnswer):
                     final = item
-                    if streamed:
+                    if streamed or (item.tool_calls and not item.text):
                         continue
                     item = AnswerText(item.text)  # a graph that only knows it at the end
                 if isinstance(item, AnswerText):
+                    if not streamed:  # the message opens with its first words
+                        for line in self._stop_thinking():
+                            yield line
+                        at = {"item_id": self.message_id, "output_index": len(self.output),
+                              "content_index": 0}  # fmt: skip
+                        yield self._event("response.output_item.added", output_index=len(
+                            self.output), item=self.message("", "in_progress"))  # fmt: skip
+                        yield self._event("response.content_part.added", **at, part=_part(""))
                     streamed.append(item.text)
                     yield self._event("response.output_text.delta", **at, delta=item.text,
                                       logprobs=[])  # fmt: skip
@@ -188,28 +168,72 @@ class ResponseRun:
             failure = {"code": "server_error", "message": "the graph ended without an answer"}
             yield self._event("response.failed", response=self.response("failed", error=failure))
             return
-        text = "".join(streamed)
-        yield self._event("response.output_text.done", **at, text=text, logprobs=[])
-        yield self._event("response.content_part.done", **at, part=_part(text))
-        yield self._event("response.output_item.done", output_index=0,
-                          item=self.message(text, "completed"))  # fmt: skip
-        status = "incomplete" if final.finish_reason == "length" else "completed"
-        yield self._event(f"response.{status}", response=self.response(status, text, final))
+        for line in self._stop_thinking():
+            yield line
+        if streamed:
+            text = "".join(streamed)
+            yield self._event("response.output_text.done", **at, text=text, logprobs=[])
+            yield self._event("response.content_part.done", **at, part=_part(text))
+            self.output.append(self.message(text, "completed"))
+            yield self._event("response.output_item.done", output_index=at["output_index"],
+                              item=self.output[-1])  # fmt: skip
+        for call in _function_items(final.tool_calls):
+            index = len(self.output)
+            yield self._event(
+                "response.output_item.added",
+                output_index=index,
+                item={**call, "arguments": "", "status": "in_progress"},
+            )
+            at_call = {"item_id": call["id"], "output_index": index}
+            for piece in fragments(call["arguments"]):
+                yield self._event("response.function_call_arguments.delta", **at_call, delta=piece)
+            yield self._event(
+                "response.function_call_arguments.done",
+                **at_call,
+                name=call["name"],
+                arguments=call["arguments"],
+            )
+            self.output.append(call)
+            yield self._event("response.output_item.done", output_index=index, item=call)
+        yield self._event(f"response.{_status(final)}", response=self.response(_status(final),
+                                                                              final))  # fmt: skip
 
     async def complete(self, events: AsyncIterator[Any]) -> JSONResponse:
         final = None
+        thoughts: list[str] = []
         try:
             async for item in events:
                 if isinstance(item, FinalAnswer):
                     final = item
+                elif isinstance(item, BaseEvent) and self.thoughts is not None:
+                    thoughts.append(progress_line(item))
         except Exception as exc:  # noqa: BLE001 - an error response, never a dropped connection
             body = error_body(exc)
             code = 502 if body["type"] == "graph_error" else 500
             return error_response(code, body["message"], body["type"])
         if final is None:
             return error_response(500, "the graph ended without an answer", "server_error")
-        status = "incomplete" if final.finish_reason == "length" else "completed"
-        return JSONResponse(self.response(status, final.text, final))
+        if "".join(thoughts):
+            self.output.append(self.reasoning("".join(thoughts), "completed"))
+        if final.text or not final.tool_calls:
+            self.output.append(self.message(final.text, "completed"))
+        self.output += _function_items(final.tool_calls)
+        return JSONResponse(self.response(_status(final), final))
+
+
+def _status(final: FinalAnswer) -> str:
+    return "incomplete" if final.finish_reason == "length" else "completed"
+
+
+def _summary(text: str) -> dict[str, str]:
+    return {"type": "summary_text", "text": text}
+
+
+def _function_items(tool_calls: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Chat `tool_calls` entries as the Responses API's `function_call` output items."""
+    return [{"id": f"fc_{uuid.uuid4().hex}", "type": "function_call", "call_id": c["id"],
+             "name": c["function"]["name"], "arguments": c["function"]["arguments"],
+             "status": "completed"} for c in tool_calls]  # fmt: skip
 
 
 def _incomplete(status: str) -> dict[str, str] | None:
@@ -236,6 +260,7 @@ class Launch(Protocol):
     def __call__(
         self, request: Request, model: str, shape: Shape, messages: list[Message],
         asked: dict[str, Any], *, thread: str | None, stream: bool,
+        client: ClientTools | None = None,
     ) -> Awaitable[Response]: ...  # fmt: skip
 
 
@@ -244,8 +269,10 @@ def add_responses_route(
     launch: Launch,
     unknown: Callable[[str], Response | None],
     threaded: Callable[[str], Awaitable[Graph]],
+    progress: Progress = "comments",
 ) -> None:
-    """Serve `POST /v1/responses` on `app`, running graphs as `launch` does for chat."""
+    """Serve `POST /v1/responses` on `app`, running graphs as `launch` does for chat; progress
+    goes out as a reasoning summary when `progress` or the request asks for `reasoning`."""
 
     @app.post("/v1/responses")
     async def responses(request: Request) -> Response:
@@ -256,9 +283,7 @@ def add_responses_route(
             return error_response(400, f"invalid request: {describe(exc)}", "invalid_request_error")
         if missing := unknown(body.model):
             return missing
-        if why := tools_refusal(body.tools or body.function_items()):
-            return error_response(400, why, "invalid_request_error")
-        if not any(m["role"] == "user" for m in messages):
+        if not any(m["role"] in ("user", "tool") for m in messages):
             return error_response(400, "invalid request: the input has no user message",
                                   "invalid_request_error")  # fmt: skip
         key = uuid.uuid4().hex if body.store else None
@@ -268,9 +293,11 @@ def add_responses_route(
             if key is None or not await _stored(await threaded(body.model), key):
                 return error_response(404, f"previous response {body.previous_response_id!r} "
                                       "not found", "invalid_request_error")  # fmt: skip
-        run = ResponseRun(body, key)
+        wanted = request.headers.get(PROGRESS_HEADER) or body.anabranch_progress
+        run = ResponseRun(body, key, reasoning=(wanted or progress) == "reasoning")
         return await launch(request, body.model, run, messages, body.asked(),
-                            thread=_thread(key) if key else None, stream=body.stream)  # fmt: skip
+                            thread=_thread(key) if key else None, stream=body.stream,
+                            client=body.client_tools())  # fmt: skip
 
 
 def _thread(key: str) -> str:

@@ -10,8 +10,9 @@ from typing import Any, Literal
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from anabranch.agents.deferred import ClientTools
 from anabranch.chat.adapters import Message
-from anabranch.chat.params import problem, requested
+from anabranch.chat.params import client_tools, problem, requested
 from anabranch.errors import ChatGraphError
 from anabranch.redact import redact
 from anabranch.types import Usage
@@ -70,7 +71,8 @@ class ChatRequest(BaseModel):
     stream_options: dict[str, Any] | None = None
     user: str | None = None
     tools: list[dict[str, Any]] | None = None
-    """Functions the client offers the model (`tools_refusal` says whether a graph takes them)."""
+    """Functions the client offers the model and runs itself, for a graph that takes them
+    (`ChatGraph.takes_tools`); checked, with `tool_choice`, by `params.tools_problem`."""
     anabranch_progress: Progress | None = None
     """Where this request's progress goes (the `X-Anabranch-Progress` header says it too)."""
 
@@ -85,6 +87,10 @@ class ChatRequest(BaseModel):
         """The sampling parameters and response format set, as the graph's LLM calls take them."""
         return requested(self.model_dump(exclude_unset=True))
 
+    def client_tools(self) -> ClientTools | None:
+        """The client's tools, `tool_choice` and `parallel_tool_calls`, or None."""
+        return client_tools(self.model_dump(exclude_unset=True))
+
     @model_validator(mode="after")
     def _has_user_message(self) -> ChatRequest:
         if not any(m.role == "user" for m in self.messages):
@@ -92,8 +98,10 @@ class ChatRequest(BaseModel):
         return self
 
     def conversation(self) -> list[Message]:
-        """The messages as the graphs take them: plain dicts, as the client sent them."""
-        return [m.model_dump(exclude_unset=True) for m in self.messages]
+        """The messages as the graphs take them: plain dicts, as the client sent them, each with
+        a `content` (an assistant message of tool calls may come without one; LangChain's
+        messages need it)."""
+        return [{"content": None, **m.model_dump(exclude_unset=True)} for m in self.messages]
 
 
 def error_body(exc: Exception) -> dict:
@@ -110,6 +118,11 @@ def usage_body(usage: Usage) -> dict:
         "completion_tokens": usage.completion_tokens,
         "total_tokens": usage.total_tokens,
     }
+
+
+def fragments(text: str, size: int = 32) -> list[str]:
+    """A tool call's arguments in the pieces a stream sends them in, as OpenAI streams them."""
+    return [text[i : i + size] for i in range(0, len(text), size)]
 
 
 def sse_data(payload: dict) -> str:
