@@ -22,6 +22,7 @@ from anabranch.agents.deferred import ClientCalls, client_tools
 from anabranch.agents.llm import LLMAgent
 from anabranch.chat.adapters import Message, MessagesTurn, last_user_text
 from anabranch.graphs.state import Graph
+from anabranch.telemetry.tracing import agent_node
 from anabranch.types import Subtask, Usage
 
 
@@ -52,7 +53,7 @@ def agent_graph(agent: LLMAgent) -> Graph:
         return {"messages": [message], "usage": answer.usage}
 
     builder = StateGraph(AgentState)
-    builder.add_node("agent", respond)
+    builder.add_node("agent", agent_node(agent.name, respond))
     builder.add_edge(START, "agent")
     builder.add_edge("agent", END)
     return builder.compile(checkpointer=False, name=agent.name)

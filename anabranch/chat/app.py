@@ -45,6 +45,7 @@ from anabranch.chat.wire import (
 from anabranch.errors import ConfigError, describe
 from anabranch.graphs.state import SAMPLING, Graph, requested_sampling
 from anabranch.redact import register_secret
+from anabranch.telemetry.served import traced_request
 
 
 @dataclass(slots=True)
@@ -199,7 +200,11 @@ def create_app(
                 graph = stateless[model]
             state = {"messages": messages}
             handle = RunHandle()
-            events = graph.astream(state, config, stream_mode="custom", context=handle)
+            events = traced_request(
+                graph.astream(state, config, stream_mode="custom", context=handle),
+                graph=model, headers=request.headers, response_id=getattr(shape, "id", None),
+                thread=thread, stream=stream,
+            )  # fmt: skip
             if stream:
                 return SlotStream(
                     slot,

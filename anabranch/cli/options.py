@@ -69,6 +69,15 @@ Deadline = Annotated[
         min=0.1, help="Seconds one LLM call may take, retries included (not its wait for a slot)."
     ),
 ]
+Otel = Annotated[
+    bool,
+    typer.Option(
+        "--otel",
+        help="Send OpenTelemetry traces and metrics over OTLP/HTTP where the OTEL_* "
+        "variables say (on by itself when OTEL_EXPORTER_OTLP_ENDPOINT is set); "
+        "pip install 'anabranch[otel]'.",
+    ),
+]
 Rpm = Annotated[float | None, typer.Option(min=0.001, help="LLM requests per minute, at most.")]
 Tpm = Annotated[float | None, typer.Option(min=1, help="LLM tokens per minute, at most.")]
 

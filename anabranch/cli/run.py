@@ -20,6 +20,7 @@ from anabranch.cli.options import (
     Llm,
     LlmConcurrency,
     Model,
+    Otel,
     Planner,
     Rpm,
     Timeout,
@@ -150,15 +151,7 @@ def run(
     report: Annotated[
         Path | None, typer.Option(help="Also write the run report as one HTML file (offline).")
     ] = None,
-    otel: Annotated[
-        bool,
-        typer.Option(
-            "--otel",
-            help="Send OpenTelemetry traces and metrics over OTLP/HTTP where the OTEL_* "
-            "variables say (on by itself when OTEL_EXPORTER_OTLP_ENDPOINT is set); "
-            "pip install 'anabranch[otel]'.",
-        ),
-    ] = False,
+    otel: Otel = False,
 ) -> None:
     """Run the fan-out analysis (tokens, keywords, sentiment) over a JSONL file of tasks.
 

@@ -12,6 +12,7 @@ import enum
 import errno
 import ipaddress
 import os
+import signal
 import socket
 import sys
 from pathlib import Path
@@ -26,12 +27,14 @@ from anabranch.cli.options import (
     Llm,
     LlmConcurrency,
     Model,
+    Otel,
     Timeout,
     llm_options,
 )
 
 if TYPE_CHECKING:
     from anabranch.llm.connect import LLMOptions
+    from anabranch.telemetry.setup import Exporting
 
 
 class Progress(enum.StrEnum):
@@ -80,6 +83,7 @@ def serve(
             "X-Anabranch-Progress header."
         ),
     ] = Progress.comments,
+    otel: Otel = False,
 ) -> None:
     """Serve graphs as OpenAI-compatible chat models (POST /v1/chat/completions, /v1/responses)."""
     given = api_token if api_token is not None else os.environ.get("ANABRANCH_API_TOKEN")
@@ -107,8 +111,30 @@ def serve(
     if os.getcwd() not in sys.path:  # `module:attr` from here, as `python -m` finds modules
         sys.path.insert(0, os.getcwd())
     listener = _bind(host, port)
-    asyncio.run(_serve(listener, names, host, port, backend, options, token, str(threads_db),
-                       max_runs, progress.value))  # fmt: skip
+    from anabranch.telemetry import setup as telemetry
+
+    exporting = telemetry.start_exporting() if telemetry.wanted(otel) else None
+    if exporting is not None:
+        _flush_before_sigterm(exporting)
+    try:
+        asyncio.run(_serve(listener, names, host, port, backend, options, token, str(threads_db),
+                           max_runs, progress.value))  # fmt: skip
+    finally:
+        if exporting is not None:
+            exporting.close()  # the spans still buffered are sent when the server stops
+
+
+def _flush_before_sigterm(exporting: Exporting) -> None:
+    """Send the buffered spans before SIGTERM ends the process. uvicorn stops gracefully on
+    SIGTERM, then raises it again with the handler it found, and the default handler ends the
+    process there, past any `finally`: this one flushes first, then ends it as SIGTERM does."""
+
+    def flush_then_end(signum: int, frame: object) -> None:
+        exporting.close()
+        signal.signal(signum, signal.SIG_DFL)
+        signal.raise_signal(signum)
+
+    signal.signal(signal.SIGTERM, flush_then_end)
 
 
 def _is_loopback(host: str) -> bool:

@@ -27,6 +27,7 @@ from anabranch.graphs.sync import sync_capable
 from anabranch.llm.connect import LLMOptions, build_endpoint
 from anabranch.llm.endpoint import Endpoint
 from anabranch.llm.settings import Sampling
+from anabranch.telemetry.tracing import agent_node
 from anabranch.types import ChainResult, ChainStep, SubtaskError, ToolCallRecord, Usage
 
 ChainContext = Literal["previous", "all"]
@@ -175,7 +176,7 @@ def _step_node(
         return {"steps": [record]}
 
     step.__name__ = f"step_{index}_{specialist.name}"
-    return step
+    return agent_node(specialist.name, step)
 
 
 async def _agent_step(

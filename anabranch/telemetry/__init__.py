@@ -20,7 +20,14 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from anabranch.telemetry.switch import instrument, instrumented, uninstrument
     from anabranch.telemetry.timeline import Failure, Timeline, TimelineRecorder
-    from anabranch.telemetry.tracing import BatchTelemetry, ToolSpan, invoke_agent, tool_span
+    from anabranch.telemetry.tracing import (
+        BatchTelemetry,
+        ToolSpan,
+        agent_node,
+        agent_span,
+        invoke_agent,
+        tool_span,
+    )
 
 _WHERE = {
     "instrument": "anabranch.telemetry.switch",
@@ -31,6 +38,8 @@ _WHERE = {
     "TimelineRecorder": "anabranch.telemetry.timeline",
     "BatchTelemetry": "anabranch.telemetry.tracing",
     "ToolSpan": "anabranch.telemetry.tracing",
+    "agent_node": "anabranch.telemetry.tracing",
+    "agent_span": "anabranch.telemetry.tracing",
     "invoke_agent": "anabranch.telemetry.tracing",
     "tool_span": "anabranch.telemetry.tracing",
 }
@@ -42,6 +51,8 @@ __all__ = [
     "Timeline",
     "TimelineRecorder",
     "ToolSpan",
+    "agent_node",
+    "agent_span",
     "instrument",
     "instrumented",
     "invoke_agent",

@@ -14,18 +14,23 @@ prompt and the answer) is off by default: `instrument(include_content=True)`, or
 passes through the one redactor first.
 
 The `chat` spans are made by `telemetry/llm.py`, the endpoint's hook; the switch and the
-context they share live in `telemetry/switch.py`.
+context they share live in `telemetry/switch.py`; a served request's workflow span is made by
+`telemetry/served.py`.
 """
 
 from __future__ import annotations
 
+import functools
 import time
-from collections.abc import Awaitable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, ParamSpec, Protocol, TypeVar
 
 from anabranch.telemetry.switch import AGENT, RECORDER, SWITCH, content, error_type, mark_failed
 from anabranch.telemetry.timeline import Timeline, TimelineRecorder
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 if TYPE_CHECKING:
     from anabranch.agents.base import Answer as AgentAnswer
@@ -105,11 +110,26 @@ async def invoke_agent(agent: _Runs, subtask: Subtask) -> AgentAnswer:
     if on is None and recorder is None:
         return await agent.run(subtask)
     name = agent.name
-    token = AGENT.set(name)
     start = time.perf_counter()
     try:
-        if on is None:
+        with agent_span(name, {"anabranch.task.id": subtask.task_id,
+                               "anabranch.chunk": subtask.chunk}):  # fmt: skip
             return await agent.run(subtask)
+    finally:
+        if recorder is not None:
+            recorder.agent_finished(name, time.perf_counter() - start)
+
+
+@contextmanager
+def agent_span(name: str, attributes: dict[str, Any] | None = None) -> Iterator[None]:
+    """`invoke_agent {name}` around an agent's work (its calls' metrics carry its name). An
+    exception out of the block marks the span failed, and goes on."""
+    token = AGENT.set(name)
+    try:
+        on = SWITCH.on
+        if on is None:
+            yield
+            return
         from opentelemetry.trace import SpanKind
 
         with on.tracer.start_as_current_span(
@@ -118,21 +138,31 @@ async def invoke_agent(agent: _Runs, subtask: Subtask) -> AgentAnswer:
             attributes={
                 "gen_ai.operation.name": "invoke_agent",
                 "gen_ai.agent.name": name,
-                "anabranch.task.id": subtask.task_id,
-                "anabranch.chunk": subtask.chunk,
+                **(attributes or {}),
             },
             record_exception=False,
             set_status_on_exception=False,
         ) as span:
             try:
-                return await agent.run(subtask)
+                yield
             except BaseException as exc:
                 mark_failed(span, error_type(exc))
                 raise
     finally:
         AGENT.reset(token)
-        if recorder is not None:
-            recorder.agent_finished(name, time.perf_counter() - start)
+
+
+def agent_node(name: str, node: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
+    """A graph node run inside `agent_span(name)`, for graphs whose nodes are not fan-out
+    agents (the chain's steps, a served agent). The wrapper keeps the node's signature, which
+    LangGraph reads to pass it the config or runtime."""
+
+    @functools.wraps(node)
+    async def run(*args: P.args, **kwargs: P.kwargs) -> R:
+        with agent_span(name):
+            return await node(*args, **kwargs)
+
+    return run
 
 
 # -- a tool call --------------------------------------------------------------------------------
