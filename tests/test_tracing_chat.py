@@ -33,6 +33,8 @@ from anabranch.telemetry import instrument, uninstrument
 STEPS = [s.name for s in DEFAULT_CHAIN]
 """The chain's specialists: an agent span and a chat span each, per request."""
 HI = [{"role": "user", "content": "Say something about rivers."}]
+ANALYSTS = "keywords=llm,sentiment=llm,tokenize=local"
+"""The analysis graph's backends: two analysts that call the LLM, one that does not."""
 CALLER_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 CALLER_SPAN = "00f067aa0ba902b7"
 
@@ -48,10 +50,11 @@ def spans():
     provider.shutdown()
 
 
-async def _serving(faults, tmp_path):
+async def _serving(faults, tmp_path, graphs=("chain",)):
     endpoint = Endpoint(faults.url, "fault", timeouts=Timeouts(attempt=5, call=30),
                         retry=RetryPolicy(2, backoff_initial=0.01, backoff_max=0.02))  # fmt: skip
-    app = create_app([chat_graph("chain", endpoint)], threads_db=str(tmp_path / "t.sqlite"))
+    chats = [chat_graph(name, endpoint, backend=ANALYSTS) for name in graphs]
+    app = create_app(chats, threads_db=str(tmp_path / "t.sqlite"))
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, port=port, log_level="warning"))
     serving = asyncio.create_task(server.serve())
@@ -148,6 +151,35 @@ async def test_each_served_request_is_a_workflow_span_over_its_agents_and_calls(
                and s.attributes["gen_ai.operation.name"] == "chat"]  # fmt: skip
     assert refused and all(s.attributes["error.type"] == "400" for s in refused)
     assert all(_under(s, by_id) for s in refused)
+
+
+async def test_the_analysis_and_the_assistant_hang_their_agents_under_the_request(
+    faults, spans, tmp_path
+):
+    endpoint, app, server, serving, url = await _serving(faults, tmp_path, ("analyze", "assistant"))
+    try:
+        async with httpx.AsyncClient(base_url=url, timeout=60) as http:
+            for graph in ("analyze", "assistant"):
+                reply = await http.post("/chat/completions", json={"model": graph, "messages": HI})
+                assert reply.status_code == 200, reply.text
+    finally:
+        server.should_exit = True
+        await serving
+        await app.aclose()
+        await endpoint.aclose()
+    finished = spans.get_finished_spans()
+    for graph, agents in (("analyze", {"keywords", "sentiment", "tokenize"}),
+                          ("assistant", {"assistant"})):  # fmt: skip
+        [request] = [s for s in finished if s.name == f"invoke_workflow {graph}"]
+        trace = [s for s in finished if s.context.trace_id == request.context.trace_id]
+        named = {s.attributes["gen_ai.agent.name"]: s for s in trace
+                 if s.attributes["gen_ai.operation.name"] == "invoke_agent"}  # fmt: skip
+        assert set(named) == agents
+        chats = [s for s in trace if s.attributes["gen_ai.operation.name"] == "chat"]
+        assert chats and {s.parent.span_id for s in chats} <= {
+            s.context.span_id for s in named.values()
+        }
+        assert all(s.attributes["gen_ai.agent.name"] in agents for s in chats)
 
 
 async def test_a_request_the_client_leaves_ends_its_span_as_cancelled(faults, spans, tmp_path):
