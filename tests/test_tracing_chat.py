@@ -150,6 +150,9 @@ async def test_each_served_request_is_a_workflow_span_over_its_agents_and_calls(
     refused = [s for s in finished if s.context.trace_id == fourth.context.trace_id
                and s.attributes["gen_ai.operation.name"] == "chat"]  # fmt: skip
     assert refused and all(s.attributes["error.type"] == "400" for s in refused)
+    [step] = [s for s in finished if s.context.trace_id == fourth.context.trace_id
+              and s.attributes["gen_ai.operation.name"] == "invoke_agent"]  # fmt: skip
+    assert step.status.status_code == StatusCode.ERROR and step.attributes["error.type"]
     assert all(_under(s, by_id) for s in refused)
 
 

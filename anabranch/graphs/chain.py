@@ -176,7 +176,13 @@ def _step_node(
         return {"steps": [record]}
 
     step.__name__ = f"step_{index}_{specialist.name}"
-    return agent_node(specialist.name, step)
+    return agent_node(specialist.name, step, _step_failure)
+
+
+def _step_failure(update: dict[str, Any]) -> str | None:
+    """The error type a failed step recorded, for its span."""
+    error = update["steps"][-1].error
+    return error.type if error is not None else None
 
 
 async def _agent_step(

@@ -152,15 +152,25 @@ def agent_span(name: str, attributes: dict[str, Any] | None = None) -> Iterator[
         AGENT.reset(token)
 
 
-def agent_node(name: str, node: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
+def agent_node(
+    name: str,
+    node: Callable[P, Awaitable[R]],
+    failure: Callable[[R], str | None] | None = None,
+) -> Callable[P, Awaitable[R]]:
     """A graph node run inside `agent_span(name)`, for graphs whose nodes are not fan-out
     agents (the chain's steps, a served agent). The wrapper keeps the node's signature, which
-    LangGraph reads to pass it the config or runtime."""
+    LangGraph reads to pass it the config or runtime. `failure` reads a node's update for the
+    `error.type` of a failure it recorded instead of raising (a chain step's error record)."""
 
     @functools.wraps(node)
     async def run(*args: P.args, **kwargs: P.kwargs) -> R:
         with agent_span(name):
-            return await node(*args, **kwargs)
+            update = await node(*args, **kwargs)
+            if failure is not None and (why := failure(update)) and SWITCH.on is not None:
+                from opentelemetry import trace
+
+                mark_failed(trace.get_current_span(), why)
+            return update
 
     return run
 
