@@ -114,7 +114,7 @@ def url_with(url: str, key: str) -> str:
 SURFACES = (
     "run", "run with the key in the URL", "chain", "runs", "run --retry-failed", "eval",
     "eval with the key in the URL", "serve", "the HTML run reports", "the OTLP export",
-    "every file under the run's folder",
+    "serve's OTLP export", "every file under the run's folder",
 )  # fmt: skip
 """The outputs the commands write, each scanned on its own so that a leak names its surface."""
 
@@ -208,12 +208,15 @@ def surfaces(fault_server, tmp_path_factory):
     # `serve`: both graphs, streamed and not, with and without a thread, progress as reasoning;
     # the Responses API too; and the assistant with a client's tool: its own tool runs on the
     # server (its events in the progress), the client's call is the reply, its result goes back.
+    # Its spans, message content on, go over OTLP to a receiver: a surface of their own.
     fault_server.configure(echo_credentials=True, rates=ECHOED, retry_after=0, seed=7,
                            logprobs=False, tools=TOOL_SCRIPT)  # fmt: skip
     db = run_dir / "threads.sqlite"
     graphs = ("--graph", "analyze", "--graph", "chain", "--graph", "assistant")
-    process, url = start_server(*llm, "--threads-db", str(db), *graphs, token=TOKEN_CANARY,
-                                env=env)  # fmt: skip
+    otlp = OTLPReceiver().__enter__()
+    process, url = start_server(*llm, "--threads-db", str(db), *graphs, "--otel",
+                                token=TOKEN_CANARY, env={**env, **content,
+                                "OTEL_EXPORTER_OTLP_ENDPOINT": otlp.url})  # fmt: skip
     try:
         headers = {"Authorization": f"Bearer {TOKEN_CANARY}"}
         asked = [{"role": "user", "content": "I love it."}]
@@ -241,6 +244,10 @@ def surfaces(fault_server, tmp_path_factory):
         out, err = process.communicate(timeout=20)
         seen["serve"].add("serve stdout", out)
         seen["serve"].add("serve stderr", err)
+        otlp.__exit__(None, None, None)
+    assert b"invoke_workflow chain" in b"".join(otlp.bodies["/v1/traces"])
+    for route, bodies in otlp.bodies.items():
+        seen["serve's OTLP export"].add(f"serve OTLP {route}", b"".join(bodies))
     assert db.stat().st_size > 0
     seen["serve"].add("threads.sqlite", db.read_bytes())
 
