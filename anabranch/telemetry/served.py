@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from anabranch.chat.items import FinalAnswer
 from anabranch.telemetry.switch import SWITCH, Instrumentation, error_type, mark_failed
+
+if TYPE_CHECKING:
+    from anabranch.chat.items import FinalAnswer
 
 
 def traced_request(
@@ -51,6 +53,8 @@ async def _traced(
 ) -> AsyncIterator[Any]:
     from opentelemetry import propagate, trace
     from opentelemetry.trace import SpanKind
+
+    from anabranch.chat.items import FinalAnswer  # here: the chat package imports this module
 
     attributes: dict[str, Any] = {
         "gen_ai.operation.name": "invoke_workflow",
