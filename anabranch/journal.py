@@ -31,6 +31,7 @@ from anabranch.batches_store import BATCH_SCHEMA, BATCH_TABLES, BatchRecord, lis
 from anabranch.errors import JournalBusyError, JournalError, failed_because_of_server
 from anabranch.ledger import LedgerWriter, RunLedger
 from anabranch.outputs import Line, ResultsFile, as_json
+from anabranch.servers_store import SERVERS_SCHEMA, ServerMemory
 from anabranch.store import cause, connect
 from anabranch.types import RunReport, SubtaskResult, TaskResult, Usage
 
@@ -97,6 +98,7 @@ class Journal:
     def __init__(self, path: str | Path, *, replace_corrupt: bool = False) -> None:
         self.path = Path(path)
         self._lock: IO[bytes] | None = None
+        self._servers: ServerMemory | None = None
         try:
             self._open()
         except JournalError as exc:
@@ -125,7 +127,7 @@ class Journal:
 
     def _check_version(self) -> None:
         with self._db:
-            self._db.executescript(_SCHEMA + BATCH_SCHEMA)
+            self._db.executescript(_SCHEMA + BATCH_SCHEMA + SERVERS_SCHEMA)
             row = self._db.execute("SELECT value FROM meta WHERE key = 'version'").fetchone()
             if row is None:
                 self._db.execute("INSERT INTO meta VALUES ('version', ?)", (str(SCHEMA_VERSION),))
@@ -136,8 +138,18 @@ class Journal:
                 )
 
     def close(self) -> None:
+        if self._servers is not None:
+            self._servers.close()
         self._db.close()
         self._release()
+
+    def servers(self) -> ServerMemory:
+        """What endpoints learnt of their servers, kept here for the next process
+        (`Endpoint.remember`): a resumed run or the next run on this journal does not probe
+        the server again (servers_store.py)."""
+        if self._servers is None:
+            self._servers = ServerMemory(self._db, self.path)
+        return self._servers
 
     def __enter__(self) -> Journal:
         return self

@@ -25,6 +25,7 @@ from pydantic import BaseModel, SecretStr
 
 from anabranch.errors import (
     LLMAuthError,
+    LLMError,
     LLMStatusError,
     LLMTimeoutError,
 )
@@ -32,8 +33,10 @@ from anabranch.llm.adaptive import SlotStats
 from anabranch.llm.batch_api import BatchLayer
 from anabranch.llm.cache import ResponseCache
 from anabranch.llm.completion import Completion, completion_of
+from anabranch.llm.learnt import Knowledge, Memory, server_key
 from anabranch.llm.limits import CallLimiter, estimate_tokens
 from anabranch.llm.retry import Retrier, Tally, short
+from anabranch.llm.runaway import StreamWatch, is_runaway, reroll, runaway_error
 from anabranch.llm.settings import BatchSettings, Limits, RetryPolicy, Sampling, Timeouts
 from anabranch.llm.speed import Speed
 from anabranch.llm.structured import OutputMode, Parsed, parse, response_format
@@ -91,12 +94,10 @@ class Endpoint:
             max_bytes=self.limits.max_response_bytes,
         )
         self._retrier = Retrier(self.retry, self.timeouts)
-        self._output_mode: OutputMode = "json_schema"
-        self._has_tokenize: bool | None = None
+        self.knowledge = Knowledge()
+        """What the endpoint learnt of the server (output mode, logprobs, /tokenize, tools)."""
         self._refused: LLMAuthError | None = None
         self._speed = Speed()
-        self.tools_native: bool = True
-        """Whether the server takes `tools`; the tool loop learns it (agents/prompted_tools.py)."""
         self._batches = BatchLayer(self.client, self.batch, self._live) if self.batch else None
 
     @property
@@ -137,14 +138,28 @@ class Endpoint:
         urls = (f"{self.server_root}/health", f"{self.base_url}/models")  # costs one timeout
         return any(await asyncio.gather(*(self._transport.answers(u, timeout) for u in urls)))
 
+    def remember(self, memory: Memory) -> None:
+        """Take up what `memory` (a journal's, `Journal.servers`) holds of this server and model,
+        and keep there what the endpoint learns: the next process does not probe again."""
+        self.knowledge.attach(memory, server_key(self.public_url, self.model))
+
     @property
     def output_mode(self) -> OutputMode:
         """How `parse` asks for JSON: learned from the server, which may refuse `json_schema`."""
-        return self._output_mode
+        return self.knowledge.now.output_mode
 
     @output_mode.setter
     def output_mode(self, mode: OutputMode) -> None:
-        self._output_mode = mode
+        self.knowledge.learn(output_mode=mode)
+
+    @property
+    def tools_native(self) -> bool:
+        """Whether the server takes `tools`; the tool loop learns it (agents/prompted_tools.py)."""
+        return self.knowledge.now.tools
+
+    @tools_native.setter
+    def tools_native(self, native: bool) -> None:
+        self.knowledge.learn(tools=native)
 
     @property
     def batch_report(self) -> BatchReport | None:
@@ -209,6 +224,8 @@ class Endpoint:
             completion = await self._call(
                 params, lambda timeout: self._transport.chat(params, timeout)
             )
+            if is_runaway(completion.text, completion.finish_reason) is not None:
+                completion = await self._again(params, completion)
         if self.cache is not None and key is not None and not completion.tool_calls:
             self.cache.put(key, completion.answer)
         return completion
@@ -232,7 +249,25 @@ class Endpoint:
         """
         params = self._params(messages, temperature, max_tokens, model, extra=extra)
         heard = first_chunk(on_text)  # the time to the first piece, when telemetry is on
-        return await self._call(params, lambda _: self._transport.stream(params, heard))
+        watched = StreamWatch(heard)  # a loop of the model stops the stream (llm/runaway.py)
+        return await self._call(params, lambda _: self._transport.stream(params, watched))
+
+    async def _again(self, params: dict[str, Any], looped: Completion) -> Completion:
+        """An answer that repeated itself until cut, asked once more another way
+        (`runaway.reroll`); a second loop fails the call (`LLMRunawayError`)."""
+        again = reroll(params)
+        try:
+            answer = await self._call(again, lambda timeout: self._transport.chat(again, timeout))
+        except LLMError as exc:
+            exc.usage, exc.attempts = looped.usage + exc.usage, looped.attempts + exc.attempts
+            raise
+        usage, attempts = looped.usage + answer.usage, looped.attempts + answer.attempts
+        if (still := is_runaway(answer.text, answer.finish_reason)) is not None:
+            cut = f"until cut at max_tokens ({params['max_tokens']})"
+            raise runaway_error(still, cut, attempts, usage=usage)
+        answer.usage, answer.attempts = usage, attempts
+        answer.latency_s += looped.latency_s
+        return answer
 
     def _timeout(self, params: dict[str, Any], left: float | None) -> float:
         """The configured attempt timeout, or longer if the server's measured speed needs it
@@ -378,7 +413,7 @@ class Endpoint:
 
         Retried like a chat call; probed once: a server without the route is not asked again.
         """
-        if self._has_tokenize is False:
+        if self.knowledge.now.tokenize is False:
             return None
         body = {"content": text, "with_pieces": True, "model": self.model}
         tally = Tally()
@@ -392,9 +427,9 @@ class Endpoint:
                 response = await self._retrier.run(attempt, tally)
         except LLMStatusError as exc:
             if exc.status in (404, 405, 501):
-                self._has_tokenize = False
+                self.knowledge.learn(tokenize=False)
                 return None
             raise
-        self._has_tokenize = True
+        self.knowledge.learn(tokenize=True)
         tokens = response.get("tokens", []) if isinstance(response, dict) else []
         return readable_pieces([piece_bytes(t) for t in tokens]), len(tokens)

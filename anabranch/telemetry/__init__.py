@@ -19,18 +19,26 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from anabranch.telemetry.switch import instrument, instrumented, uninstrument
-    from anabranch.telemetry.timeline import Failure, Timeline, TimelineRecorder
-    from anabranch.telemetry.tracing import BatchTelemetry, ToolSpan, invoke_agent, tool_span
+    from anabranch.telemetry.timeline import Failure, Fallback, Timeline, TimelineRecorder
+    from anabranch.telemetry.tracing import (
+        BatchTelemetry,
+        ToolSpan,
+        fell_back,
+        invoke_agent,
+        tool_span,
+    )
 
 _WHERE = {
     "instrument": "anabranch.telemetry.switch",
     "instrumented": "anabranch.telemetry.switch",
     "uninstrument": "anabranch.telemetry.switch",
     "Failure": "anabranch.telemetry.timeline",
+    "Fallback": "anabranch.telemetry.timeline",
     "Timeline": "anabranch.telemetry.timeline",
     "TimelineRecorder": "anabranch.telemetry.timeline",
     "BatchTelemetry": "anabranch.telemetry.tracing",
     "ToolSpan": "anabranch.telemetry.tracing",
+    "fell_back": "anabranch.telemetry.tracing",
     "invoke_agent": "anabranch.telemetry.tracing",
     "tool_span": "anabranch.telemetry.tracing",
 }
@@ -39,9 +47,11 @@ _WHERE = {
 __all__ = [
     "BatchTelemetry",
     "Failure",
+    "Fallback",
     "Timeline",
     "TimelineRecorder",
     "ToolSpan",
+    "fell_back",
     "instrument",
     "instrumented",
     "invoke_agent",
