@@ -251,9 +251,9 @@ class FaultApp:
                     200, {"tokens": [{"id": i, "piece": w} for i, w in enumerate(words)]}
                 )
             wants = (request.get("response_format") or {}).get("type")
-            refused = {"json_schema": self.config.refuse_json_schema,
-                       "json_object": self.config.refuse_json_object}  # fmt: skip
-            if refused.get(wants or ""):
+            refuses = {"json_schema": self.config.refuse_json_schema,
+                        "json_object": self.config.refuse_json_object}  # fmt: skip
+            if refuses.get(wants or ""):
                 return json_reply(
                     400,
                     {
