@@ -57,7 +57,7 @@ async def test_a_server_that_changed_is_probed_again_not_failed(tmp_path, faults
         async with Endpoint(faults.url, "fault") as llm:
             llm.remember(journal.servers())
             await llm.parse(HI, SentimentOutput)
-            assert llm.output_mode == "json_object"
+            assert llm.knowledge.now.output_mode == "json_object"
     with Journal(tmp_path / "j.journal") as journal:
         memory = journal.servers()
         assert memory.recall(server_key(faults.url, "fault")) == Learnt(output_mode="json_object")
@@ -65,7 +65,7 @@ async def test_a_server_that_changed_is_probed_again_not_failed(tmp_path, faults
         async with Endpoint(faults.url, "fault") as llm:
             llm.remember(memory)
             parsed = await llm.parse(HI, SentimentOutput)
-            assert llm.output_mode == "json_schema"
+            assert llm.knowledge.now.output_mode == "json_schema"
         assert parsed.value.label in ("positive", "negative", "neutral")
         kinds = [p["response_format"]["type"] for p in faults.stats()["params"]]
         assert kinds == ["json_object", "json_schema"]  # one refusal, then the best mode again

@@ -25,7 +25,6 @@ from pydantic import BaseModel, SecretStr
 
 from anabranch.errors import (
     LLMAuthError,
-    LLMError,
     LLMStatusError,
     LLMTimeoutError,
 )
@@ -36,7 +35,7 @@ from anabranch.llm.completion import Completion, completion_of
 from anabranch.llm.learnt import Knowledge, Memory, server_key
 from anabranch.llm.limits import CallLimiter, estimate_tokens
 from anabranch.llm.retry import Retrier, Tally, short
-from anabranch.llm.runaway import StreamWatch, is_runaway, reroll, runaway_error
+from anabranch.llm.runaway import StreamWatch, asked_again, is_runaway
 from anabranch.llm.settings import BatchSettings, Limits, RetryPolicy, Sampling, Timeouts
 from anabranch.llm.speed import Speed
 from anabranch.llm.structured import OutputMode, Parsed, parse, response_format
@@ -144,24 +143,6 @@ class Endpoint:
         self.knowledge.attach(memory, server_key(self.public_url, self.model))
 
     @property
-    def output_mode(self) -> OutputMode:
-        """How `parse` asks for JSON: learned from the server, which may refuse `json_schema`."""
-        return self.knowledge.now.output_mode
-
-    @output_mode.setter
-    def output_mode(self, mode: OutputMode) -> None:
-        self.knowledge.learn(output_mode=mode)
-
-    @property
-    def tools_native(self) -> bool:
-        """Whether the server takes `tools`; the tool loop learns it (agents/prompted_tools.py)."""
-        return self.knowledge.now.tools
-
-    @tools_native.setter
-    def tools_native(self, native: bool) -> None:
-        self.knowledge.learn(tools=native)
-
-    @property
     def batch_report(self) -> BatchReport | None:
         """What went by batch so far, when the endpoint sends by batch."""
         return self._batches.report if self._batches is not None else None
@@ -225,7 +206,8 @@ class Endpoint:
                 params, lambda timeout: self._transport.chat(params, timeout)
             )
             if is_runaway(completion.text, completion.finish_reason) is not None:
-                completion = await self._again(params, completion)
+                completion = await asked_again(params, completion, lambda again: self._call(
+                    again, lambda timeout: self._transport.chat(again, timeout)))  # fmt: skip
         if self.cache is not None and key is not None and not completion.tool_calls:
             self.cache.put(key, completion.answer)
         return completion
@@ -251,23 +233,6 @@ class Endpoint:
         heard = first_chunk(on_text)  # the time to the first piece, when telemetry is on
         watched = StreamWatch(heard)  # a loop of the model stops the stream (llm/runaway.py)
         return await self._call(params, lambda _: self._transport.stream(params, watched))
-
-    async def _again(self, params: dict[str, Any], looped: Completion) -> Completion:
-        """An answer that repeated itself until cut, asked once more another way
-        (`runaway.reroll`); a second loop fails the call (`LLMRunawayError`)."""
-        again = reroll(params)
-        try:
-            answer = await self._call(again, lambda timeout: self._transport.chat(again, timeout))
-        except LLMError as exc:
-            exc.usage, exc.attempts = looped.usage + exc.usage, looped.attempts + exc.attempts
-            raise
-        usage, attempts = looped.usage + answer.usage, looped.attempts + answer.attempts
-        if (still := is_runaway(answer.text, answer.finish_reason)) is not None:
-            cut = f"until cut at max_tokens ({params['max_tokens']})"
-            raise runaway_error(still, cut, attempts, usage=usage)
-        answer.usage, answer.attempts = usage, attempts
-        answer.latency_s += looped.latency_s
-        return answer
 
     def _timeout(self, params: dict[str, Any], left: float | None) -> float:
         """The configured attempt timeout, or longer if the server's measured speed needs it

@@ -12,10 +12,13 @@ asks once more with another seed and a small temperature (`reroll`), and a secon
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
 
-from anabranch.errors import LLMRunawayError
+from anabranch.errors import LLMError, LLMRunawayError
+
+if TYPE_CHECKING:
+    from anabranch.llm.completion import Completion
 
 REPEATS = 8
 """A cut answer's tail is a loop when one piece fills its last characters this many times..."""
@@ -60,6 +63,28 @@ def reroll(params: dict[str, Any]) -> dict[str, Any]:
     """The request asked again after a loop: another seed, and a small temperature at least."""
     temperature = max(float(params.get("temperature") or 0.0), REROLL_TEMPERATURE)
     return {**params, "seed": random.randrange(1, 2**31), "temperature": temperature}
+
+
+async def asked_again(
+    params: dict[str, Any],
+    looped: Completion,
+    call: Callable[[dict[str, Any]], Awaitable[Completion]],
+) -> Completion:
+    """An answer that repeated itself until cut, asked once more another way (`reroll`) through
+    the endpoint's live layers (`call`); a second loop fails the call (`LLMRunawayError`). The
+    answer or the error counts both asks."""
+    try:
+        answer = await call(reroll(params))
+    except LLMError as exc:
+        exc.usage, exc.attempts = looped.usage + exc.usage, looped.attempts + exc.attempts
+        raise
+    usage, attempts = looped.usage + answer.usage, looped.attempts + answer.attempts
+    if (still := is_runaway(answer.text, answer.finish_reason)) is not None:
+        cut = f"until cut at max_tokens ({params['max_tokens']})"
+        raise runaway_error(still, cut, attempts, usage=usage)
+    answer.usage, answer.attempts = usage, attempts
+    answer.latency_s += looped.latency_s
+    return answer
 
 
 def runaway_error(piece: str, cut: str, attempts: int, **kwargs: Any) -> LLMRunawayError:

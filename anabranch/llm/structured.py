@@ -149,7 +149,7 @@ async def _chat_structured(
     Returns the answer, the messages sent (the schema prompt included) and the mode used.
     """
     while True:
-        mode = llm.output_mode
+        mode = llm.knowledge.now.output_mode
         sent = with_schema_prompt(messages, schema, mode)
         try:
             completion = await llm.chat(
@@ -163,11 +163,11 @@ async def _chat_structured(
             fallback = next_mode(exc, mode)
             if fallback is None:
                 raise
-            if llm.output_mode != mode:  # a call beside this one moved it already
+            if llm.knowledge.now.output_mode != mode:  # a call beside this one moved it
                 continue
             if "output_mode" in llm.knowledge.recalled and mode != MODES[0]:
                 fallback = MODES[0]  # a remembered mode no longer holds: probe again
-            llm.output_mode = fallback
+            llm.knowledge.learn(output_mode=fallback)
 
 
 _EXCERPT = 2000
