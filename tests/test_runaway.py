@@ -82,6 +82,7 @@ async def test_a_looping_planner_falls_back_and_the_batch_counts_it(faults):
     assert faults.stats()["requests"] == 6  # each plan asked twice, not waited out thrice
 
 
+@pytest.mark.slow  # an `anabranch run` process: about 10 s on a busy machine
 def test_a_run_whose_planner_fell_back_says_so_with_its_count(tmp_path, faults):
     faults.configure(rates={"invalid": 1.0})
     tasks = tmp_path / "t.jsonl"
