@@ -5,8 +5,11 @@ import sqlite3
 
 import pytest
 
+from anabranch import Task, run_batch
 from anabranch.analysis import SentimentOutput
+from anabranch.analysis.recipe import analysis_spec
 from anabranch.journal import Journal
+from anabranch.llm.connect import LLMOptions, build_endpoint
 from anabranch.llm.endpoint import Endpoint
 from anabranch.llm.learnt import Learnt, server_key
 from anabranch.llm.structured import response_format
@@ -100,3 +103,17 @@ def test_the_response_format_is_built_once_per_model_and_mode():
     assert response_format(SentimentOutput, "json_schema") is first
     assert first["json_schema"]["schema"] == SentimentOutput.model_json_schema()
     assert response_format(SentimentOutput, "prompted") is None
+
+
+async def test_the_ray_recipe_carries_what_the_driver_knew(faults):
+    """A worker's endpoint starts from its driver's knowledge (built here from the recipe, as a
+    worker does): a server the driver found without `logprobs` is not probed by the workers."""
+    faults.configure(logprobs=False)
+    options = LLMOptions(faults.url, "fault")
+    async with build_endpoint(options, url=faults.url) as driver:
+        driver.knowledge.learn(logprobs=False)
+        recipe = analysis_spec(options, driver)
+    assert recipe.kwargs["learnt"]["logprobs"] is False
+    batch = run_batch([Task(id=f"t{i}", text="Nice phone.") for i in range(4)], recipe)
+    assert [r.status async for r in batch] == ["ok"] * 4
+    assert _probes(faults.stats()["params"])[0] == 0

@@ -67,6 +67,21 @@ class Memory(Protocol):
         """Remember `learnt` for `server` (without waiting on the disk)."""
 
 
+@dataclass(frozen=True, slots=True)
+class Given:
+    """A memory that holds what another process learnt and keeps nothing: a Ray worker starts
+    from what its driver knew (the driver alone writes the journal)."""
+
+    learnt: Learnt
+    """What the other process knew."""
+
+    def recall(self, server: str) -> Learnt | None:
+        return self.learnt
+
+    def keep(self, server: str, learnt: Learnt) -> None:
+        """Kept by no one: a worker's findings last as long as the worker."""
+
+
 def server_key(public_url: str, model: str) -> str:
     """A memory's key for a server: its URL (without credentials) and the model asked for."""
     return f"{public_url} {model}"
