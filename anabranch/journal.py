@@ -30,6 +30,7 @@ from typing import IO, Any
 from anabranch.batches_store import BATCH_SCHEMA, BATCH_TABLES, BatchRecord, list_batches
 from anabranch.errors import JournalBusyError, JournalError, failed_because_of_server
 from anabranch.ledger import LedgerWriter, RunLedger
+from anabranch.llm.learnt import Learnt
 from anabranch.outputs import Line, ResultsFile, as_json
 from anabranch.servers_store import SERVERS_SCHEMA, ServerMemory
 from anabranch.store import cause, connect
@@ -143,10 +144,18 @@ class Journal:
         self._db.close()
         self._release()
 
-    def servers(self) -> ServerMemory:
-        """What endpoints learnt of their servers, kept here for the next process
-        (`Endpoint.remember`): a resumed run or the next run on this journal does not probe
-        the server again (servers_store.py)."""
+    # -- what endpoints learnt of their servers (a `Memory`, llm/learnt.py) ---------------------
+
+    def recall(self, server: str) -> Learnt | None:
+        """What an endpoint learnt of `server` in an earlier process (`Endpoint.remember`): a
+        resumed run, or the next run on this journal, does not probe it again."""
+        return self._memory().recall(server)
+
+    def keep(self, server: str, learnt: Learnt) -> None:
+        """Remember what an endpoint learnt of `server` (servers_store.py)."""
+        self._memory().keep(server, learnt)
+
+    def _memory(self) -> ServerMemory:
         if self._servers is None:
             self._servers = ServerMemory(self._db, self.path)
         return self._servers

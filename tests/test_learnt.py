@@ -61,11 +61,11 @@ async def test_a_server_that_changed_is_probed_again_not_failed(tmp_path, faults
     faults.configure(refuse_json_schema=True)
     with Journal(tmp_path / "j.journal") as journal:
         async with Endpoint(faults.url, "fault") as llm:
-            llm.remember(journal.servers())
+            llm.remember(journal)
             await llm.parse(HI, SentimentOutput)
             assert llm.knowledge.now.output_mode == "json_object"
     with Journal(tmp_path / "j.journal") as journal:
-        memory = journal.servers()
+        memory = journal
         assert memory.recall(server_key(faults.url, "fault")) == Learnt(output_mode="json_object")
         faults.configure(refuse_json_object=True)  # it changed: json_schema now, no json_object
         async with Endpoint(faults.url, "fault") as llm:
@@ -76,14 +76,14 @@ async def test_a_server_that_changed_is_probed_again_not_failed(tmp_path, faults
         kinds = [p["response_format"]["type"] for p in faults.stats()["params"]]
         assert kinds == ["json_object", "json_schema"]  # one refusal, then the best mode again
     with Journal(tmp_path / "j.journal") as journal:
-        assert journal.servers().recall(server_key(faults.url, "fault")) == Learnt()
+        assert journal.recall(server_key(faults.url, "fault")) == Learnt()
 
 
 async def test_the_memory_keys_the_server_never_the_key(tmp_path, faults):
     url = faults.url.replace("http://", "http://user:sk-canary-123@")
     with Journal(tmp_path / "j.journal") as journal:
         async with Endpoint(url, "fault") as llm:
-            llm.remember(journal.servers())
+            llm.remember(journal)
             await llm.chat(HI, max_tokens=1, top_logprobs=3)
             llm.knowledge.learn(logprobs=True)  # what the blend learns from such an answer
     rows = sqlite3.connect(tmp_path / "j.journal").execute("SELECT * FROM servers").fetchall()

@@ -191,11 +191,7 @@ class _Run:
         limit = options.max_line_bytes
         self.run_id = run_id_for(self.source, Path(options.out))
         llm = by_batch(llm, journal.path if journal else None, self.run_id)  # in the journal
-        async with maybe_endpoint(llm, self.say) as endpoint:
-            # What it learns, it keeps (the embedded server is new on each run, on a new port,
-            # and known to take everything: nothing to remember of it).
-            if endpoint is not None and journal is not None and llm.llm != "local":
-                endpoint.remember(journal.servers())
+        async with maybe_endpoint(llm, self.say, journal) as endpoint:  # it keeps what it learns
             config = {
                 "backend": choice, "planner": options.planner, "version": __version__,
                 "chunk_tokens": options.chunk_tokens, "model": endpoint and endpoint.model,
@@ -249,7 +245,7 @@ class _Run:
         return rejections
 
     def _finished(self, batch: BatchRun, rejections: list[str]) -> int:
-        from anabranch.report import fallback_lines, render_trace
+        from anabranch.report import render_trace
 
         for message in rejections:
             typer.echo(f"rejected: {message}", err=True)
@@ -257,9 +253,6 @@ class _Run:
         if report.stages[0].input_count == 0:
             typer.echo(f"{self.options.input}: 0 tasks", err=True)
         self.say(render_trace(report))
-        if self.out.path is not None:  # else the trace, fallbacks and all, went to stderr
-            for line in fallback_lines(report):
-                typer.echo(f"fallback: {line}", err=True)
         self.say(f"results: {'standard output' if self.out.path is None else self.options.out}")
         if self.journal is not None:
             self.say(f"journal: {self.journal.path} (run {self.run_id})")

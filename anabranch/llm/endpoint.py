@@ -138,8 +138,8 @@ class Endpoint:
         return any(await asyncio.gather(*(self._transport.answers(u, timeout) for u in urls)))
 
     def remember(self, memory: Memory) -> None:
-        """Take up what `memory` (a journal's, `Journal.servers`) holds of this server and model,
-        and keep there what the endpoint learns: the next process does not probe again."""
+        """Take up what `memory` (a journal) holds of this server and model, and keep there
+        what the endpoint learns: the next process does not probe again."""
         self.knowledge.attach(memory, server_key(self.public_url, self.model))
 
     @property

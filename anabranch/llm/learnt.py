@@ -4,11 +4,11 @@ process.
 Each fact is found out by asking: `json_schema` refused (a 400 about the response format), an
 answer without the token probabilities it was asked for, a 404 for `/tokenize`, a 400 about
 `tools`. Every call in flight before the first answer asks too, so a new process against a
-server without `logprobs` sent as many probes as it had calls in flight (16 with the embedded
-server's defaults). An endpoint given a `Memory` (`Endpoint.remember`; the journal's is
-`Journal.servers`) takes up what an earlier process learnt of the same server and model and
-keeps what it learns, so a resumed run, or the next run on the same journal, does not probe
-again. The key is the server's public URL and the model, never the API key.
+server without `logprobs` sent as many probes as it had calls in flight (16 at the default
+concurrency). An endpoint given a `Memory` (`Endpoint.remember`; a `Journal` is one) takes up
+what an earlier process learnt of the same server and model and keeps what it learns, so a
+resumed run, or the next run on the same journal, does not probe again. The key is the
+server's public URL and the model, never the API key.
 
 A remembered fact is a guess about a server that may have changed since: one that no longer
 holds is found out again, not failed on (`Knowledge.recalled`: a refusal of a remembered output
