@@ -84,8 +84,8 @@ def render_trace(report: RunReport) -> str:
 
 def fallback_lines(report: RunReport) -> list[str]:
     """Each fallback of the run with its count, one line each: "planner: 12 of 100 tasks fell
-    back to the rule plan (invalid JSON)". The trace shows them, and the CLI says them again on
-    stderr at the end, so a run that did its work another way than asked never does so unsaid."""
+    back to the rule plan (invalid JSON)". The trace shows them, and the runner logs them at the
+    batch's end (stderr), so a run that did its work another way than asked never does so unsaid."""
     timeline = report.timeline
     if timeline is None:
         return []
