@@ -20,7 +20,8 @@
         ├── LLMStatusError         an HTTP error that retries did not cure or must not retry
         │   └── LLMAuthError          401 or 403: the server refused the key; the run stops
         └── LLMOutputError         an answer that is not valid for the schema, even repaired
-            └── NoProbabilities    an answer without the token probabilities it was asked for
+            ├── NoProbabilities    an answer without the token probabilities it was asked for
+            └── LLMRunawayError    the model repeated itself until max_tokens cut it
 
 Inside a graph these never escape an agent node: they become `SubtaskError` records (errors are
 data). They do escape set-up code (bad configuration, a server that will not start), where failing
@@ -47,6 +48,7 @@ __all__ = [
     "LLMError",
     "LLMOutputError",
     "LLMRateLimitError",
+    "LLMRunawayError",
     "LLMStatusError",
     "LLMTimeoutError",
     "LLMUnavailableError",
@@ -190,6 +192,11 @@ class LLMOutputError(LLMError):
 
 class NoProbabilities(LLMOutputError):
     """The server answered without token probabilities: it does not support `logprobs`."""
+
+
+class LLMRunawayError(LLMOutputError):
+    """The model repeated a short piece until `max_tokens` cut it (or, streamed, many times
+    over), also when asked again with another seed: a loop of the model, not an answer."""
 
 
 SERVER_FAILURES = frozenset(

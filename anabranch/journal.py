@@ -30,7 +30,9 @@ from typing import IO, Any
 from anabranch.batches_store import BATCH_SCHEMA, BATCH_TABLES, BatchRecord, list_batches
 from anabranch.errors import JournalBusyError, JournalError, failed_because_of_server
 from anabranch.ledger import LedgerWriter, RunLedger
+from anabranch.llm.learnt import Learnt
 from anabranch.outputs import Line, ResultsFile, as_json
+from anabranch.servers_store import SERVERS_SCHEMA, ServerMemory
 from anabranch.store import cause, connect
 from anabranch.types import RunReport, SubtaskResult, TaskResult, Usage
 
@@ -97,6 +99,7 @@ class Journal:
     def __init__(self, path: str | Path, *, replace_corrupt: bool = False) -> None:
         self.path = Path(path)
         self._lock: IO[bytes] | None = None
+        self._servers: ServerMemory | None = None
         try:
             self._open()
         except JournalError as exc:
@@ -125,7 +128,7 @@ class Journal:
 
     def _check_version(self) -> None:
         with self._db:
-            self._db.executescript(_SCHEMA + BATCH_SCHEMA)
+            self._db.executescript(_SCHEMA + BATCH_SCHEMA + SERVERS_SCHEMA)
             row = self._db.execute("SELECT value FROM meta WHERE key = 'version'").fetchone()
             if row is None:
                 self._db.execute("INSERT INTO meta VALUES ('version', ?)", (str(SCHEMA_VERSION),))
@@ -136,8 +139,26 @@ class Journal:
                 )
 
     def close(self) -> None:
+        if self._servers is not None:
+            self._servers.close()
         self._db.close()
         self._release()
+
+    # -- what endpoints learnt of their servers (a `Memory`, llm/learnt.py) ---------------------
+
+    def recall(self, server: str) -> Learnt | None:
+        """What an endpoint learnt of `server` in an earlier process (`Endpoint.remember`): a
+        resumed run, or the next run on this journal, does not probe it again."""
+        return self._memory().recall(server)
+
+    def keep(self, server: str, learnt: Learnt) -> None:
+        """Remember what an endpoint learnt of `server` (servers_store.py)."""
+        self._memory().keep(server, learnt)
+
+    def _memory(self) -> ServerMemory:
+        if self._servers is None:
+            self._servers = ServerMemory(self._db, self.path)
+        return self._servers
 
     def __enter__(self) -> Journal:
         return self

@@ -78,4 +78,23 @@ def render_trace(report: RunReport) -> str:
     if report.subtask_errors:
         errors = ", ".join(f"{k} x{v}" for k, v in sorted(report.subtask_errors.items()))
         lines.append(f"errors: {errors}")
+    lines.extend(fallback_lines(report))
     return "\n".join(lines)
+
+
+def fallback_lines(report: RunReport) -> list[str]:
+    """Each fallback of the run with its count, one line each: "planner: 12 of 100 tasks fell
+    back to the rule plan (invalid JSON)". The trace shows them, and the runner logs them at the
+    batch's end (stderr), so a run that did its work another way than asked never does so unsaid."""
+    timeline = report.timeline
+    if timeline is None:
+        return []
+    lines = []
+    for f in timeline.fallbacks:
+        if f.what == "planner":
+            of, unit = report.stages[1].input_count, "tasks"
+        else:
+            of, unit = sum(timeline.latency.get(f.what, ())), f"{f.what} subtasks"
+        lines.append(f"{f.what}: {f.count} of {max(of, f.count)} {unit} fell back to {f.to} "
+                     f"({f.reason})")  # fmt: skip
+    return lines

@@ -168,7 +168,7 @@ async def test_a_server_without_json_schema_gets_json_object(faults):
     faults.configure(refuse_json_schema=True)
     async with endpoint(faults) as llm:
         parsed = await llm.parse(HI, SentimentOutput)
-        assert llm.output_mode == "json_object"
+        assert llm.knowledge.now.output_mode == "json_object"
         await llm.parse(HI, SentimentOutput)  # the mode is remembered: no second refusal
     assert parsed.value.label in ("positive", "negative", "neutral")
     assert faults.stats()["requests"] == 3
@@ -201,7 +201,7 @@ async def test_a_400_that_is_not_about_the_format_keeps_the_mode(faults):
     async with endpoint(faults) as llm:
         with pytest.raises(LLMStatusError, match="message schema"):
             await llm.parse(HI, SentimentOutput)
-        assert llm.output_mode == "json_schema"
+        assert llm.knowledge.now.output_mode == "json_schema"
         await llm.parse(HI, SentimentOutput)
     assert faults.stats()["requests"] == 2
 

@@ -199,7 +199,7 @@ async def test_a_server_without_tools_is_prompted_and_that_is_learnt_once(faults
         first = (await graph.ainvoke({"task": Task(id="1", text="2 + 3?")}))["result"]
         after_first = faults.stats()["requests"]
         second = (await graph.ainvoke({"task": Task(id="2", text="2 + 3?")}))["result"]
-        assert endpoint.tools_native is False
+        assert endpoint.knowledge.now.tools is False
 
     for result in (first, second):
         assert result.status == "ok", result.errors
@@ -316,7 +316,7 @@ async def test_the_loop_on_the_embedded_model():
             graph = build_fanout_graph([agent])
             task = Task(id="t", text="What is the weather in Paris?")
             result = (await graph.ainvoke({"task": task}))["result"]
-            assert endpoint.tools_native  # llama.cpp took `tools`: no fallback was needed
+            assert endpoint.knowledge.now.tools  # llama.cpp took `tools`: no fallback was needed
     assert result.results == result.subtasks == 1
     if result.status == "ok":
         assert answer(result).strip()

@@ -16,8 +16,18 @@ from typing import Literal
 
 from pydantic import Field, create_model
 
-from anabranch.errors import AnabranchError
+from anabranch.errors import (
+    AnabranchError,
+    LLMConnectionError,
+    LLMOutputError,
+    LLMRateLimitError,
+    LLMRunawayError,
+    LLMStatusError,
+    LLMTimeoutError,
+    LLMUnavailableError,
+)
 from anabranch.llm.endpoint import Endpoint
+from anabranch.telemetry import fell_back
 from anabranch.tools.chunking import Chunk, split_into_chunks
 from anabranch.tools.tokenizer import DEFAULT_ENCODING
 from anabranch.types import Subtask, Task
@@ -126,9 +136,31 @@ class LLMPlanner:
             parsed = await self.endpoint.parse(messages, self._schema, max_tokens=self._max_tokens)
         except AnabranchError as exc:
             logger.warning("LLM planner fell back to the rule plan for %s: %s", task.id, exc)
+            fell_back("planner", "the rule plan", _why(exc))
             return rule_plan
         chosen: list[str] = list(dict.fromkeys(parsed.value.model_dump()["agents"]))
         if not chosen:
+            fell_back("planner", "the rule plan", "the model chose no agent")
             return rule_plan
         chunks = sorted({(s.chunk, s.text, s.chunk_tokens) for s in rule_plan})
         return subtasks_for(task, chosen, [Chunk(text, tokens) for _, text, tokens in chunks])
+
+
+_REASONS: tuple[tuple[type[AnabranchError], str], ...] = (
+    (LLMRunawayError, "the model repeated itself until cut"),
+    (LLMOutputError, "invalid JSON"),
+    (LLMTimeoutError, "timed out"),
+    (LLMUnavailableError, "the server was down"),
+    (LLMConnectionError, "connection failed"),
+    (LLMRateLimitError, "rate-limited"),
+)
+"""Why a plan fell back, in the few words the run's trace counts it under (first match)."""
+
+
+def _why(exc: AnabranchError) -> str:
+    for kind, reason in _REASONS:
+        if isinstance(exc, kind):
+            return reason
+    if isinstance(exc, LLMStatusError) and exc.status is not None:
+        return f"HTTP {exc.status}"
+    return type(exc).__name__

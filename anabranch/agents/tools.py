@@ -205,7 +205,7 @@ async def run_tool_loop(
     step = 0
     while True:
         step += 1
-        native = endpoint.tools_native
+        native = endpoint.knowledge.now.tools
         sent = messages if native else prompted_tools.with_tools_prompt(messages, specs)
         try:
             completion = await endpoint.chat(
@@ -217,7 +217,7 @@ async def run_tool_loop(
             )
         except LLMStatusError as exc:
             if native and prompted_tools.refuses_tools(exc):
-                endpoint.tools_native = False  # learnt once: every later call prompts
+                endpoint.knowledge.learn(tools=False)  # learnt once: every later call prompts
                 result.usage += exc.usage
                 result.attempts += exc.attempts
                 step -= 1

@@ -21,6 +21,7 @@ from anabranch.analysis.outputs import (
     merge_tokens,
 )
 from anabranch.llm.endpoint import Endpoint
+from anabranch.telemetry import fell_back
 from anabranch.tools.keywords import Keyword, YakeKeywords
 from anabranch.tools.sentiment import VaderSentiment, label_for
 from anabranch.tools.tokenizer import TiktokenTokenizer
@@ -116,6 +117,7 @@ class ServerTokenizer:
             return TokensOutput(tokens=[], count=0, tokenizer="server:/tokenize")
         tokenized = await self.endpoint.tokenize(text)
         if tokenized is None:
+            fell_back("tokenize", "tiktoken", "the server has no /tokenize")
             return await self.fallback.tokenize(text)
         pieces, count = tokenized
         return TokensOutput(tokens=pieces, count=count, tokenizer="server:/tokenize")

@@ -12,6 +12,7 @@ from anabranch.analysis.agents import SentimentMerge
 from anabranch.analysis.llm_agents import LLMLabelProbabilities, LLMSentimentAgent, NoProbabilities
 from anabranch.analysis.outputs import SentimentOutput
 from anabranch.llm.endpoint import Endpoint
+from anabranch.telemetry import fell_back
 from anabranch.tools.sentiment import POSITIVE_AT, VaderSentiment, label_for
 from anabranch.types import Subtask, Usage
 
@@ -53,7 +54,9 @@ class BlendedSentiment(SentimentMerge):
 
     A server without token probabilities gets the model's JSON judgement (its signed
     confidence, no lean taken off) in their place, with a warning, after one request that finds
-    out."""
+    out; the endpoint keeps what it found (`Learnt.logprobs`), in its memory when it has one,
+    so the next process does not ask again. Each such subtask is a fallback the run's trace
+    counts."""
 
     endpoint: Endpoint
     blend: Blend = field(default_factory=Blend)
@@ -62,26 +65,32 @@ class BlendedSentiment(SentimentMerge):
 
     def __post_init__(self) -> None:
         self._probabilities = LLMLabelProbabilities(self.endpoint)
-        self._judgement: LLMSentimentAgent | None = None
-        """Set once the server has shown that it sends no probabilities."""
+        self._judgement = LLMSentimentAgent(self.endpoint)
+        self._warned = False
 
     async def run(self, subtask: Subtask) -> Answer:
         if not subtask.text.strip():
             return Answer(SentimentOutput(label="neutral", score=0.0))
         vader = await VaderSentiment().score(subtask.text)
         spent = Usage()
-        if self._judgement is None:
+        knowledge = self.endpoint.knowledge
+        if knowledge.now.logprobs is not False:
             try:
                 odds, usage, attempts = await self._probabilities.odds(subtask)
             except NoProbabilities as exc:
-                if self._judgement is None:  # not found out by a call in flight beside this one
+                knowledge.learn(logprobs=False)
+                if not self._warned:  # once, not by every call in flight beside this one
+                    self._warned = True
                     logger.warning("%s: %s; sentiment blends the model's JSON judgement instead",
                                    self.endpoint.public_url, exc)  # fmt: skip
-                    self._judgement = LLMSentimentAgent(self.endpoint)
                 spent = exc.usage
             else:
+                knowledge.learn(logprobs=True)
                 model = odds["positive"] - odds["negative"]
                 return Answer(self.blend.output(vader, model), usage, attempts)
+        fell_back(
+            self.name, "the model's JSON judgement", "the server sends no token probabilities"
+        )
         judged = await self._judgement.run(subtask)
         assert isinstance(judged.output, SentimentOutput)
         blend = replace(self.blend, lean=0.0)  # no lean measured for the JSON judgement

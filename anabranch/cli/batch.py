@@ -191,7 +191,7 @@ class _Run:
         limit = options.max_line_bytes
         self.run_id = run_id_for(self.source, Path(options.out))
         llm = by_batch(llm, journal.path if journal else None, self.run_id)  # in the journal
-        async with maybe_endpoint(llm, self.say) as endpoint:
+        async with maybe_endpoint(llm, self.say, journal) as endpoint:  # it keeps what it learns
             config = {
                 "backend": choice, "planner": options.planner, "version": __version__,
                 "chunk_tokens": options.chunk_tokens, "model": endpoint and endpoint.model,

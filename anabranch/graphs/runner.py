@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import logging
 from collections import Counter
 from collections.abc import AsyncGenerator, Iterable, Iterator, Set
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ from anabranch.graphs.state import Graph, RunContext, StageClock, now
 from anabranch.graphs.sync import iterate
 from anabranch.journal import Journal
 from anabranch.llm.adaptive import SlotStats
+from anabranch.report import fallback_lines
 from anabranch.telemetry.tracing import BatchTelemetry
 from anabranch.types import (
     ConcurrencyReport,
@@ -39,6 +41,8 @@ from anabranch.types import (
     TaskResult,
     Usage,
 )
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -270,6 +274,8 @@ class _Delivery:
             timeline=timeline,
             batches=self.display.watch.batch_report if self.display.watch is not None else None,
         )
+        for line in fallback_lines(self.report):  # said at the end, not only in the trace
+            logger.warning("%s", line)
         if ledger is not None:
             await asyncio.to_thread(ledger.finish, self.report)
 

@@ -21,6 +21,7 @@ from pydantic import SecretStr
 from anabranch.errors import ConfigError, SetupError
 from anabranch.llm.cache import ResponseCache
 from anabranch.llm.endpoint import Endpoint
+from anabranch.llm.learnt import Memory
 from anabranch.llm.retry import short
 from anabranch.llm.settings import BatchSettings, Limits, RetryPolicy, Timeouts
 from anabranch.llm.url import normalize_base_url
@@ -137,13 +138,17 @@ async def _opened(
 
 @asynccontextmanager
 async def maybe_endpoint(
-    options: LLMOptions, say: Say = lambda _: None
+    options: LLMOptions, say: Say = lambda _: None, memory: Memory | None = None
 ) -> AsyncIterator[Endpoint | None]:
-    """`open_endpoint`, or None when the options ask for no LLM."""
+    """`open_endpoint`, or None when the options ask for no LLM. A server's endpoint keeps what
+    it learns in `memory` (llm/learnt.py); the embedded server is new on each run, on a new
+    port, and takes everything: nothing to remember of it."""
     if options.llm is None:
         yield None
         return
     async with open_endpoint(options, say) as endpoint:
+        if memory is not None and options.llm != LOCAL:
+            endpoint.remember(memory)
         yield endpoint
 
 

@@ -32,8 +32,10 @@ from anabranch.llm.adaptive import SlotStats
 from anabranch.llm.batch_api import BatchLayer
 from anabranch.llm.cache import ResponseCache
 from anabranch.llm.completion import Completion, completion_of
+from anabranch.llm.learnt import Knowledge, Memory, server_key
 from anabranch.llm.limits import CallLimiter, estimate_tokens
 from anabranch.llm.retry import Retrier, Tally, short
+from anabranch.llm.runaway import StreamWatch, asked_again, is_runaway
 from anabranch.llm.settings import BatchSettings, Limits, RetryPolicy, Sampling, Timeouts
 from anabranch.llm.speed import Speed
 from anabranch.llm.structured import OutputMode, Parsed, parse, response_format
@@ -91,12 +93,10 @@ class Endpoint:
             max_bytes=self.limits.max_response_bytes,
         )
         self._retrier = Retrier(self.retry, self.timeouts)
-        self._output_mode: OutputMode = "json_schema"
-        self._has_tokenize: bool | None = None
+        self.knowledge = Knowledge()
+        """What the endpoint learnt of the server (output mode, logprobs, /tokenize, tools)."""
         self._refused: LLMAuthError | None = None
         self._speed = Speed()
-        self.tools_native: bool = True
-        """Whether the server takes `tools`; the tool loop learns it (agents/prompted_tools.py)."""
         self._batches = BatchLayer(self.client, self.batch, self._live) if self.batch else None
 
     @property
@@ -137,14 +137,10 @@ class Endpoint:
         urls = (f"{self.server_root}/health", f"{self.base_url}/models")  # costs one timeout
         return any(await asyncio.gather(*(self._transport.answers(u, timeout) for u in urls)))
 
-    @property
-    def output_mode(self) -> OutputMode:
-        """How `parse` asks for JSON: learned from the server, which may refuse `json_schema`."""
-        return self._output_mode
-
-    @output_mode.setter
-    def output_mode(self, mode: OutputMode) -> None:
-        self._output_mode = mode
+    def remember(self, memory: Memory) -> None:
+        """Take up what `memory` (a journal) holds of this server and model, and keep there
+        what the endpoint learns: the next process does not probe again."""
+        self.knowledge.attach(memory, server_key(self.public_url, self.model))
 
     @property
     def batch_report(self) -> BatchReport | None:
@@ -209,6 +205,9 @@ class Endpoint:
             completion = await self._call(
                 params, lambda timeout: self._transport.chat(params, timeout)
             )
+            if is_runaway(completion.text, completion.finish_reason) is not None:
+                completion = await asked_again(params, completion, lambda again: self._call(
+                    again, lambda timeout: self._transport.chat(again, timeout)))  # fmt: skip
         if self.cache is not None and key is not None and not completion.tool_calls:
             self.cache.put(key, completion.answer)
         return completion
@@ -232,7 +231,8 @@ class Endpoint:
         """
         params = self._params(messages, temperature, max_tokens, model, extra=extra)
         heard = first_chunk(on_text)  # the time to the first piece, when telemetry is on
-        return await self._call(params, lambda _: self._transport.stream(params, heard))
+        watched = StreamWatch(heard)  # a loop of the model stops the stream (llm/runaway.py)
+        return await self._call(params, lambda _: self._transport.stream(params, watched))
 
     def _timeout(self, params: dict[str, Any], left: float | None) -> float:
         """The configured attempt timeout, or longer if the server's measured speed needs it
@@ -378,7 +378,7 @@ class Endpoint:
 
         Retried like a chat call; probed once: a server without the route is not asked again.
         """
-        if self._has_tokenize is False:
+        if self.knowledge.now.tokenize is False:
             return None
         body = {"content": text, "with_pieces": True, "model": self.model}
         tally = Tally()
@@ -392,9 +392,9 @@ class Endpoint:
                 response = await self._retrier.run(attempt, tally)
         except LLMStatusError as exc:
             if exc.status in (404, 405, 501):
-                self._has_tokenize = False
+                self.knowledge.learn(tokenize=False)
                 return None
             raise
-        self._has_tokenize = True
+        self.knowledge.learn(tokenize=True)
         tokens = response.get("tokens", []) if isinstance(response, dict) else []
         return readable_pieces([piece_bytes(t) for t in tokens]), len(tokens)

@@ -19,12 +19,13 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from anabranch.telemetry.switch import instrument, instrumented, uninstrument
-    from anabranch.telemetry.timeline import Failure, Timeline, TimelineRecorder
+    from anabranch.telemetry.timeline import Failure, Fallback, Timeline, TimelineRecorder
     from anabranch.telemetry.tracing import (
         BatchTelemetry,
         ToolSpan,
         agent_node,
         agent_span,
+        fell_back,
         invoke_agent,
         tool_span,
     )
@@ -34,12 +35,14 @@ _WHERE = {
     "instrumented": "anabranch.telemetry.switch",
     "uninstrument": "anabranch.telemetry.switch",
     "Failure": "anabranch.telemetry.timeline",
+    "Fallback": "anabranch.telemetry.timeline",
     "Timeline": "anabranch.telemetry.timeline",
     "TimelineRecorder": "anabranch.telemetry.timeline",
     "BatchTelemetry": "anabranch.telemetry.tracing",
     "ToolSpan": "anabranch.telemetry.tracing",
     "agent_node": "anabranch.telemetry.tracing",
     "agent_span": "anabranch.telemetry.tracing",
+    "fell_back": "anabranch.telemetry.tracing",
     "invoke_agent": "anabranch.telemetry.tracing",
     "tool_span": "anabranch.telemetry.tracing",
 }
@@ -48,11 +51,13 @@ _WHERE = {
 __all__ = [
     "BatchTelemetry",
     "Failure",
+    "Fallback",
     "Timeline",
     "TimelineRecorder",
     "ToolSpan",
     "agent_node",
     "agent_span",
+    "fell_back",
     "instrument",
     "instrumented",
     "invoke_agent",

@@ -36,6 +36,19 @@ class Failure(BaseModel):
     """One line per error record: the agent (or stage), the error's type and its message."""
 
 
+class Fallback(BaseModel):
+    """A part of the run that did its work another way than asked, and how often."""
+
+    what: str
+    """Who fell back: `planner`, or an agent's name."""
+    to: str
+    """What it fell back to (`the rule plan`, `tiktoken`)."""
+    reason: str
+    """Why, in a few words (`invalid JSON`, `timed out`)."""
+    count: int = 0
+    """Times it happened in the run: tasks for the planner, subtasks for an agent."""
+
+
 class Timeline(BaseModel):
     """A batch over time: counts per bucket of `step` seconds, from the batch's start."""
 
@@ -67,6 +80,8 @@ class Timeline(BaseModel):
     """The first `MAX_FAILURES` tasks that did not end ok."""
     more_failures: int = 0
     """Tasks that did not end ok beyond those kept in `failures`."""
+    fallbacks: list[Fallback] = Field(default_factory=list)
+    """What fell back to what, and why, with its count (a demo must not fall back unsaid)."""
 
     @property
     def seconds(self) -> float:
@@ -164,6 +179,13 @@ class TimelineRecorder:
             t.failures.append(Failure(task_id=task_id, status=status, reasons=reasons))
         else:
             t.more_failures += 1
+
+    def fell_back(self, what: str, to: str, reason: str) -> None:
+        for fallback in self.timeline.fallbacks:
+            if (fallback.what, fallback.to, fallback.reason) == (what, to, reason):
+                fallback.count += 1
+                return
+        self.timeline.fallbacks.append(Fallback(what=what, to=to, reason=reason, count=1))
 
     def finish(self) -> Timeline:
         self._bucket()  # the series reach the batch's end

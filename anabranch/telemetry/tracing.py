@@ -245,3 +245,21 @@ def tool_span(
             raise
         if outcome.error is not None:
             mark_failed(span, outcome.error)
+
+
+# -- fallbacks ----------------------------------------------------------------------------------
+
+
+def fell_back(what: str, to: str, reason: str) -> None:
+    """`what` (the planner, an agent) did its work another way than asked: counted in the
+    batch's timeline, so the run's trace and its end on stderr say it with its count, and an
+    event `fallback` on the current span when telemetry is on."""
+    if (recorder := RECORDER.get()) is not None:
+        recorder.fell_back(what, to, reason)
+    if SWITCH.on is not None:
+        from opentelemetry import trace
+
+        trace.get_current_span().add_event(
+            "fallback", {"anabranch.fallback.from": what, "anabranch.fallback.to": to,
+                         "anabranch.fallback.reason": reason},
+        )  # fmt: skip

@@ -85,6 +85,16 @@ def schema_instance(schema: dict[str, Any], defs: dict[str, Any]) -> Any:
     return None
 
 
+LOOP_PIECE = '"sentiment",'
+"""What a "repeat" answer repeats, as a small model under a grammar did with agent names."""
+
+
+def looping_answer(request: dict[str, Any]) -> str:
+    """A model stuck in a loop: `LOOP_PIECE` over and over, one word more than `max_tokens`
+    (so that `completion_body(..., cut=True)` ends it with `finish_reason: length`)."""
+    return " ".join([LOOP_PIECE] * ((request.get("max_tokens") or 256) + 1))
+
+
 def completion_body(request: dict[str, Any], content: str, cut: bool = False) -> dict[str, Any]:
     """The answer as a chat completion; with `cut`, ended as a model ends it: at a `stop`
     sequence, and at `max_tokens` words (then with `finish_reason: length`)."""

@@ -15,14 +15,15 @@ from anabranch.testing.fault_tools import ToolScript
 
 Fault = Literal[
     "ok", "429", "500", "503", "400", "401", "403", "reset", "hang", "malformed", "invalid",
-    "drip", "cut", "stream_cut",
+    "drip", "cut", "stream_cut", "repeat",
 ]  # fmt: skip
 """What one request gets: a normal answer, an HTTP error, a dropped connection, a hang past any
 timeout, a body that is not JSON, a well-formed answer whose content fails the schema, an answer
 dripped at `drip_bytes_per_s`, a body cut mid-way (the connection closes before the
 Content-Length is reached), or a stream sent close-delimited (no Content-Length, no chunks, as
 HTTP/1.0 and some proxies do) and cut before its finish_reason and `[DONE]`, where the end of the
-connection is the only end the client sees."""
+connection is the only end the client sees, or a model stuck in a loop (`"sentiment",` repeated
+until `max_tokens` words cut it, `finish_reason: length`; streamed too)."""
 
 RetryAfterFormat = Literal["seconds", "date", "fractional"]
 """How Retry-After is written: whole seconds rounded up (RFC 9110 delay-seconds, what most
@@ -79,6 +80,8 @@ class FaultConfig(BaseModel):
     around it (valid JSON stays valid, only much larger)."""
     refuse_json_schema: bool = False
     """Answer 400 to `response_format: json_schema`, as servers without it do."""
+    refuse_json_object: bool = False
+    """Answer 400 to `response_format: json_object` (a server that changed since it was met)."""
     quota: Quota | None = None
     """A real capacity: requests beyond it get 429, as a provider's quota or a busy server."""
     models: list[str] = Field(default_factory=lambda: ["fault"])

@@ -37,6 +37,7 @@ from anabranch.testing.fault_bodies import (
     error_reply,
     json_reply,
     logprobs_for,
+    looping_answer,
     padded,
     sse_body,
 )
@@ -250,12 +251,14 @@ class FaultApp:
                     200, {"tokens": [{"id": i, "piece": w} for i, w in enumerate(words)]}
                 )
             wants = (request.get("response_format") or {}).get("type")
-            if self.config.refuse_json_schema and wants == "json_schema":
+            refuses = {"json_schema": self.config.refuse_json_schema,
+                        "json_object": self.config.refuse_json_object}  # fmt: skip
+            if refuses.get(wants or ""):
                 return json_reply(
                     400,
                     {
                         "error": {
-                            "message": "response_format json_schema is not supported",
+                            "message": f"response_format {wants} is not supported",
                             "type": "invalid_request_error",
                         }
                     },
@@ -265,7 +268,10 @@ class FaultApp:
                 return json_reply(400, refused_tools)
             scripted = scripted_message(request, script) if script is not None else None
             content = "I am not JSON at all." if fault == "invalid" else echo_answer(request)
-            completion = completion_body(request, content, cut=self.config.cut_answers)
+            if fault == "repeat":
+                content = looping_answer(request)
+            cut = self.config.cut_answers or fault == "repeat"
+            completion = completion_body(request, content, cut=cut)
             if scripted is not None and fault != "invalid":
                 completion["choices"][0]["message"] = scripted
                 completion["choices"][0]["finish_reason"] = (
