@@ -2,8 +2,8 @@
 
 `AdaptiveSlots` is the endpoint's concurrency gate with a limit that moves, AIMD-style as TCP
 does, within [1, the user's cap]:
-- slow start: from a few slots, one more per success while the slots are full, so the limit
-  doubles each round trip until the first sign of overload;
+- slow start: from a few slots, half a slot more per success while the slots are full, so the
+  limit grows by half each round trip until the first sign of overload (`_SLOW_START_STEP`);
 - then additive increase: about one more slot per round trip of successes;
 - multiplicative decrease (halving, at most once per round trip) on latency that shows
   queueing: a smoothed time per token over `_QUEUEING` times the best seen (429 and 503 are a
@@ -26,6 +26,12 @@ from dataclasses import dataclass
 
 _START = 4
 """Slots an adaptive gate starts with (or the cap, if lower)."""
+_SLOW_START_STEP = 0.5
+"""Slots added per success in slow start. Not 1 (doubling each round trip, as TCP does): every
+attempt out when a quota's burst runs dry is refused before its first 429 is heard, and at one
+slot per success that is as many as the burst let through (40 of a quota of 40 requests/s,
+6 % of a 600-call batch); at half, a third fewer, for two more round trips to reach a cap of 64.
+"""
 _QUEUEING = 3.0
 """A smoothed time per generated token this many times the best seen means requests queue at
 the server. Not 2: a batching server (llama.cpp, vLLM) decodes each request more slowly as its
@@ -136,7 +142,7 @@ class AdaptiveSlots:
                 self._decrease()
                 return
         if self.in_flight + len(self._waiters) >= int(self.limit):  # the slots were all in use
-            step = 1.0 if self._slow_start else 1.0 / self.limit
+            step = _SLOW_START_STEP if self._slow_start else 1.0 / self.limit
             self._set(min(self.cap, self.limit + step))
 
     def overloaded(self) -> None:

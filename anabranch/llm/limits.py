@@ -118,7 +118,7 @@ class CallLimiter:
         """An attempt got an answer: judge the load by its time per generated token."""
         self.breaker.succeeded()
         self.slots.succeeded(latency, completion_tokens)
-        self.headers.learner.answered()
+        self.headers.learner.answered(self.slots.in_flight - 1)
 
     def heard(self, exc: BaseException, max_retry_after: float) -> None:
         """What an attempt's failure says of the server: that it has no room (429, 503, with

@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import math
 import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from math import inf
 
 _DURATION = re.compile(r"(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m(?!s))?(?:(\d+(?:\.\d+)?)s)?"
                        r"(?:(\d+(?:\.\d+)?)ms)?$")  # fmt: skip
@@ -117,14 +119,34 @@ _WINDOW = 32
 share of 15 % is told from 0 % (about 5 refusals against none), short enough to be a second of a
 batch."""
 _MARGIN = 0.05
-"""A share of 429s this far above the sporadic share (`QuotaLearner.baseline`) may be a quota's."""
+"""A share of 429s this far above the sporadic share (`QuotaLearner.baseline`) may be a quota's,
+or three standard deviations of that share over `_WINDOW` answers if more: a window of 15 %
+sporadic 429s reads 40 % now and then, and each suspicion costs a trial."""
+_ENOUGH = 3
+"""429s after which the first trial ends: it cannot find the quota under its rate any more, and
+a few more tell what got through it."""
+_SECOND = 0.7
+"""The second trial's rate, as a share of what got through the first: under a quota that the
+first was over (what got through it is the quota), for a climb of half a second back to it."""
+_MOST = 0.3
+"""The highest sporadic share: a quota taken for sporadic (its first burst's 429s in the share)
+still refuses many more than this, unpaced, and is tested again."""
+_HEADROOM = 0.95
+"""The share of a measured rate that is paced: a quota's rate less a little, so that the
+server's bucket refills between two probes past it instead of refusing whatever the client
+sends the moment it is empty."""
 _PROBE_STEP = 0.04
-"""Requests/s added to the paced rate per answer: about 4 % a second whatever the rate, so a
-quota that grows is found again, and one that does not costs a 429 now and then."""
-
-_CUT = 0.85
-"""A known quota's 429 (its share of answers low) paces at this share of the rate: the probe
-went just past the quota, and a step back of 15 % is below it again."""
+"""Requests/s added to the paced rate per answer once a quota's 429 said where it is: 4 % a
+second whatever the rate (the step is per answer, and answers come at the rate), so a quota
+that grows is found again, and one that does not costs a 429 every few seconds."""
+_CLIMB_STEP = 0.5
+"""The same after a trial that no 429 answered: its rate was under the quota by an unknown
+amount, so the rate grows by 50 % a second up to what got through a trial over the quota, or
+until a 429 says where the quota is."""
+_FLOOR = 0.8
+"""A known quota's 429s step its rate down to no less than this share of the rate its trial
+found: sporadic 429s mistaken for a quota's cannot walk the rate down for ever, and a quota
+that really shrank refuses more than the cut's share, which starts a new trial."""
 
 
 class QuotaLearner:
@@ -133,14 +155,22 @@ class QuotaLearner:
     A server without quota headers says only `429, Retry-After: 1`, whether 40 requests a second
     is its quota or a flaky gateway refuses one request in seven at any rate. The two differ in
     how they answer a slower client: below a quota the 429s stop; a sporadic share stays. So a
-    share of 429s above the sporadic share is a suspicion, and it is tested: pace at half the
-    rate sent over the last second and count the next `_WINDOW` answers to requests sent since.
-    If the pacing held them back (else the client's own demand was below the rate, and the rate
-    cannot have caused the 429s) and the share fell by half, it was the quota: pace at what got
-    through (or at the trial's rate, if nothing was refused), and grow by `_PROBE_STEP` per
-    answer until the next 429, which starts the next trial. If not, it was sporadic: its share
-    becomes the baseline that later suspicions must exceed, and the rate goes back to what it
-    was. A sporadic 429 costs the retried request its Retry-After, never the batch (measured in
+    share of 429s above the sporadic share is a suspicion, and it is tested, in up to two
+    trials of `_WINDOW` answers each. The first paces at `_HEADROOM` of the rate the server
+    accepted over the last second (what a quota lets through while it refuses: its rate, plus,
+    in its first second, its burst). The share it is judged against is that of the suspicion's
+    window and of the attempts already out when it began (sent at the rate that raised it: when
+    a quota's burst runs dry, nearly all of them are refused). If the pacing held requests back
+    (else the client's own demand was below the rate, which cannot have caused the 429s) and
+    none was refused, it was the quota, and the trial's rate is
+    under it: pace there and climb by `_CLIMB_STEP` per answer. As many 429s as before: a
+    second trial at `_SECOND` of what got through tells a rate still a little over a quota (the burst
+    made the accepted rate look larger: now it is clean, and the climb stops at `_HEADROOM` of
+    what got through the first) from sporadic 429s (the share stays). Sporadic: the highest share of
+    429s (at most `_MOST`) becomes the baseline that later suspicions must exceed, and the
+    pacing stops. A later 429
+    of a known quota paces at `_HEADROOM` of the accepted rate and probes by `_PROBE_STEP`. A
+    sporadic 429 costs the retried request its Retry-After, never the batch (measured in
     bench/bench_adaptive.py; the rule in docs/architecture.md).
     """
 
@@ -152,27 +182,40 @@ class QuotaLearner:
         self.quota = False
         """The last trial found a quota: a 429 over the baseline is taken as its signal."""
         self._recent: collections.deque[bool] = collections.deque(maxlen=_WINDOW)
-        self._sent: collections.deque[tuple[float, bool]] = collections.deque()
-        """The last second's attempts: when, and whether they got through."""
+        self._accepted: collections.deque[float] = collections.deque()
+        """When the last second's accepted attempts were answered."""
         self._trial: _Trial | None = None
-        self._first = 0.0
+        self._step = _PROBE_STEP
+        self._ceiling = inf
+        """Where a climb slows to a probe: near what got through a trial over the quota."""
+        self._found = 0.0
+        """The rate the last trial that found the quota paced at."""
         self._cut = 0.0
+        self._first = 0.0
+        """When the first answer came."""
 
-    def answered(self) -> None:
-        """An attempt got an answer (not a 429)."""
-        self._count(refused=False)
+    def answered(self, in_flight: int = 0) -> None:
+        """An attempt got an answer (not a 429), with `in_flight` other attempts out."""
+        self._count(refused=False, in_flight=in_flight)
         if self.rate is not None and self._trial is None:
-            self.rate += _PROBE_STEP
+            self.rate += self._step
+            if self.rate >= self._ceiling:
+                self._step, self._ceiling = _PROBE_STEP, inf
 
     def waited(self) -> None:
         """A request waited for the pacing: the rate, not the client's demand, set its time."""
         if self._trial is not None and self._trial.skip <= 0:
             self._trial.paced += 1
 
+    def accepted_rate(self) -> float:
+        """Attempts the server accepted over the last second, per second: a whole second, even
+        in the first one, so that a quota's first burst counts once, not per its instant."""
+        return float(len(self._accepted))
+
     def refused(self, in_flight: int) -> bool:
         """A 429 or 503, with `in_flight` other attempts out; True when it is taken as a
         quota's signal (and the pacing tightens)."""
-        self._count(refused=True)
+        self._count(refused=True, in_flight=in_flight)
         if self._trial is not None:
             return False  # a trial under way decides
         if not self._recent:  # a trial's verdict just cleared the window: judge afresh
@@ -181,71 +224,91 @@ class QuotaLearner:
         share = refusals / len(self._recent)
         now = time.monotonic()
         if self.quota and self.rate is not None and share <= 2 * _MARGIN:
-            # A known quota, probed past: step back a little (once per second, as a whole-second
-            # Retry-After cannot say more), not a whole trial at half the rate each time.
+            # A known quota, probed past: pace just under what it accepted over the last
+            # second (once per second: a whole-second Retry-After cannot say more, and the
+            # attempts already out are refused alike), not a whole trial each time.
             if now - self._cut >= 1.0:
                 self._cut = now
-                self.rate = max(0.5, _CUT * self.rate)
+                accepted = _HEADROOM * min(self.rate, self.accepted_rate())
+                self.rate = max(0.5, _FLOOR * self._found, accepted)
+                self._step, self._ceiling = _PROBE_STEP, inf
             return True
-        margin = 0.0 if self.quota else _MARGIN
+        margin = 0.0 if self.quota else self._margin()
         if share <= self.baseline + margin or (
             not self.quota and (refusals < 2 or len(self._recent) < _WINDOW)
         ):
             return False
-        span = max(min(1.0, now - self._first), 1e-3)  # the first second is not a whole one
-        sent = len(self._sent) / span
-        self._trial = _Trial(self.rate, share, now, skip=in_flight)
-        self.rate = max(0.5, 0.5 * min(sent, self.rate or float("inf")))
+        self._trial = _Trial(refusals, len(self._recent), now, skip=in_flight)
+        accepted = self.accepted_rate()
+        if (age := now - self._first) < 1.0:  # a burst of a second's quota is in it: not twice
+            accepted /= 1.0 + age
+        self.rate = max(0.5, _HEADROOM * min(accepted, self.rate or accepted))
         return True
 
-    def _count(self, refused: bool) -> None:
+    def _margin(self) -> float:
+        """How far over the sporadic share a window's share must be to be a suspicion."""
+        b = self.baseline
+        return max(_MARGIN, 3 * math.sqrt(b * (1 - b) / _WINDOW))
+
+    def _count(self, refused: bool, in_flight: int) -> None:
         now = time.monotonic()
-        if not self._first:
-            self._first = now
+        self._first = self._first or now
         self._recent.append(refused)
-        self._sent.append((now, not refused))
-        while self._sent[0][0] < now - 1.0:
-            self._sent.popleft()
+        if not refused:
+            self._accepted.append(now)
+        while self._accepted and self._accepted[0] < now - 1.0:
+            self._accepted.popleft()
         trial = self._trial
         if trial is None:
             return
-        if trial.skip > 0:  # sent before the trial began: it says nothing of its rate
+        if trial.skip > 0:  # sent before the trial began, at the rate that raised it
             trial.skip -= 1
+            trial.before_answers += 1
+            trial.before_refused += refused
             trial.began = now
             return
         trial.answers += 1
         trial.refused += refused
-        if trial.answers < _WINDOW:
-            return
+        # A trial clean of 429s finds the quota; one with 429s cannot, and need not go on: the
+        # second ends at its first, the first at `_ENOUGH` (what got through it by then is
+        # where the second's climb ends). A sporadic share is told in a few answers, not 64.
+        if trial.answers == _WINDOW or trial.refused >= (1 if trial.through else _ENOUGH):
+            self._judge(trial, now, in_flight)
+
+    def _judge(self, trial: _Trial, now: float, in_flight: int) -> None:
+        """A trial's verdict: quota (and where), another trial, or sporadic."""
         self._trial = None
+        self._recent.clear()  # the next suspicion is judged on answers after this verdict
         share = trial.refused / trial.answers
         through = (trial.answers - trial.refused) / max(now - trial.began, 1e-3)
         bound = trial.paced >= 0.5 * trial.answers  # else our demand, not the rate, was low
-        # Fewer 429s at the lower rate: it was the quota. More of them (clearly: past what 32
-        # answers' chance allows): the trial's rate is itself over the quota (a fast client's
-        # first second can send many times a quota, and half of it is still too much).
-        self.quota = bound and (share <= 0.5 * trial.share or share > trial.share + _WORSE)
-        self._recent.clear()  # the next suspicion is judged on answers after this verdict
-        if self.quota:  # above the quota, what got through is the quota; below, the trial's
-            self.rate = max(0.5, min(through, self.rate or through) if share else self.rate or 0.5)
+        before = trial.before_refused / trial.before_answers
+        fell = trial.refused == 0 and before > 0  # 15 % sporadic: 32 answers clean in 0.2 %
+        if bound and fell:  # under the quota, as far as no 429 says: climb
+            self.quota, self._found = True, self.rate or through
+            self._step = _CLIMB_STEP
+            # up to what got through a trial over it, else to the rate measured (the trial's
+            # less its headroom): past it, only probes, or a bucket's reserve hides the quota
+            self._ceiling = _HEADROOM * trial.through if trial.through else self._found / _HEADROOM
+        elif bound and trial.through is None:  # a little over a quota, or sporadic: try half
+            self._trial = _Trial(trial.before_refused, trial.before_answers, now,
+                                 skip=in_flight, through=through, first=share)  # fmt: skip
+            self.rate = max(0.5, _SECOND * min(through, self.rate or through))
         else:  # it did not fall with the rate: sporadic
-            self.baseline = max(self.baseline, share, trial.share)
-            self.rate = trial.before
-
-
-_WORSE = 0.15
-"""How much higher a trial's share of 429s must be than the share that started it to say its
-rate is still over a quota (a sporadic share over 32 answers varies by about 0.06)."""
+            self.quota = False
+            first = share if trial.first is None else trial.first
+            self.baseline = min(_MOST, max(self.baseline, before, first))
+            self.rate = None
 
 
 @dataclass
 class _Trial:
     """A test of whether 429s fall with the rate."""
 
-    before: float | None
-    """The paced rate before the trial, restored if they do not."""
-    share: float
-    """The share of 429s that started it."""
+    before_refused: int
+    """429s among the answers it is judged against: the suspicion's window, then the attempts
+    already out when it began."""
+    before_answers: int
     began: float
     skip: int = 0
     """Answers still to come for attempts sent before it began."""
@@ -253,3 +316,8 @@ class _Trial:
     refused: int = 0
     paced: int = 0
     """Requests that waited for the pacing during it."""
+    through: float | None = None
+    """For a second trial, at half the rate: what got through the first, over the quota if
+    this one finds it."""
+    first: float | None = None
+    """For a second trial: the first one's share of 429s."""
