@@ -287,8 +287,10 @@ class Endpoint:
             tally.sent += 1
             call.sending()
             began = time.perf_counter()
-            try:
-                answer = await send(self._timeout(params, tally.left()))
+            timeout = self._timeout(params, tally.left())
+            try:  # still out a check's time before its timeout: the breaker asks the check
+                with limiter.breaker.watching(timeout, min(_CHECK_TIMEOUT, self.timeouts.attempt)):
+                    answer = await send(timeout)
             except Exception as exc:
                 tally.last = exc
                 call.failed(exc)
