@@ -66,8 +66,8 @@ async def test_a_quota_without_headers_and_whole_second_retry_after_is_learnt(fa
     assert all(not isinstance(d, BaseException) for d in done)
     # Not asserted: that it paced at all (a client slowed by a busy machine may not exceed the
     # quota, and then it is right not to pace); the outcome is what the server counted.
-    assert 400 / seconds >= 0.6 * 40  # measured 79-97 % (bench_adaptive); margin for load
-    assert refused <= 0.2
+    assert 400 / seconds >= 0.6 * 40  # measured 85-98 % (bench_adaptive); margin for load
+    assert refused <= 0.1  # measured 2-5 % (the first burst's); before this rule 11-13 %
 
 
 @pytest.mark.parametrize("style", ["seconds", "date"])
@@ -89,6 +89,21 @@ async def test_a_hung_server_is_said_out_loud_and_the_give_up_names_it(faults, c
     said = caplog.text
     assert "server not answering since" in said and "giving up in" in said
     assert "gave up" in said and "127.0.0.1" in said and "run the same command again" in said
+
+
+@pytest.mark.slow  # an attempt timeout over the check's 5 s, then the give-up
+async def test_a_hung_server_opens_the_breaker_at_its_first_timeouts(faults):
+    """The cheap check is asked while the attempts hang, so their timeouts open the breaker at
+    once: no second round of attempts is sent while the check runs (before: 4 + 4 + probes),
+    and the probe sent while open ends at the give-up."""
+    faults.configure(rates={"hang": 1.0})
+    limits = Limits(4, breaker_failures=10, give_up_after=1.0)
+    async with Endpoint(faults.url, "fault", limits=limits,
+                        timeouts=Timeouts(attempt=6.0, call=6.0)) as llm:  # fmt: skip
+        done = await many(llm, 24)
+    assert all(isinstance(d, LLMError) for d in done), done
+    assert sum(isinstance(d, LLMUnavailableError) for d in done) >= 20
+    assert faults.stats()["requests"] <= 6  # the first 4, and the probe
 
 
 async def test_a_slow_server_is_not_taken_for_a_dead_one(faults):

@@ -95,6 +95,15 @@ class Breaker:
             attempts=attempts,
         )
 
+    def bound(self, left: float | None) -> float | None:
+        """Seconds an attempt sent now may take: `left` of its call's deadline, and while the
+        breaker is open (this attempt is its probe) no later than the give-up, so that the
+        give-up ends the run, not a probe hung on past it."""
+        if self._opened is None or self.give_up_after is None:
+            return left
+        until = max(0.01, self._opened + self.give_up_after - time.monotonic())
+        return until if left is None else min(left, until)
+
     def stop(self) -> None:
         """The server refused the key: nothing more is sent, so nothing waits for it to come
         back (calls waiting here go on, and fail without sending)."""
@@ -162,11 +171,10 @@ class Breaker:
         elif not timed_out or self.check is None:
             if self._in_a_row >= self.failures:
                 self._open(now)
-        elif self._in_a_row >= self._timeouts():
-            if self._dead_at is not None:  # the check asked while these hung did not answer
-                self._open(now)
-            elif self._checking is None:  # slow or down? ask
-                self._checking = asyncio.ensure_future(self._check_then_open(self.check))
+        elif self._dead_at is not None:  # the check asked while it hung did not answer either
+            self._open(now)
+        elif self._in_a_row >= self._timeouts() and self._checking is None:  # slow or down? ask
+            self._checking = asyncio.ensure_future(self._check_then_open(self.check))
 
     def _timeouts(self) -> int:
         """Timeouts in a row that ask the cheap check."""

@@ -287,7 +287,7 @@ class Endpoint:
             tally.sent += 1
             call.sending()
             began = time.perf_counter()
-            timeout = self._timeout(params, tally.left())
+            timeout = self._timeout(params, limiter.breaker.bound(tally.left()))
             try:  # still out a check's time before its timeout: the breaker asks the check
                 with limiter.breaker.watching(timeout, min(_CHECK_TIMEOUT, self.timeouts.attempt)):
                     answer = await send(timeout)

@@ -155,23 +155,23 @@ class QuotaLearner:
     A server without quota headers says only `429, Retry-After: 1`, whether 40 requests a second
     is its quota or a flaky gateway refuses one request in seven at any rate. The two differ in
     how they answer a slower client: below a quota the 429s stop; a sporadic share stays. So a
-    share of 429s above the sporadic share is a suspicion, and it is tested, in up to two
-    trials of `_WINDOW` answers each. The first paces at `_HEADROOM` of the rate the server
-    accepted over the last second (what a quota lets through while it refuses: its rate, plus,
-    in its first second, its burst). The share it is judged against is that of the suspicion's
-    window and of the attempts already out when it began (sent at the rate that raised it: when
-    a quota's burst runs dry, nearly all of them are refused). If the pacing held requests back
-    (else the client's own demand was below the rate, which cannot have caused the 429s) and
-    none was refused, it was the quota, and the trial's rate is
-    under it: pace there and climb by `_CLIMB_STEP` per answer. As many 429s as before: a
-    second trial at `_SECOND` of what got through tells a rate still a little over a quota (the burst
-    made the accepted rate look larger: now it is clean, and the climb stops at `_HEADROOM` of
-    what got through the first) from sporadic 429s (the share stays). Sporadic: the highest share of
-    429s (at most `_MOST`) becomes the baseline that later suspicions must exceed, and the
-    pacing stops. A later 429
-    of a known quota paces at `_HEADROOM` of the accepted rate and probes by `_PROBE_STEP`. A
-    sporadic 429 costs the retried request its Retry-After, never the batch (measured in
-    bench/bench_adaptive.py; the rule in docs/architecture.md).
+    share of 429s above the sporadic share (by three standard deviations) is a suspicion, and
+    it is tested in at most two trials:
+    - the first paces at `_HEADROOM` of the rate the server accepted over the last second (what
+      a quota lets through while it refuses; in the endpoint's first second, divided by one
+      plus its age, as a quota's first burst of a second's worth is in it) for `_WINDOW`
+      answers to attempts sent since. Not one 429, while the pacing held requests back (else
+      the client's own demand was low, which cannot have caused the 429s): it was the quota,
+      and the rate is under it; the rate climbs by `_CLIMB_STEP` per answer back to the rate
+      measured, then probes by `_PROBE_STEP`. A trial with 429s cannot say so: it ends at
+      `_ENOUGH` of them;
+    - the second, at `_SECOND` of what got through the first: under a quota that the first was
+      still a little over, clean again (the climb then stops at `_HEADROOM` of what got through
+      the first); sporadic 429s go on, and the trial ends at the first of them.
+    Sporadic: the highest share seen (at most `_MOST`) becomes the baseline, and the pacing
+    stops. A later 429 of a known quota (its share low) paces at `_HEADROOM` of the accepted
+    rate, once a second. A sporadic 429 costs the retried request its Retry-After, never the
+    batch (measured in bench/bench_adaptive.py; the rule in docs/architecture.md).
     """
 
     def __init__(self) -> None:
