@@ -30,8 +30,8 @@ _SLOW_START_STEP = 0.5
 """Slots added per success in slow start. Not 1 (doubling each round trip, as TCP does): every
 attempt out when a quota's burst runs dry is refused before its first 429 is heard, and at one
 slot per success that is as many as the burst let through (40 of a quota of 40 requests/s,
-6 % of a 600-call batch); at half, a third fewer, for two more round trips to reach a cap of 64.
-"""
+6 % of a 600-call batch); at half, about half as many (measured: 19-27), for two more round
+trips to reach a cap of 64."""
 _QUEUEING = 3.0
 """A smoothed time per generated token this many times the best seen means requests queue at
 the server. Not 2: a batching server (llama.cpp, vLLM) decodes each request more slowly as its
