@@ -30,6 +30,11 @@ def _span(seconds: float) -> str:
     return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min"
 
 
+CHECK_TIMEOUT = 5.0
+"""Seconds the cheap check (/health, /v1/models) may take, or the attempt timeout if shorter: a
+server that cannot answer in five seconds is not merely slow (a longer check let a hung server's
+calls run out their retries as timeouts before the breaker opened)."""
+
 Check = Callable[[], Awaitable[bool]]
 """A cheap question to the server (is it there at all?), True when it answered."""
 
@@ -134,12 +139,12 @@ class Breaker:
             await asyncio.sleep(min(0.1, max(0.01, self._next_probe - now)))
 
     @contextlib.contextmanager
-    def watching(self, timeout: float, ahead: float) -> Iterator[None]:
-        """Around an attempt of `timeout` seconds: if it is still out `ahead` seconds before
-        its timeout (the cheap check's own time), ask the check then, so that the attempt's
+    def watching(self, timeout: float) -> Iterator[None]:
+        """Around an attempt of `timeout` seconds: if it is still out the cheap check's time
+        (`CHECK_TIMEOUT`, at most) before its timeout, ask the check then, so that the attempt's
         timeout finds the answer ready. Waiting for the timeout first and asking only then put
         the check's seconds on top of every outage (a hung server: 12 s, then 5 s more)."""
-        ahead += 0.25  # the check's answer ready just before the timeout
+        ahead = CHECK_TIMEOUT + 0.25  # the check's answer ready just before the timeout
         if self.check is None or timeout <= ahead:
             yield
             return

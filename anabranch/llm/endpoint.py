@@ -30,6 +30,7 @@ from anabranch.errors import (
 )
 from anabranch.llm.adaptive import SlotStats
 from anabranch.llm.batch_api import BatchLayer
+from anabranch.llm.breaker import CHECK_TIMEOUT
 from anabranch.llm.cache import ResponseCache
 from anabranch.llm.completion import Completion, completion_of
 from anabranch.llm.learnt import Knowledge, Memory, server_key
@@ -47,11 +48,6 @@ from anabranch.tools.tokenizer import piece_bytes, readable_pieces
 from anabranch.types import BatchReport, Usage
 
 T = TypeVar("T", bound=BaseModel)
-
-_CHECK_TIMEOUT = 5.0
-"""Seconds the cheap check (/health, /v1/models) may take, or the attempt timeout if shorter: a
-server that cannot answer in five seconds is not merely slow (a longer check let a hung server's
-calls run out their retries as timeouts before the breaker opened)."""
 
 
 @dataclass
@@ -133,7 +129,7 @@ class Endpoint:
     async def _answers(self) -> bool:
         """The cheap check: does the server answer anything at all (its /health, else
         /v1/models), within a few seconds? A slow server does; a hung or dead one does not."""
-        timeout = min(_CHECK_TIMEOUT, self.timeouts.attempt)  # both at once: a hung server
+        timeout = min(CHECK_TIMEOUT, self.timeouts.attempt)  # both at once: a hung server
         urls = (f"{self.server_root}/health", f"{self.base_url}/models")  # costs one timeout
         return any(await asyncio.gather(*(self._transport.answers(u, timeout) for u in urls)))
 
@@ -289,7 +285,7 @@ class Endpoint:
             began = time.perf_counter()
             timeout = self._timeout(params, limiter.breaker.bound(tally.left()))
             try:  # still out a check's time before its timeout: the breaker asks the check
-                with limiter.breaker.watching(timeout, min(_CHECK_TIMEOUT, self.timeouts.attempt)):
+                with limiter.breaker.watching(timeout):
                     answer = await send(timeout)
             except Exception as exc:
                 tally.last = exc
