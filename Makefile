@@ -34,7 +34,7 @@ test: llm lint
 # The fast tier, for the edit-test loop: no embedded model, no Ray, no notebooks (tests that need
 # them, or take more than about 10 s, are marked `slow`). Its tests mostly wait on `anabranch`
 # processes and servers, so they run in JOBS pytest-xdist workers, a test module to each.
-JOBS ?= 3
+JOBS ?= 4
 test-fast: install
 	$(BIN)/python -m pytest -q -m "not slow" -n $(JOBS) --dist loadfile
 
