@@ -2,9 +2,11 @@
 
 `Breaker` stops sending to a server whose calls keep failing or hanging: after N failures in a
 row (timeouts only when a cheap check fails too: slow is not dead) it opens, says so, lets one
-probe through at a growing interval, and closes when a probe succeeds; open past
-`give_up_after`, every call waiting on it fails at once with `LLMUnavailableError`, so a
-journaled batch ends and a plain re-run retries those calls.
+probe through at a growing interval, and closes when a probe succeeds; `give_up_after` the
+server stopped answering (the first of those failures was sent), every call waiting on it fails
+at once with `LLMUnavailableError`, so a journaled batch ends and a plain re-run retries those
+calls. Counted from the breaker's opening instead, the give-up came a detection's time (an
+attempt timeout) late.
 """
 
 from __future__ import annotations
@@ -68,7 +70,11 @@ class Breaker:
         self.where = where
         self.check = check
         self._in_a_row = 0
-        self._opened: float | None = None
+        self._down_since: float | None = None
+        """While open: when the server stopped answering (the first failed attempt of the
+        failures that opened it was sent), which the give-up counts from; None while closed."""
+        self._failing_since: float | None = None
+        """When the first failed attempt since the last answer was sent."""
         self._next_probe = 0.0
         self._interval = 1.0
         self._probing = False
@@ -83,17 +89,17 @@ class Breaker:
     @property
     def outage(self) -> str | None:
         """What the progress line says while the breaker is open, else None."""
-        if self._opened is None:
+        if self._down_since is None:
             return None
-        text = f"server not answering since {_clock(self._opened)}"
+        text = f"server not answering since {_clock(self._down_since)}"
         if self.give_up_after is not None:
-            left = max(0.0, self._opened + self.give_up_after - time.monotonic())
+            left = max(0.0, self._down_since + self.give_up_after - time.monotonic())
             text += f"; giving up in {_span(left)}"
         return text
 
     def unavailable(self, why: str, attempts: int = 0) -> LLMUnavailableError:
         """The error of a call that the outage ended, naming the server and what to do."""
-        since = f" since {_clock(self._opened)}" if self._opened is not None else ""
+        since = f" since {_clock(self._down_since)}" if self._down_since is not None else ""
         return LLMUnavailableError(
             f"the server at {self.where} has not answered{since}; {why}; run the same command "
             "again when it is back (the subtasks that failed because of it are retried)",
@@ -104,10 +110,17 @@ class Breaker:
         """Seconds an attempt sent now may take: `left` of its call's deadline, and while the
         breaker is open (this attempt is its probe) no later than the give-up, so that the
         give-up ends the run, not a probe hung on past it."""
-        if self._opened is None or self.give_up_after is None:
+        if self._down_since is None or self.give_up_after is None:
             return left
-        until = max(0.01, self._opened + self.give_up_after - time.monotonic())
+        until = max(0.01, self._down_since + self.give_up_after - time.monotonic())
         return until if left is None else min(left, until)
+
+    def until_give_up(self, seconds: float) -> float:
+        """`seconds`, or less if the give-up comes first: a call waiting out a backoff between
+        two attempts fails with the others at the give-up, not seconds after it."""
+        if self._down_since is None or self.give_up_after is None:
+            return seconds
+        return max(0.0, min(seconds, self._down_since + self.give_up_after - time.monotonic()))
 
     def stop(self) -> None:
         """The server refused the key: nothing more is sent, so nothing waits for it to come
@@ -122,9 +135,9 @@ class Breaker:
 
     async def admit(self) -> None:
         """Wait until a request may go: at once when closed; as the probe, or never, when open."""
-        while self._opened is not None and not self._stopped:
+        while self._down_since is not None and not self._stopped:
             now = time.monotonic()
-            if self.give_up_after is not None and now - self._opened > self.give_up_after:
+            if self.give_up_after is not None and now - self._down_since > self.give_up_after:
                 if not self._gave_up:
                     self._gave_up = True
                     logger.warning("gave up: %s", self.unavailable("gave up after "
@@ -155,20 +168,23 @@ class Breaker:
             timer.cancel()
 
     def _ask(self) -> None:
-        if self.check is not None and self._checking is None and self._opened is None:
+        if self.check is not None and self._checking is None and self._down_since is None:
             self._checking = asyncio.ensure_future(self._check_then_open(self.check))
 
     def succeeded(self) -> None:
         self._dead_at = None
-        if self._opened is not None:
+        if self._down_since is not None:
             logger.warning("the server at %s answers again", self.where)
-        self._in_a_row = 0
-        self._opened, self._probing, self._interval, self._gave_up = None, False, 1.0, False
+        self._in_a_row, self._failing_since = 0, None
+        self._down_since, self._probing, self._interval, self._gave_up = None, False, 1.0, False
 
-    def failed(self, *, timed_out: bool = False) -> None:
+    def failed(self, *, timed_out: bool = False, took: float = 0.0) -> None:
+        """An attempt sent `took` seconds ago failed (timed out, or the server is down)."""
         self._in_a_row += 1
         now = time.monotonic()
-        if self._opened is not None:
+        if self._failing_since is None or now - took < self._failing_since:
+            self._failing_since = now - took
+        if self._down_since is not None:
             if self._probing:  # the probe failed: wait longer before the next
                 self._probing = False
                 self._interval = min(30.0, self._interval * 2)
@@ -194,12 +210,13 @@ class Breaker:
         finally:
             self._checking = None
         if alive:  # slow, not down: its calls go on, each with its own timeout and retries
-            self._in_a_row, self._dead_at = 0, None
+            self._in_a_row, self._dead_at, self._failing_since = 0, None, None
             return
         self._dead_at = began
-        if self._opened is None and self._in_a_row >= self._timeouts():
+        if self._down_since is None and self._in_a_row >= self._timeouts():
             self._open(time.monotonic())
 
     def _open(self, now: float) -> None:
-        self._opened, self._next_probe, self._said = now, now + self._interval, now
+        self._down_since = now if self._failing_since is None else self._failing_since
+        self._next_probe, self._said = now + self._interval, now
         logger.warning("the %s at %s", self.outage, self.where)

@@ -96,7 +96,7 @@ class CallLimiter:
         two requests at a time."""
         self.slots.release()
         try:
-            await asyncio.sleep(seconds)
+            await asyncio.sleep(self.breaker.until_give_up(seconds))
             await self.slots.acquire(first=True)
         except BaseException:
             self.slots.in_flight += 1  # not taken back, but the slot's own release follows
@@ -120,17 +120,17 @@ class CallLimiter:
         self.slots.succeeded(latency, completion_tokens)
         self.headers.learner.answered(self.slots.in_flight - 1)
 
-    def heard(self, exc: BaseException, max_retry_after: float) -> None:
+    def heard(self, exc: BaseException, max_retry_after: float, took: float = 0.0) -> None:
         """What an attempt's failure says of the server: that it has no room (429, 503, with
         the Retry-After it asked for, capped), that it may be down (timeouts, resets, 5xx), or
-        nothing (a 400 says nothing of its health)."""
+        nothing (a 400 says nothing of its health); the attempt was sent `took` seconds ago."""
         if not _unhealthy(exc):
             return
         wait = retry_after(exc)
         capped = None if wait is None else min(wait, max_retry_after)
         exact = isinstance(exc, openai.APIStatusError) and "retry-after-ms" in exc.response.headers
         timed_out = isinstance(exc, TimeoutError | openai.APITimeoutError)
-        self.failed(_overloaded(exc), capped, exact=exact, timed_out=timed_out)
+        self.failed(_overloaded(exc), capped, exact=exact, timed_out=timed_out, took=took)
 
     def failed(
         self,
@@ -139,6 +139,7 @@ class CallLimiter:
         *,
         exact: bool = False,
         timed_out: bool = False,
+        took: float = 0.0,
     ) -> None:
         """An attempt failed: overloaded (429, 503) or down (timeouts, resets, 5xx).
 
@@ -156,7 +157,7 @@ class CallLimiter:
                 self.headers.pause(min(retry_after, 60.0))
         else:
             self.slots.failed()
-            self.breaker.failed(timed_out=timed_out)
+            self.breaker.failed(timed_out=timed_out, took=took)
 
     def observe(self, headers: Mapping[str, str]) -> None:
         """A response's headers: a spent quota slows down before it costs a 429."""
