@@ -94,8 +94,9 @@ async def test_a_hung_server_is_said_out_loud_and_the_give_up_names_it(faults, c
 @pytest.mark.slow  # an attempt timeout over the check's 5 s, then the give-up
 async def test_a_hung_server_opens_the_breaker_at_its_first_timeouts(faults):
     """The cheap check is asked while the attempts hang, so their timeouts open the breaker at
-    once: no second round of attempts is sent while the check runs (before: 4 + 4 + probes),
-    and the probe sent while open ends at the give-up."""
+    once: no second round of attempts is sent while the check runs (before: 4 + 4 + probes).
+    The give-up counts from the first hung request: 1 s after it, the breaker's opening at
+    6 s finds it passed, and sends no probe (counted from the opening, it sent one)."""
     faults.configure(rates={"hang": 1.0})
     limits = Limits(4, breaker_failures=10, give_up_after=1.0)
     async with Endpoint(faults.url, "fault", limits=limits,
@@ -103,7 +104,7 @@ async def test_a_hung_server_opens_the_breaker_at_its_first_timeouts(faults):
         done = await many(llm, 24)
     assert all(isinstance(d, LLMError) for d in done), done
     assert sum(isinstance(d, LLMUnavailableError) for d in done) >= 20
-    assert faults.stats()["requests"] <= 6  # the first 4, and the probe
+    assert faults.stats()["requests"] == 4
 
 
 async def test_a_slow_server_is_not_taken_for_a_dead_one(faults):
@@ -118,6 +119,26 @@ async def test_a_slow_server_is_not_taken_for_a_dead_one(faults):
         assert llm.outage is None
     assert all(isinstance(d, LLMTimeoutError) for d in done), done
     assert "attempt timeout" in str(done[0])
+
+
+@pytest.mark.parametrize("stretch", [1.0, 10.0])
+async def test_a_server_slower_than_the_deadline_is_waited_for_unless_the_deadline_was_given(
+    faults, stretch
+):
+    """Fast answers first, then each takes 1.5 s against a 1 s deadline: a deadline free to
+    stretch follows the measured speed (as the embedded model on a busy laptop), a fixed one
+    (`--deadline` given) fails the calls with a timeout."""
+    timeouts = Timeouts(attempt=0.5, call=1.0, stretch=stretch)
+    retry = RetryPolicy(max_attempts=1)
+    async with Endpoint(faults.url, "fault", timeouts=timeouts, retry=retry) as llm:
+        faults.configure(latency_ms=50)
+        await many(llm, 4)
+        faults.configure(latency_ms=1500)
+        done = await many(llm, 4)
+    if stretch > 1:
+        assert all(not isinstance(d, BaseException) for d in done), done
+    else:
+        assert all(isinstance(d, LLMTimeoutError) for d in done), done
 
 
 async def test_the_deadline_bounds_the_wait_for_a_server_that_is_down(faults):

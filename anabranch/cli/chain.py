@@ -34,7 +34,7 @@ def chain(
     llm: Llm = "local",
     model: Model = None,
     timeout: Timeout = 120.0,
-    deadline: Deadline = 600.0,
+    deadline: Deadline = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="Where to write the report.")] = Path(
         "report.md"
     ),
@@ -53,7 +53,8 @@ def chain(
     chosen = resolve_specialists(names, defined)
     # One request at a time: a chain is sequential, and the local server then gives it the whole
     # context window for the growing prompt.
-    options = llm_options(llm, model, concurrency=1, timeout=timeout, deadline=deadline)
+    options = llm_options(llm, model, concurrency=1, timeout=timeout, deadline=deadline,
+                          default_deadline=600.0)  # fmt: skip
     result = asyncio.run(_run_chain(prompt, chosen, context, options))
     try:
         out.parent.mkdir(parents=True, exist_ok=True)

@@ -63,7 +63,7 @@ def eval_(
     concurrency: Concurrency = 16,
     llm_concurrency: LlmConcurrency = 8,
     timeout: Timeout = 60.0,
-    deadline: Deadline = 180.0,
+    deadline: Deadline = None,
 ) -> None:
     """Measure sentiment backends against human labels: agreement with a 95 % interval, per-class
     precision / recall / F1, the confusion matrix, failed outputs, tokens and time."""

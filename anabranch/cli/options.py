@@ -64,9 +64,12 @@ Planner = Annotated[
 LlmConcurrency = Annotated[int, typer.Option(min=1, help="LLM requests in flight at once.")]
 Timeout = Annotated[float, typer.Option(min=0.1, help="Seconds one LLM attempt may take.")]
 Deadline = Annotated[
-    float,
+    float | None,
     typer.Option(
-        min=0.1, help="Seconds one LLM call may take, retries included (not its wait for a slot)."
+        min=0.1,
+        help="Seconds one LLM call may take, retries included (not its wait for a slot). "
+        "Default: 180 (600 for chain and serve), or up to ten times longer while the "
+        "server's answers show it is that slow; a deadline given is kept.",
     ),
 ]
 Otel = Annotated[
@@ -88,7 +91,8 @@ def llm_options(
     *,
     concurrency: int = 8,
     timeout: float = 60.0,
-    deadline: float = 180.0,
+    deadline: float | None = None,
+    default_deadline: float = 180.0,
     rpm: float | None = None,
     tpm: float | None = None,
     cache: Path | None = None,
@@ -96,11 +100,13 @@ def llm_options(
     give_up_after: float | None = 300.0,
 ) -> LLMOptions:
     """The LLM the options name. A key inside the URL is taken out of it and sent as the bearer
-    token: left in, httpx would send it as HTTP Basic, which OpenAI-style servers refuse."""
+    token: left in, httpx would send it as HTTP Basic, which OpenAI-style servers refuse.
+    Without a `deadline`, a call may take `default_deadline`, stretched by the server's
+    measured speed (`Timeouts.stretch`)."""
     from pydantic import SecretStr
 
     from anabranch.llm.connect import LOCAL, LLMOptions
-    from anabranch.llm.settings import Limits, Timeouts
+    from anabranch.llm.settings import STRETCH, Limits, Timeouts
     from anabranch.redact import split_credentials
 
     key = next((os.environ[v] for v in API_KEY_VARIABLES if os.environ.get(v)), None)
@@ -111,7 +117,11 @@ def llm_options(
         llm=llm,
         model=model,
         api_key=SecretStr(key) if key else None,
-        timeouts=Timeouts(attempt=min(timeout, deadline), call=deadline),
+        timeouts=Timeouts(
+            attempt=min(timeout, deadline or default_deadline),
+            call=deadline or default_deadline,
+            stretch=STRETCH if deadline is None else 1.0,
+        ),
         limits=Limits(concurrency, rpm, tpm, adaptive=adaptive, give_up_after=give_up_after),
         cache=cache,
     )

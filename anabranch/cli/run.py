@@ -60,7 +60,7 @@ def run(
     planner: Planner = "rule",
     llm_concurrency: LlmConcurrency = 8,
     timeout: Timeout = 60.0,
-    deadline: Deadline = 180.0,
+    deadline: Deadline = None,
     rpm: Rpm = None,
     tpm: Tpm = None,
     journal: Annotated[

@@ -64,7 +64,7 @@ def serve(
     backend: Backend = None,
     llm_concurrency: LlmConcurrency = 8,
     timeout: Timeout = 120.0,
-    deadline: Deadline = 600.0,
+    deadline: Deadline = None,
     api_token: Annotated[
         str | None,
         typer.Option(
@@ -100,7 +100,7 @@ def serve(
     from anabranch.llm.connect import without_llm
 
     options = llm_options(llm, model, concurrency=llm_concurrency, timeout=timeout,
-                          deadline=deadline)  # fmt: skip
+                          deadline=deadline, default_deadline=600.0)  # fmt: skip
     analysis_needs_llm = needs_llm(parse_backend(backend, options.llm is not None))
     names = list(graph or DEFAULT_GRAPHS)
     if graph is None and not analysis_needs_llm:  # the analysts are local: no LLM is wanted

@@ -23,7 +23,7 @@ from anabranch.llm.cache import ResponseCache
 from anabranch.llm.endpoint import Endpoint
 from anabranch.llm.learnt import Memory
 from anabranch.llm.retry import short
-from anabranch.llm.settings import BatchSettings, Limits, RetryPolicy, Timeouts
+from anabranch.llm.settings import STRETCH, BatchSettings, Limits, RetryPolicy, Timeouts
 from anabranch.llm.url import normalize_base_url
 
 LOCAL = "local"
@@ -41,8 +41,8 @@ class LLMOptions:
     """The model to ask for; None asks the server and uses the one model it serves."""
     api_key: SecretStr | None = field(default=None, repr=False)
     """Sent as the bearer token; None sends a placeholder (local servers need none)."""
-    timeouts: Timeouts = field(default_factory=Timeouts)
-    """Per attempt and per call."""
+    timeouts: Timeouts = field(default_factory=lambda: Timeouts(stretch=STRETCH))
+    """Per attempt and per call; as the commands' defaults, longer while the server is slow."""
     limits: Limits = field(default_factory=Limits)
     """Concurrency, requests and tokens per minute."""
     retry: RetryPolicy = field(default_factory=RetryPolicy)

@@ -23,11 +23,7 @@ from typing import Any, TypeVar
 import openai
 from pydantic import BaseModel, SecretStr
 
-from anabranch.errors import (
-    LLMAuthError,
-    LLMStatusError,
-    LLMTimeoutError,
-)
+from anabranch.errors import LLMAuthError, LLMStatusError, LLMTimeoutError
 from anabranch.llm.adaptive import SlotStats
 from anabranch.llm.batch_api import BatchLayer
 from anabranch.llm.breaker import CHECK_TIMEOUT
@@ -230,13 +226,11 @@ class Endpoint:
         watched = StreamWatch(heard)  # a loop of the model stops the stream (llm/runaway.py)
         return await self._call(params, lambda _: self._transport.stream(params, watched))
 
-    def _timeout(self, params: dict[str, Any], left: float | None) -> float:
-        """The configured attempt timeout, or longer if the server's measured speed needs it
-        (`llm/speed.py`); ending just before the call's deadline, `left` seconds away: an attempt
-        the deadline cut was a cancellation, which the breaker never heard."""
-        attempt, call = self.timeouts.attempt, self.timeouts.call
-        timeout = self._speed.timeout(attempt, params["max_tokens"], call)
-        return timeout if left is None else max(0.001, min(timeout, left - 0.01))
+    def _bounds(self, params: dict[str, Any]) -> tuple[float, float]:
+        """The attempt timeout and the call deadline: the configured ones, or longer if the
+        server's measured speed needs it (`llm/speed.py`)."""
+        given = self.timeouts
+        return self._speed.bounds(given.attempt, given.call, params["max_tokens"], given.stretch)
 
     async def _live(self, params: dict[str, Any]) -> tuple[Answer, int]:
         """A request through the live layers, for the batch layer's `live_fallback`."""
@@ -273,7 +267,7 @@ class Endpoint:
             raise LLMAuthError(str(self._refused), attempts=0, status=self._refused.status)
 
         async def attempt() -> Answer:
-            nonlocal estimate
+            nonlocal estimate, granted
             if not estimate and limiter.counts_tokens:  # known once a slot is held
                 estimate = estimate_tokens(params["messages"]) + params["max_tokens"]
             await limiter.pace(estimate)
@@ -283,7 +277,14 @@ class Endpoint:
             tally.sent += 1
             call.sending()
             began = time.perf_counter()
-            timeout = self._timeout(params, limiter.breaker.bound(tally.left()))
+            each, deadline = self._bounds(params)  # the speed may have been measured since
+            if deadline > granted:
+                tally.extend(deadline - granted)
+                granted = deadline
+            # ending just before the call's deadline: an attempt the deadline cut was a
+            # cancellation, which the breaker never heard
+            left = limiter.breaker.bound(tally.left())
+            timeout = each if left is None else max(0.001, min(each, left - 0.01))
             try:  # still out a check's time before its timeout: the breaker asks the check
                 with limiter.breaker.watching(timeout):
                     answer = await send(timeout)
@@ -299,7 +300,7 @@ class Endpoint:
                     )
                     limiter.breaker.stop()  # calls waiting on it are let through, to fail
                     raise self._refused from exc
-                limiter.heard(exc, self.retry.max_retry_after)
+                limiter.heard(exc, self.retry.max_retry_after, time.perf_counter() - began)
                 raise
             used = answer.tokens.completion if answer.tokens else 0
             limiter.succeeded(time.perf_counter() - began, used)
@@ -308,7 +309,7 @@ class Endpoint:
 
         call = llm_call(self.base_url, lambda: limiter.slots.limit, params)
         start = time.perf_counter()
-        budget = self.timeouts.call
+        budget = granted = self._bounds(params)[1]
         if limiter.breaker.outage is not None:  # a server that is down: wait here, slot-free,
             try:  # within the call's deadline (--deadline bounds a call's whole life)
                 async with asyncio.timeout(budget):
@@ -326,8 +327,7 @@ class Endpoint:
             except LLMTimeoutError as exc:
                 if limiter.breaker.outage is not None:  # it ended waiting for a down server
                     raise limiter.breaker.unavailable(
-                        f"the call's deadline ({self.timeouts.call:g} s) passed while waiting "
-                        "for it",
+                        f"the call's deadline ({granted:g} s) passed while waiting for it",
                         attempts=tally.sent,
                     ) from exc
                 raise

@@ -50,6 +50,12 @@ class Tally:
     """The call's deadline while it runs: an attempt's own timeout ends before it, so that the
     attempt fails as a timeout the limits hear, not as a cancellation they do not."""
 
+    def extend(self, seconds: float) -> None:
+        """Move the call's deadline `seconds` later (the server's measured speed needs it)."""
+        when = self.deadline.when() if self.deadline is not None else None
+        if self.deadline is not None and when is not None:
+            self.deadline.reschedule(when + seconds)
+
     def left(self) -> float | None:
         """Seconds until the call's deadline, if it has one."""
         when = self.deadline.when() if self.deadline is not None else None

@@ -26,10 +26,21 @@ class Timeouts:
     call: float = 180.0
     """Seconds the whole call may take once it holds a slot: its attempts and the waits
     between them (backoff, Retry-After, rate limits)."""
+    stretch: float = 1.0
+    """How many times longer than `attempt` and `call` the server's measured speed may make
+    them (`llm/speed.py`): a slow server's answers are waited for, not failed. 1 keeps the
+    call's deadline fixed (the attempt may still take up to it); the commands stretch up to
+    `STRETCH` unless `--deadline` was given."""
 
     def __post_init__(self) -> None:
-        if self.attempt <= 0 or self.call <= 0:
-            raise ConfigError(f"timeouts must be positive, got {self}")
+        if self.attempt <= 0 or self.call <= 0 or self.stretch < 1:
+            raise ConfigError(f"timeouts must be positive, and stretch at least 1, got {self}")
+
+
+STRETCH = 10.0
+"""The commands' `Timeouts.stretch` when no `--deadline` is given: a call of the embedded model
+on a busy laptop (1 token/s for 8 calls at once) may take 30 minutes, not 3, while a hung
+server, which sends no answers to measure, is still cut at the configured bounds."""
 
 
 @dataclass(frozen=True, slots=True)

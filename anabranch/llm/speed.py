@@ -1,12 +1,13 @@
-"""How fast the server generates, measured, so that an attempt's timeout follows it.
+"""How fast the server generates, measured, so that an attempt's timeout and a call's deadline
+follow it.
 
-A fixed attempt timeout takes a busy machine for a dead server: the embedded model on a laptop
-that also runs another model generates a few times slower, its keyword calls ran past the 60 s
-timeout, and the batch failed while the server was answering, slowly. So an attempt may take
-`_MARGIN` times what the server's answers have taken per generated token, times the request's
-`max_tokens`, when that is longer than the configured attempt timeout: the configured timeout is
-the floor (a hung server is still cut there, before any answer was slow), the call's deadline
-the ceiling.
+Fixed bounds take a busy machine for a dead server: the embedded model on a laptop that also
+runs another model generates a few times slower, its keyword calls ran past the 60 s attempt
+timeout, then past the 180 s call deadline, and the batch failed while the server was
+answering, slowly. So an attempt may take `_MARGIN` times what the server's answers have taken
+per generated token, times the request's `max_tokens`, when that is longer than the configured
+attempt timeout; the call's deadline grows by the same factor, up to `Timeouts.stretch`. The
+configured bounds are the floor (a hung server sends no answers, so it is still cut there).
 """
 
 from __future__ import annotations
@@ -31,9 +32,15 @@ class Speed:
         old = self.per_token
         self.per_token = sample if old is None else old + _SMOOTHING * (sample - old)
 
-    def timeout(self, floor: float, max_tokens: int, ceiling: float) -> float:
-        """The attempt timeout for a request of `max_tokens`: the configured `floor`, or what
-        the measured speed needs if that is longer, at most `ceiling`."""
+    def bounds(
+        self, attempt: float, call: float, max_tokens: int, stretch: float
+    ) -> tuple[float, float]:
+        """The attempt timeout and the call deadline for a request of `max_tokens`: the
+        configured `attempt` and `call`, or what the measured speed needs if that is longer.
+        The attempt may take what the speed needs, within the call's deadline; the deadline
+        grows as many times as the attempt had to, at most `stretch` times."""
         if self.per_token is None:
-            return floor
-        return max(floor, min(ceiling, _MARGIN * self.per_token * (max_tokens + 1)))
+            return attempt, call
+        need = _MARGIN * self.per_token * (max_tokens + 1)
+        deadline = call * min(stretch, max(1.0, need / attempt))
+        return max(attempt, min(deadline, need)), deadline
