@@ -263,6 +263,7 @@ class Endpoint:
         limiter = self._limiter
         estimate = 0
         tally = Tally()
+        budget = granted = self._bounds(params)[1]
         if self._refused is not None:  # the same key, refused for every request: not sent
             raise LLMAuthError(str(self._refused), attempts=0, status=self._refused.status)
 
@@ -309,7 +310,6 @@ class Endpoint:
 
         call = llm_call(self.base_url, lambda: limiter.slots.limit, params)
         start = time.perf_counter()
-        budget = granted = self._bounds(params)[1]
         if limiter.breaker.outage is not None:  # a server that is down: wait here, slot-free,
             try:  # within the call's deadline (--deadline bounds a call's whole life)
                 async with asyncio.timeout(budget):
