@@ -12,8 +12,8 @@ it is stopped.
 Tasks travel in small chunks (those the runner hands over in the same turn of the event loop, up
 to `chunk`): with one Ray call per task, two workers ran 3,000 tasks at 1.07x the throughput of
 one process and the driver spent 3.9 s of CPU; with chunks of 8, 1.28x and 2.3 s
-(`bench/bench_ray.py --n 3000`). A worker runs a chunk's tasks at once and returns their results
-together.
+(`bench/bench_ray.py --n 3000`). A worker runs a chunk's tasks at once and streams each result
+back as it is done, so that a task that waits out its retries holds back no other.
 
 A worker that dies (its actor killed, its process SIGKILLed, its machine gone) loses nothing: the
 chunks it held fail on the driver with `RayActorError`, a new actor takes its place, and each of
@@ -33,8 +33,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-import math
 import os
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -62,8 +62,16 @@ class GraphWorker:
         self.resources = contextlib.AsyncExitStack()
         self.graph = spec.build(share, self.resources)
 
-    async def run(self, tasks: list[Task]) -> list[TaskResult]:
-        return list(await asyncio.gather(*(run_task(self.graph, t, RunContext()) for t in tasks)))
+    async def run(self, tasks: list[Task]) -> AsyncIterator[tuple[int, TaskResult]]:
+        """Each task's result, with its place in `tasks`, as soon as it is done (a Ray
+        streaming generator): returned together, a chunk waited for its slowest task, and
+        under 10 % 429s and 10 % 500s a batch ran 18 times slower than without them."""
+
+        async def one(index: int, task: Task) -> tuple[int, TaskResult]:
+            return index, await run_task(self.graph, task, RunContext())
+
+        for done in asyncio.as_completed([one(i, t) for i, t in enumerate(tasks)]):
+            yield await done
 
     async def ready(self) -> bool:
         return True
@@ -93,7 +101,7 @@ class RayExecutor:
     actors: list[Any] = field(default_factory=list, init=False, repr=False)
     """The live actor handles, by worker number."""
     _spec: GraphSpec | None = field(default=None, init=False, repr=False)
-    _per_worker: int = field(default=1, init=False, repr=False)
+    _concurrency: int = field(default=1, init=False, repr=False)
     _started_ray: bool = field(default=False, init=False, repr=False)
     _turn: itertools.count[int] = field(default_factory=itertools.count, init=False, repr=False)
     _waiting: list[tuple[Task, asyncio.Future[TaskResult]]] = field(
@@ -120,7 +128,7 @@ class RayExecutor:
             except (ConnectionError, RuntimeError, ValueError) as exc:
                 raise SetupError(f"cannot reach the Ray cluster at {self.address}: {exc}") from exc
             self._started_ray = True
-        self._spec, self._per_worker = graph, math.ceil(concurrency / self.workers)
+        self._spec, self._concurrency = graph, concurrency
         self.actors = [self._spawn(i) for i in range(self.workers)]
         try:
             await asyncio.gather(*(actor.ready.remote() for actor in self.actors))
@@ -129,8 +137,9 @@ class RayExecutor:
 
     def _spawn(self, index: int) -> Any:
         ray = _ray()
-        calls = math.ceil(self._per_worker / self.chunk) + 1
-        worker = ray.remote(GraphWorker).options(max_concurrency=calls)
+        # A chunk's call stays open while any of its tasks runs, and a worker may be sent as
+        # many tasks as the batch has in flight: each may be the last of its chunk.
+        worker = ray.remote(GraphWorker).options(max_concurrency=self._concurrency + 1)
         return worker.remote(self._spec, Share(index, self.workers))
 
     async def run(self, task: Task, context: RunContext) -> TaskResult:
@@ -157,17 +166,19 @@ class RayExecutor:
             sending.add_done_callback(self._sending.discard)
 
     async def _send(self, chunk: list[tuple[Task, asyncio.Future[TaskResult]]]) -> None:
-        """One chunk to the next worker in turn; on a worker that died, to the one after it
-        (the dead one replaced)."""
+        """One chunk to the next worker in turn, each result handed to its waiter as it
+        comes; what a worker that died had not returned, to the one after it (the dead one
+        replaced)."""
         ray = _ray()
-        tasks = [task for task, _ in chunk]
         try:
-            while True:
+            while left := [(task, future) for task, future in chunk if not future.done()]:
                 index = next(self._turn) % self.workers
                 actor = self.actors[index]
                 try:
-                    results: list[TaskResult] = await actor.run.remote(tasks)
-                    break
+                    async for ref in actor.run.remote([task for task, _ in left]):
+                        place, result = await ref
+                        if not (waiter := left[place][1]).done():  # its waiter may be gone
+                            waiter.set_result(result)
                 except ray.exceptions.RayActorError:
                     self._replace(index, actor)
         except asyncio.CancelledError:  # the batch ended: nobody waits for these
@@ -178,10 +189,6 @@ class RayExecutor:
             for _, future in chunk:
                 if not future.done():
                     future.set_exception(exc)
-            return
-        for (_, future), result in zip(chunk, results, strict=True):
-            if not future.done():
-                future.set_result(result)
 
     def _replace(self, index: int, dead: Any) -> None:
         if self.actors[index] is not dead:
