@@ -12,8 +12,9 @@ it is stopped.
 Tasks travel in small chunks (those the runner hands over in the same turn of the event loop, up
 to `chunk`): with one Ray call per task, two workers ran 3,000 tasks at 1.07x the throughput of
 one process and the driver spent 3.9 s of CPU; with chunks of 8, 1.28x and 2.3 s
-(`bench/bench_ray.py --n 3000`). A worker runs a chunk's tasks at once and streams each result
-back as it is done, so that a task that waits out its retries holds back no other.
+(`bench/bench_ray.py --n 3000`). A worker runs a chunk's tasks at once and streams their
+results back as they are done (those done within 20 ms together), so that a task that waits out
+its retries holds back no other.
 
 A worker that dies (its actor killed, its process SIGKILLed, its machine gone) loses nothing: the
 chunks it held fail on the driver with `RayActorError`, a new actor takes its place, and each of
@@ -50,6 +51,8 @@ _RESPAWNS_PER_WORKER = 3
 """Replacements per worker before the batch gives up on a cluster that keeps losing them."""
 _NICENESS = "RAY_worker_niceness"
 """Ray's setting for its workers' niceness, read by a raylet when it starts."""
+_TOGETHER = 0.02
+"""Seconds a worker waits, once a task of a chunk is done, for others to go back with it."""
 _CLOSING = 10.0
 """Seconds a worker may take to close what its graph opened (a cache's last writes) before it
 is killed anyway."""
@@ -62,16 +65,27 @@ class GraphWorker:
         self.resources = contextlib.AsyncExitStack()
         self.graph = spec.build(share, self.resources)
 
-    async def run(self, tasks: list[Task]) -> AsyncIterator[tuple[int, TaskResult]]:
-        """Each task's result, with its place in `tasks`, as soon as it is done (a Ray
-        streaming generator): returned together, a chunk waited for its slowest task, and
-        under 10 % 429s and 10 % 500s a batch ran 18 times slower than without them."""
+    async def run(self, tasks: list[Task]) -> AsyncIterator[list[tuple[int, TaskResult]]]:
+        """The tasks' results, each with its place in `tasks`, as they are done (a Ray
+        streaming generator): those done within `_TOGETHER` of the first go back together.
+        Returned whole, a chunk waited for its slowest task, and 300 tasks under 10 % 429s and
+        10 % 500s ran 18 times slower than without them; one result at a time, a fault-free
+        batch cost a third more than in chunks (`bench/bench_ray.py`)."""
 
         async def one(index: int, task: Task) -> tuple[int, TaskResult]:
             return index, await run_task(self.graph, task, RunContext())
 
-        for done in asyncio.as_completed([one(i, t) for i, t in enumerate(tasks)]):
-            yield await done
+        running = {asyncio.ensure_future(one(i, t)) for i, t in enumerate(tasks)}
+        try:
+            while running:
+                done, running = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+                if running:
+                    more, running = await asyncio.wait(running, timeout=_TOGETHER)
+                    done |= more
+                yield [d.result() for d in done]
+        finally:
+            for left in running:  # the driver is gone: nobody waits for these
+                left.cancel()
 
     async def ready(self) -> bool:
         return True
@@ -176,9 +190,9 @@ class RayExecutor:
                 actor = self.actors[index]
                 try:
                     async for ref in actor.run.remote([task for task, _ in left]):
-                        place, result = await ref
-                        if not (waiter := left[place][1]).done():  # its waiter may be gone
-                            waiter.set_result(result)
+                        for place, result in await ref:
+                            if not (waiter := left[place][1]).done():  # its waiter may be gone
+                                waiter.set_result(result)
                 except ray.exceptions.RayActorError:
                     self._replace(index, actor)
         except asyncio.CancelledError:  # the batch ended: nobody waits for these
