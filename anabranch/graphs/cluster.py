@@ -70,7 +70,7 @@ class GraphWorker:
         streaming generator): those done within `_TOGETHER` of the first go back together.
         Returned whole, a chunk waited for its slowest task, and 300 tasks under 10 % 429s and
         10 % 500s ran 18 times slower than without them; one result at a time, a fault-free
-        batch cost a third more than in chunks (`bench/bench_ray.py`)."""
+        batch took two fifths longer than in chunks (`bench/bench_ray.py --n 3000`)."""
 
         async def one(index: int, task: Task) -> tuple[int, TaskResult]:
             return index, await run_task(self.graph, task, RunContext())
