@@ -92,10 +92,15 @@ class Breaker:
         if self._down_since is None:
             return None
         text = f"server not answering since {_clock(self._down_since)}"
-        if self.give_up_after is not None:
-            left = max(0.0, self._down_since + self.give_up_after - time.monotonic())
-            text += f"; giving up in {_span(left)}"
+        if (left := self._until_give_up()) is not None:
+            text += f"; giving up in {_span(max(0.0, left))}"
         return text
+
+    def _until_give_up(self) -> float | None:
+        """Seconds until the give-up (negative once past), None while closed or never."""
+        if self._down_since is None or self.give_up_after is None:
+            return None
+        return self._down_since + self.give_up_after - time.monotonic()
 
     def unavailable(self, why: str, attempts: int = 0) -> LLMUnavailableError:
         """The error of a call that the outage ended, naming the server and what to do."""
@@ -110,17 +115,15 @@ class Breaker:
         """Seconds an attempt sent now may take: `left` of its call's deadline, and while the
         breaker is open (this attempt is its probe) no later than the give-up, so that the
         give-up ends the run, not a probe hung on past it."""
-        if self._down_since is None or self.give_up_after is None:
+        if (until := self._until_give_up()) is None:
             return left
-        until = max(0.01, self._down_since + self.give_up_after - time.monotonic())
-        return until if left is None else min(left, until)
+        return max(0.01, until) if left is None else min(left, max(0.01, until))
 
     def until_give_up(self, seconds: float) -> float:
         """`seconds`, or less if the give-up comes first: a call waiting out a backoff between
         two attempts fails with the others at the give-up, not seconds after it."""
-        if self._down_since is None or self.give_up_after is None:
-            return seconds
-        return max(0.0, min(seconds, self._down_since + self.give_up_after - time.monotonic()))
+        until = self._until_give_up()
+        return seconds if until is None else max(0.0, min(seconds, until))
 
     def stop(self) -> None:
         """The server refused the key: nothing more is sent, so nothing waits for it to come
@@ -137,7 +140,7 @@ class Breaker:
         """Wait until a request may go: at once when closed; as the probe, or never, when open."""
         while self._down_since is not None and not self._stopped:
             now = time.monotonic()
-            if self.give_up_after is not None and now - self._down_since > self.give_up_after:
+            if (until := self._until_give_up()) is not None and until < 0:
                 if not self._gave_up:
                     self._gave_up = True
                     logger.warning("gave up: %s", self.unavailable("gave up after "
