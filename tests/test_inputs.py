@@ -118,4 +118,5 @@ def test_standard_input_is_an_input(tmp_path):
         )  # fmt: skip
         assert proc.returncode == 0, proc.stderr
         # results come in completion order: two tasks may finish either way round
-    assert sorted(json.loads(line)["task_id"] for line in proc.stdout.splitlines()) == ["a", "b"]
+        ids = sorted(json.loads(line)["task_id"] for line in proc.stdout.splitlines())
+        assert ids == ["a", "b"]
