@@ -7,6 +7,7 @@ import asyncio
 import json
 import logging
 import os
+import random
 
 import pytest
 from conftest import run_cli, write_tasks
@@ -20,6 +21,7 @@ from anabranch.errors import (
     LLMUnavailableError,
 )
 from anabranch.llm.endpoint import Endpoint
+from anabranch.llm.quota import QuotaLearner
 from anabranch.llm.settings import Limits, RetryPolicy, Timeouts
 from anabranch.testing.fault_server import Quota
 
@@ -46,6 +48,45 @@ async def test_sporadic_429s_and_500s_cost_the_retried_request_not_the_batch(fau
         most.append(faults.stats()["max_in_flight"])
     clean, faulty = most
     assert faulty >= 0.5 * clean, most  # before: 2 against 32
+
+
+def _first_suspicion(window: str) -> tuple[QuotaLearner, bool]:
+    """A new learner fed `window` (`.` an answer, `R` a 429) at once, inside its first second."""
+    learner = QuotaLearner()
+    signals = [learner.refused(0) if c == "R" else learner.answered() for c in window]
+    return learner, bool(signals[-1])
+
+
+@pytest.mark.parametrize("window", [".." * 15 + "RR", "." * 10 + "R" * 22])
+def test_a_first_burst_that_ran_dry_is_paced_at_a_seconds_worth(window):
+    """A quota's first burst (its bucket, a second's worth) came back clean, then 429s: what
+    got through is counted over a second, not over the instant the burst took."""
+    learner, suspected = _first_suspicion(window)
+    assert suspected and learner.rate is not None
+    assert learner.rate <= window.count(".")
+
+
+def test_sporadic_429s_in_the_first_second_are_paced_at_the_rate_measured():
+    """15 % random 429s from the first answer on: no burst ran dry, so a suspicion's trial
+    paces at what the server answered so far, per second of it. Counted over a whole second
+    as a burst is, a fast server's trials ran at a tenth of its rate (bench_adaptive's random
+    case: 7.2 times its fault-free time where a static cap took 3.8)."""
+    window = ".....R..........R.........R....R"  # 32 answers, 4 of them 429s: a suspicion
+    learner, suspected = _first_suspicion(window)
+    assert suspected and learner.rate is not None
+    assert learner.rate >= 10 * window.count(".")
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_the_sporadic_share_is_that_of_every_answer(seed):
+    """Under 15 % random 429s, the share that later suspicions are judged against is the share
+    over every answer so far. Taken as the highest share of any window or trial, it read up to
+    30 % (its cap), and a window then had to be over half 429s to be a suspicion."""
+    rng = random.Random(seed)
+    learner = QuotaLearner()
+    for _ in range(2000):
+        learner.refused(0) if rng.random() < 0.15 else learner.answered()
+    assert learner.baseline == pytest.approx(0.15, abs=0.03)
 
 
 async def test_a_quota_without_headers_and_whole_second_retry_after_is_learnt(faults):

@@ -131,6 +131,8 @@ first was over (what got through it is the quota), for a climb of half a second 
 _MOST = 0.3
 """The highest sporadic share: a quota taken for sporadic (its first burst's 429s in the share)
 still refuses many more than this, unpaced, and is tested again."""
+_SHORTEST = 0.05
+"""Seconds of answers under which a rate is not measured: a round trip's worth at least."""
 _HEADROOM = 0.95
 """The share of a measured rate that is paced: a quota's rate less a little, so that the
 server's bucket refills between two probes past it instead of refusing whatever the client
@@ -159,7 +161,8 @@ class QuotaLearner:
     it is tested in at most two trials:
     - the first paces at `_HEADROOM` of the rate the server accepted over the last second (what
       a quota lets through while it refuses; in the endpoint's first second, divided by one
-      plus its age, as a quota's first burst of a second's worth is in it) for `_WINDOW`
+      plus its age if a burst ran dry, as a quota's first one of a second's worth is in it,
+      else by its age) for `_WINDOW`
       answers to attempts sent since. Not one 429, while the pacing held requests back (else
       the client's own demand was low, which cannot have caused the 429s): it was the quota,
       and the rate is under it; the rate climbs by `_CLIMB_STEP` per answer back to the rate
@@ -168,8 +171,8 @@ class QuotaLearner:
     - the second, at `_SECOND` of what got through the first: under a quota that the first was
       still a little over, clean again (the climb then stops at `_HEADROOM` of what got through
       the first); sporadic 429s go on, and the trial ends at the first of them.
-    Sporadic: the highest share seen (at most `_MOST`) becomes the baseline, and the pacing
-    stops. A later 429 of a known quota (its share low) paces at `_HEADROOM` of the accepted
+    Sporadic: the share of 429s over every answer so far (at most `_MOST`) becomes the
+    baseline, and the pacing stops. A later 429 of a known quota (its share low) paces at `_HEADROOM` of the accepted
     rate, once a second. A sporadic 429 costs the retried request its Retry-After, never the
     batch (measured in bench/bench_adaptive.py; the rule in docs/architecture.md).
     """
@@ -193,6 +196,8 @@ class QuotaLearner:
         self._cut = 0.0
         self._first = 0.0
         """When the first answer came."""
+        self._answers = self._refusals = 0
+        """Answers so far, and the 429s among them: the sporadic share, on every answer."""
 
     def answered(self, in_flight: int = 0) -> None:
         """An attempt got an answer (not a 429), with `in_flight` other attempts out."""
@@ -240,10 +245,20 @@ class QuotaLearner:
             return False
         self._trial = _Trial(refusals, len(self._recent), now, skip=in_flight)
         accepted = self.accepted_rate()
-        if (age := now - self._first) < 1.0:  # a burst of a second's quota is in it: not twice
-            accepted /= 1.0 + age
+        if (age := now - self._first) < 1.0:  # less than a second of answers to count
+            # A quota's first burst (a second's worth) is in the count: not twice. Sporadic
+            # 429s among the answers say nothing of a burst: the rate is what came so far.
+            accepted /= 1.0 + age if self._ran_dry() else max(age, _SHORTEST)
         self.rate = max(0.5, _HEADROOM * min(accepted, self.rate or accepted))
         return True
+
+    def _ran_dry(self) -> bool:
+        """The window's 429s came after its clean answers, and most of those that followed the
+        first were refused: a burst ran out, as a quota's first one does. Sporadic 429s are
+        spread among the answers (2 or more all in the window's last answers: about 1 % at 15 %)."""
+        recent = list(self._recent)
+        after = recent[recent.index(True) :]
+        return 2 * sum(after) >= len(after)
 
     def _margin(self) -> float:
         """How far over the sporadic share a window's share must be to be a suspicion."""
@@ -254,6 +269,8 @@ class QuotaLearner:
         now = time.monotonic()
         self._first = self._first or now
         self._recent.append(refused)
+        self._answers += 1
+        self._refusals += refused
         if not refused:
             self._accepted.append(now)
         while self._accepted and self._accepted[0] < now - 1.0:
@@ -279,7 +296,6 @@ class QuotaLearner:
         """A trial's verdict: quota (and where), another trial, or sporadic."""
         self._trial = None
         self._recent.clear()  # the next suspicion is judged on answers after this verdict
-        share = trial.refused / trial.answers
         through = (trial.answers - trial.refused) / max(now - trial.began, 1e-3)
         bound = trial.paced >= 0.5 * trial.answers  # else our demand, not the rate, was low
         before = trial.before_refused / trial.before_answers
@@ -292,12 +308,11 @@ class QuotaLearner:
             self._ceiling = _HEADROOM * trial.through if trial.through else self._found / _HEADROOM
         elif bound and trial.through is None:  # a little over a quota, or sporadic: try half
             self._trial = _Trial(trial.before_refused, trial.before_answers, now,
-                                 skip=in_flight, through=through, first=share)  # fmt: skip
+                                 skip=in_flight, through=through)  # fmt: skip
             self.rate = max(0.5, _SECOND * min(through, self.rate or through))
-        else:  # it did not fall with the rate: sporadic
+        else:  # it did not fall with the rate: sporadic, at the share of every answer so far
             self.quota = False
-            first = share if trial.first is None else trial.first
-            self.baseline = min(_MOST, max(self.baseline, before, first))
+            self.baseline = min(_MOST, self._refusals / self._answers)
             self.rate = None
 
 
@@ -319,5 +334,3 @@ class _Trial:
     through: float | None = None
     """For a second trial, at half the rate: what got through the first, over the quota if
     this one finds it."""
-    first: float | None = None
-    """For a second trial: the first one's share of 429s."""
