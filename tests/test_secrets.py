@@ -164,6 +164,17 @@ def surfaces(fault_server, tmp_path_factory):
     _proc(seen["run with the key in the URL"], "run refused", proc)
     assert proc.returncode == 2 and "the key came from the URL" in proc.stderr, proc.stderr
     seen["run with the key in the URL"].add_tree(refused_dir)
+    # A server that keeps failing opens the breaker, which names the server on stderr while it
+    # waits and when it gives up: the URL it names carries the key.
+    fault_server.configure(echo_credentials=True, rates={"500": 1.0}, retry_after=0, seed=7)
+    down_dir = run_dir / "down"
+    down_dir.mkdir()
+    proc = run_cli("run", tasks, "--llm", url_with(fault_server.url, URL_CANARY), "--model",
+                   "fault", "--out", str(down_dir / "results.jsonl"),
+                   "--give-up-after", "2")  # fmt: skip
+    _proc(seen["run with the key in the URL"], "run down", proc)
+    assert "not answering since" in proc.stderr and "gave up" in proc.stderr, proc.stderr
+    seen["run with the key in the URL"].add_tree(down_dir)
     fault_server.configure(echo_credentials=True, rates=ECHOED, retry_after=0, seed=7)
 
     # `chain`: a report on disk, streamed text on stdout.
