@@ -172,9 +172,10 @@ class QuotaLearner:
       still a little over, clean again (the climb then stops at `_HEADROOM` of what got through
       the first); sporadic 429s go on, and the trial ends at the first of them.
     Sporadic: the share of 429s over every answer so far (at most `_MOST`) becomes the
-    baseline, and the pacing stops. A later 429 of a known quota (its share low) paces at `_HEADROOM` of the accepted
-    rate, once a second. A sporadic 429 costs the retried request its Retry-After, never the
-    batch (measured in bench/bench_adaptive.py; the rule in docs/architecture.md).
+    baseline, and the pacing stops. A later 429 of a known quota (its share low) paces at
+    `_HEADROOM` of the accepted rate, once a second. A sporadic 429 costs the retried request
+    its Retry-After, never the batch (measured in bench/bench_adaptive.py; the rule in
+    docs/architecture.md).
     """
 
     def __init__(self) -> None:
