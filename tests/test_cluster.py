@@ -232,3 +232,16 @@ async def test_a_task_that_waits_out_its_retries_holds_back_no_other(cluster, fa
     requests = [result.usage.requests async for result in batch]
     assert sorted(requests) == [1] * 7 + [2]
     assert requests[-1] == 2  # the retried task last: the others were not held for it
+
+
+@pytest.mark.slow
+async def test_a_worker_counts_its_runs_at_work_not_those_waiting(cluster, faults):
+    """One run at a time on one worker, the first task's call answered 429 with two whole
+    seconds of Retry-After: the driver hands the worker more tasks than its one at work, and
+    they run while the first waits (counted as at work, the waiting run held the only place)."""
+    faults.configure(latency_ms=10, script=["429"], retry_after=2, retry_after_format="seconds")
+    executor = RayExecutor(workers=1, chunk=1)
+    batch = run_batch(tasks(4), spec(faults.url, concurrency=1), concurrency=1,
+                      executor=executor, display=QUIET)  # fmt: skip
+    requests = [result.usage.requests async for result in batch]
+    assert requests == [1, 1, 1, 2]

@@ -30,8 +30,12 @@ KNOWN_SENTIMENT_BACKENDS = ("local", "llm", "llm-probs", "llm-blend")
 PlannerKind = Literal["rule", "llm"]
 
 Concurrency = Annotated[
-    int, typer.Option("--concurrency", "-c", min=1, help="Graph runs (tasks) in flight at once.")
-]
+    int,
+    typer.Option(
+        "--concurrency", "-c", min=1,
+        help="Graph runs (tasks) at work at once; runs waiting out a Retry-After do not count.",
+    ),
+]  # fmt: skip
 ChunkTokens = Annotated[
     int, typer.Option(min=16, help="Token budget of one chunk; longer texts are cut.")
 ]

@@ -2,7 +2,9 @@
 
 `run_batch(tasks, GraphSpec(...), concurrency=C, executor=RayExecutor(workers=N))`: N Ray actors
 each build their own graph from the spec (on their share of its limits) and run tasks sent to
-them, up to C / N at once (the batch's concurrency, like its limits, is the whole cluster's).
+them, up to C / N at work at once (the batch's concurrency, like its limits, is the whole
+cluster's); a worker counts its runs at work where their calls' waits are heard
+(`anabranch.work`), so the driver hands it more than that.
 Everything else stays on the driver, in the batch runner: the input is read as it goes, results
 come back in completion order through the same bounded queue, the progress bar and the trace are
 the same, and the journal is written by the driver alone, so resuming after a crash of the driver
@@ -34,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import math
 import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -44,6 +47,7 @@ from anabranch.graphs.executor import run_task
 from anabranch.graphs.spec import GraphSpec, Share
 from anabranch.graphs.state import Graph, RunContext, now
 from anabranch.types import Task, TaskResult
+from anabranch.work import WAITING, WorkGate
 
 __all__ = ["GraphWorker", "RayExecutor", "init_ray"]
 
@@ -61,9 +65,11 @@ is killed anyway."""
 class GraphWorker:
     """One Ray actor: builds its graph once, then runs the tasks the driver sends it."""
 
-    def __init__(self, spec: GraphSpec, share: Share) -> None:
+    def __init__(self, spec: GraphSpec, share: Share, concurrency: int = 1) -> None:
         self.resources = contextlib.AsyncExitStack()
         self.graph = spec.build(share, self.resources)
+        self.gate = WorkGate(max(1, math.ceil(concurrency / share.count)), WAITING * concurrency)
+        """This worker's share of the runs at work: here its calls' waits are heard."""
 
     async def run(self, tasks: list[Task]) -> AsyncIterator[list[tuple[int, TaskResult]]]:
         """The tasks' results, each with its place in `tasks`, as they are done (a Ray
@@ -73,7 +79,8 @@ class GraphWorker:
         batch took two fifths longer than in chunks (`bench/bench_ray.py --n 3000`)."""
 
         async def one(index: int, task: Task) -> tuple[int, TaskResult]:
-            return index, await run_task(self.graph, task, RunContext())
+            async with self.gate.working():
+                return index, await run_task(self.graph, task, RunContext())
 
         running = {asyncio.ensure_future(one(i, t)) for i, t in enumerate(tasks)}
         try:
@@ -110,6 +117,9 @@ class RayExecutor:
     worker_niceness: int | None = 0
     """The workers' niceness on a local cluster this executor starts (None: Ray's, 15). An
     existing cluster keeps its own."""
+    gates_work: bool = field(default=True, init=False)
+    """The workers count their runs at work (`anabranch.work`), where the calls' waits are
+    heard: the batch hands over up to `WAITING` times its concurrency."""
     respawned: int = field(default=0, init=False)
     """Workers replaced after they died."""
     actors: list[Any] = field(default_factory=list, init=False, repr=False)
@@ -152,9 +162,10 @@ class RayExecutor:
     def _spawn(self, index: int) -> Any:
         ray = _ray()
         # A chunk's call stays open while any of its tasks runs, and a worker may be sent as
-        # many tasks as the batch has in flight: each may be the last of its chunk.
-        worker = ray.remote(GraphWorker).options(max_concurrency=self._concurrency + 1)
-        return worker.remote(self._spec, Share(index, self.workers))
+        # many tasks as the batch has under way: each may be the last of its chunk.
+        under_way = WAITING * self._concurrency
+        worker = ray.remote(GraphWorker).options(max_concurrency=under_way + 1)
+        return worker.remote(self._spec, Share(index, self.workers), self._concurrency)
 
     async def run(self, task: Task, context: RunContext) -> TaskResult:
         """The task's result from a worker (sent with the others handed over in this turn of

@@ -21,7 +21,10 @@ from anabranch.types import SubtaskError, Task, TaskResult
 
 class Executor(Protocol):
     """Where `run_batch` runs the graph. The runner calls `start` once, then `run` for each task
-    (up to `concurrency` at once), then `close`, also when the batch stops early."""
+    (up to `concurrency` at work at once, and more while runs in this process wait between two
+    attempts of a call: `anabranch.work`), then `close`, also when the batch stops early. An
+    executor that runs tasks elsewhere and counts their waits there says `gates_work = True`,
+    and is handed up to `WAITING` times `concurrency` at once."""
 
     async def start(self, graph: Graph | GraphSpec, concurrency: int) -> None:
         """Get ready to run `graph` (a compiled graph, or its recipe) for up to `concurrency`

@@ -1,10 +1,11 @@
 """The batch runner: one small graph run per task, many at once, results as they complete.
 
-C workers pull tasks from the input and push results to a bounded queue, so the cost per task
+Workers pull tasks from the input and push results to a bounded queue, so the cost per task
 stays flat however large the batch (no `asyncio.wait` over every pending run) and memory holds
-only the runs in flight and the results not yet taken. Tasks in == results out: a graph run
-that raises, or an input line that was rejected, still yields a TaskResult that says what
-happened.
+only the runs in flight and the results not yet taken. A worker takes a place at work before a
+task (`anabranch.work`): C runs at work, and more while some wait out a Retry-After. Tasks in
+== results out: a graph run that raises, or an input line that was rejected, still yields a
+TaskResult that says what happened.
 
 What a batch is told comes by concern: how many tasks run at once and where (`concurrency`, an
 `Executor`), what it keeps (`Resume`: a journal), what it shows (`Display`). `BatchRun` is only
@@ -41,6 +42,7 @@ from anabranch.types import (
     TaskResult,
     Usage,
 )
+from anabranch.work import WAITING, WorkGate
 
 logger = logging.getLogger(__name__)
 
@@ -74,8 +76,10 @@ def run_batch(
     resume: Resume | None = None,
     display: Display | None = None,
 ) -> BatchRun:
-    """Run `graph` once per task, `concurrency` runs at a time; iterate the result for TaskResults
-    (`async for`, or `for` from sync code), then read its `report`.
+    """Run `graph` once per task, `concurrency` runs at work at a time; iterate the result for
+    TaskResults (`async for`, or `for` from sync code), then read its `report`. A run whose LLM
+    call waits out a Retry-After or a backoff is not at work meanwhile: another starts, up to
+    `anabranch.work.WAITING` times `concurrency` under way.
 
     `tasks` may hold InputErrors (as `read_tasks` yields them): each becomes a rejected TaskResult.
     `graph` is a compiled graph (input `{"task": Task}`, output `{"result": TaskResult}`) or its
@@ -181,37 +185,49 @@ class _Delivery:
             maxsize=self.concurrency
         )
         counts, clock, run = self.counts, self.clock, self.executor.run
+        # Runs at work, the rest waiting between attempts; an executor that runs them elsewhere
+        # holds its own gate, where the waits are heard, and is handed all it may hold.
+        most = WAITING * self.concurrency
+        elsewhere = getattr(self.executor, "gates_work", False)
+        gate = WorkGate(most if elsewhere else self.concurrency, most)
         # The workflow span and the run's timeline (the HTML report's data).
         telemetry = BatchTelemetry(resume.run_id if resume is not None else "batch")
 
         async def work() -> None:
-            for item in source:  # a shared iterator: each next() hands out a distinct task
-                position = counts["received"]
-                counts["received"] += 1
-                clock.record("input", started, now())
-                if isinstance(item, InputError):
-                    counts["rejected"] += 1
-                    rejected = _rejected(item)
-                    if ledger is not None:
-                        ledger.record_task(_rejected_key(item), position, rejected)
-                    await queue.put((rejected, False))
-                    continue
-                if ledger is None:
-                    counts["tasks"] += 1
-                    await queue.put((await run(item, context), False))
-                    continue
-                key = ledger.key(item)
-                if key in ledger.done:  # delivered by an earlier attempt: delivered again as is
-                    counts["from_journal"] += 1
-                    self.replayed.add(item.id)
-                    await queue.put((await asyncio.to_thread(ledger.delivered, key), True))
-                    continue
+            while True:  # a place at work first, then a task: memory holds what runs
+                async with gate.working():
+                    item = next(source, None)  # shared: each next() hands out a distinct task
+                    if item is None:
+                        return
+                    await one(item)
+
+        async def one(item: Task | InputError) -> None:
+            position = counts["received"]
+            counts["received"] += 1
+            clock.record("input", started, now())
+            if isinstance(item, InputError):
+                counts["rejected"] += 1
+                rejected = _rejected(item)
+                if ledger is not None:
+                    ledger.record_task(_rejected_key(item), position, rejected)
+                await queue.put((rejected, False))
+                return
+            if ledger is None:
                 counts["tasks"] += 1
-                counts["changed"] += ledger.changed(item, key)
-                ledger.start(item, key)
-                result = await run(item, context)
-                ledger.record_task(key, position, result)
-                await queue.put((result, False))
+                await queue.put((await run(item, context), False))
+                return
+            key = ledger.key(item)
+            if key in ledger.done:  # delivered by an earlier attempt: delivered again as is
+                counts["from_journal"] += 1
+                self.replayed.add(item.id)
+                await queue.put((await asyncio.to_thread(ledger.delivered, key), True))
+                return
+            counts["tasks"] += 1
+            counts["changed"] += ledger.changed(item, key)
+            ledger.start(item, key)
+            result = await run(item, context)
+            ledger.record_task(key, position, result)
+            await queue.put((result, False))
 
         async def worker() -> None:
             try:
@@ -224,7 +240,7 @@ class _Delivery:
                 return
             await queue.put(None)  # this worker is done
 
-        workers = [asyncio.create_task(worker()) for _ in range(self.concurrency)]
+        workers = [asyncio.create_task(worker()) for _ in range(gate.most)]
         bar = ProgressBar.open(self.display, _length(self.tasks))
         watched = self.display.watch.slot_stats if self.display.watch is not None else None
         base = (watched.requests, watched.overloads) if watched is not None else (0, 0)

@@ -97,7 +97,7 @@ class AdaptiveSlots:
         except BaseException:
             if waiter.done() and not waiter.cancelled():
                 self.release()  # it was handed a slot it will not use
-            else:
+            elif waiter in self._waiters:  # else a wake-up passed it by, cancelled
                 self._waiters.remove(waiter)
             raise
 

@@ -23,6 +23,7 @@ from anabranch.llm.quota import RateLimitHeaders
 from anabranch.llm.retry import retry_after
 from anabranch.llm.settings import Limits
 from anabranch.tools.tokenizer import count_tokens
+from anabranch.work import waiting
 
 
 class RateLimiter:
@@ -96,7 +97,8 @@ class CallLimiter:
         two requests at a time."""
         self.slots.release()
         try:
-            await asyncio.sleep(self.breaker.until_give_up(seconds))
+            with waiting():  # nor at work: its run's place in the batch may go to another
+                await asyncio.sleep(self.breaker.until_give_up(seconds))
             await self.slots.acquire(first=True)
         except BaseException:
             self.slots.in_flight += 1  # not taken back, but the slot's own release follows
