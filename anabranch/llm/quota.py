@@ -256,7 +256,7 @@ class QuotaLearner:
     def _ran_dry(self) -> bool:
         """The window's 429s came after its clean answers, and most of those that followed the
         first were refused: a burst ran out, as a quota's first one does. Sporadic 429s are
-        spread among the answers (2 or more all in the window's last answers: about 1 % at 15 %)."""
+        spread among the answers, and rarely all come at the window's end."""
         recent = list(self._recent)
         after = recent[recent.index(True) :]
         return 2 * sum(after) >= len(after)
