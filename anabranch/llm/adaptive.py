@@ -6,8 +6,9 @@ does, within [1, the user's cap]:
   limit grows by half each round trip until the first sign of overload (`_SLOW_START_STEP`);
 - then additive increase: about one more slot per round trip of successes;
 - multiplicative decrease (halving, at most once per round trip) on latency that shows
-  queueing: a smoothed time per token over `_QUEUEING` times the best seen (429 and 503 are a
-  quota's business, paced by rate, not by halving the concurrency). Not
+  queueing: answers that take, smoothed, over `_QUEUEING` times the fastest answer of about
+  their length (429 and 503 are a quota's business, paced by rate, not by halving the
+  concurrency). Not
   while the client's own event loop lags: a batch whose client is CPU-bound hears every answer
   late, and halving its concurrency then only slows it down (measured: 11 % slower at 64 in
   flight on a 20 ms server).
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import math
 import time
 from dataclasses import dataclass
 
@@ -33,9 +35,15 @@ slot per success that is as many as the burst let through (40 of a quota of 40 r
 6 % of a 600-call batch); at half, about half as many (measured: 19-27), for two more round
 trips to reach a cap of 64."""
 _QUEUEING = 3.0
-"""A smoothed time per generated token this many times the best seen means requests queue at
-the server. Not 2: a batching server (llama.cpp, vLLM) decodes each request more slowly as its
-batch fills, without any queueing (here about 1.7 times from 4 requests to 8)."""
+"""Answers that take, smoothed, this many times the fastest of their length mean requests queue
+at the server. Not 2: a batching server (llama.cpp, vLLM) decodes each request more slowly as
+its batch fills, without any queueing (here about 1.7 times from 4 requests to 8)."""
+_LENGTHS_PER_DOUBLING = 2
+"""An answer is compared with the fastest answer of about its length: the same half-octave of
+generated tokens. Not the time per token over every answer: a remote server's time is mostly
+fixed (the network, the prompt), so a 1-token answer takes as long as a 30-token one, 15 times
+as long per token, which read as queueing and ran a fixed-latency server 1 to 5 at a time
+(measured: 12.5 times a static cap's time for 300 calls of mixed lengths)."""
 _LAGGING = 0.5
 """A loop that runs its timers later than this share of the fastest call is the bottleneck
 itself: answers wait in its own queue, which more or fewer requests in flight do not shorten."""
@@ -71,9 +79,13 @@ class AdaptiveSlots:
         self.in_flight = 0
         self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
         self._slow_start = adaptive
-        self._best = float("inf")
+        self._best: dict[int, float] = {}
+        """The fastest answer seen per length (`_LENGTHS_PER_DOUBLING`)."""
         self._fastest = float("inf")
         self._smoothed: float | None = None
+        """The smoothed ratio of answers' times to the fastest of their length."""
+        self._round_trip = 0.0
+        """The smoothed time of an answer, for the decrease's once per round trip."""
         self._last_decrease = 0.0
         self._lag = 0.0
         self._probe: asyncio.TimerHandle | None = None
@@ -133,12 +145,13 @@ class AdaptiveSlots:
         if not self.adaptive:
             return
         self._fastest = min(self._fastest, latency)
+        self._round_trip = 0.8 * self._round_trip + 0.2 * latency if self._round_trip else latency
         if self._lag <= _LAGGING * self._fastest:  # else late by our own fault: no signal
-            latency /= tokens + 1
-            self._best = min(self._best, latency)
-            smoothed = self._smoothed
-            self._smoothed = latency if smoothed is None else 0.8 * smoothed + 0.2 * latency
-            if self._smoothed > _QUEUEING * self._best and self.limit > 1:
+            length = int(_LENGTHS_PER_DOUBLING * math.log2(tokens + 1))
+            best = self._best[length] = min(self._best.get(length, latency), latency)
+            ratio, smoothed = latency / best if best > 0 else 1.0, self._smoothed
+            self._smoothed = ratio if smoothed is None else 0.8 * smoothed + 0.2 * ratio
+            if self._smoothed > _QUEUEING and self.limit > 1:
                 self._decrease()
                 return
         if self.in_flight + len(self._waiters) >= int(self.limit):  # the slots were all in use
@@ -162,8 +175,7 @@ class AdaptiveSlots:
 
     def _decrease(self) -> None:
         now = time.monotonic()
-        round_trip = self._smoothed or 0.0
-        if now - self._last_decrease < max(round_trip, 0.05):
+        if now - self._last_decrease < max(self._round_trip, 0.05):
             return  # the same burst, already answered
         self._last_decrease = now
         self._slow_start = False

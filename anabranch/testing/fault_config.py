@@ -55,7 +55,12 @@ class FaultConfig(BaseModel):
     """What the server does; change it at run time with PUT /config."""
 
     latency_ms: float = 0.0
-    """Added before every answer, faults included."""
+    """Added before every answer, faults included: a remote server's network and prompt time."""
+    ms_per_token: float = 0.0
+    """Added per word of an answer, as a model decodes it (local servers' time is mostly this)."""
+    slots: int | None = None
+    """Requests worked on at once; the rest wait their turn, as in llama.cpp's `--parallel`
+    slots (None: no limit). A queue the client sees only in the latency."""
     rates: dict[Fault, float] = Field(default_factory=dict)
     """Probability of each fault per request, e.g. {"429": 0.1, "reset": 0.05}."""
     script: list[Fault] = Field(default_factory=list)

@@ -85,6 +85,7 @@ class FaultApp:
         self.stats = _Stats()
         self._random = random.Random(config.seed)
         self._bucket = self._stamp = 0.0
+        self._slots = asyncio.Semaphore(config.slots) if config.slots else None
         self.set_quota(config.quota)
         self.batches = BatchApi(config.batches, self._batch_answer)
 
@@ -225,11 +226,15 @@ class FaultApp:
         stats.arrivals.append(round(time.monotonic() - stats.started, 6))
         stats.in_flight += 1
         stats.max_in_flight = max(stats.max_in_flight, stats.in_flight)
+        held = None
         try:
             if (refused := self._over_quota(body)) is not None:
                 return refused
             fault = self._pick()
             stats.faults[fault] += 1
+            if self._slots is not None:
+                await self._slots.acquire()
+                held = self._slots
             if self.config.latency_ms:
                 await asyncio.sleep(self.config.latency_ms / 1000)
             if fault == "hang":
@@ -272,6 +277,9 @@ class FaultApp:
                 content = looping_answer(request)
             cut = self.config.cut_answers or fault == "repeat"
             completion = completion_body(request, content, cut=cut)
+            if self.config.ms_per_token:
+                tokens = completion["usage"]["completion_tokens"]
+                await asyncio.sleep(self.config.ms_per_token * tokens / 1000)
             if scripted is not None and fault != "invalid":
                 completion["choices"][0]["message"] = scripted
                 completion["choices"][0]["finish_reason"] = (
@@ -289,6 +297,8 @@ class FaultApp:
             return acted(fault, self.config, 200, headers, padded(completion, self.config))
         finally:
             stats.in_flight -= 1
+            if held is not None:
+                held.release()
 
 
 async def serve(config: FaultConfig, host: str = "127.0.0.1", port: int = 0) -> None:
