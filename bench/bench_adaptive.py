@@ -12,6 +12,11 @@ Each case sends the same calls at a cap of 64 and reports the wall time, the goo
 fraction of the quota (or the fault-free time), the share of requests answered 429, and the
 calls that failed for good. One more case halves the `seconds` quota mid-run.
 
+A second table has no quota: answers of mixed lengths (2 and 31 words) on servers whose time is
+fixed (a remote server's network and prompt), per token (a local model's decoding), and either
+of those with 4 slots that queue the rest. Adaptive should match the static cap on the first
+two and stay under the cap on the queues.
+
     python bench/bench_adaptive.py [--calls 600] [--rps 40]
 """
 
@@ -27,6 +32,13 @@ from anabranch.llm.settings import Limits, RetryPolicy
 from anabranch.testing.fault_server import FaultConfig, FaultServer, Quota
 
 HI = [{"role": "user", "content": "hi"}]
+SPEEDS = {
+    "fixed 100 ms": FaultConfig(latency_ms=100),
+    "5 ms/token": FaultConfig(latency_ms=5, ms_per_token=5),
+    "fixed, 4 slots": FaultConfig(latency_ms=100, slots=4),
+    "per token, 4 slots": FaultConfig(latency_ms=5, ms_per_token=5, slots=4),
+}
+"""Servers without a quota, by how their time goes."""
 Kind = Literal["seconds", "ms", "headers", "random", "clean"]
 
 
@@ -50,6 +62,22 @@ async def run(server: FaultServer, calls: int, adaptive: bool) -> tuple[float, i
         start = time.perf_counter()
         done = await asyncio.gather(*(llm.chat(HI) for _ in range(calls)), return_exceptions=True)
         return time.perf_counter() - start, sum(not isinstance(d, BaseException) for d in done)
+
+
+async def speed_row(server: FaultServer, name: str, calls: int, adaptive: bool) -> str:
+    """Answers of mixed lengths at a cap of 64 on one kind of `SPEEDS`."""
+    server.configure(SPEEDS[name])
+    options = LLMOptions(server.url, "fault", limits=Limits(64, adaptive=adaptive))
+    async with build_endpoint(options) as llm:
+        start = time.perf_counter()
+        await asyncio.gather(*(llm.chat([{"role": "user", "content": "word " * (1 + 29 * (i % 2))}])
+                               for i in range(calls)))  # fmt: skip
+        wall, stats = time.perf_counter() - start, llm.slot_stats
+    return (
+        f"| {name} | {'adaptive' if adaptive else 'static 64'} | {wall:.2f} "
+        f"| {stats.limit:.1f} ({stats.low:.0f}-{stats.high:.0f}) "
+        f"| {server.stats()['max_in_flight']} |"
+    )
 
 
 async def one_case(
@@ -99,6 +127,12 @@ async def main(calls: int, rps: float) -> None:
                 row = await one_case(server, kind, calls, rps, adaptive=adaptive, halve=halve,
                                      clean=clean)  # fmt: skip
                 print(row, flush=True)
+        print(f"\n{calls} chat calls of mixed answer lengths at a cap of 64, no quota")
+        print("| server | mode | wall s | limit at the end (range) | most in flight |")
+        print("|---|---|---|---|---|")
+        for name in SPEEDS:
+            for adaptive in (False, True):
+                print(await speed_row(server, name, calls, adaptive), flush=True)
 
 
 if __name__ == "__main__":
