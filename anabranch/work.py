@@ -15,11 +15,11 @@ chat request, a notebook's own call) waits the same and tells no one.
 
 from __future__ import annotations
 
-import asyncio
-import collections
 import contextlib
 import contextvars
 from collections.abc import AsyncIterator, Iterator
+
+from anabranch.gate import Gate
 
 WAITING = 16
 """Runs under way, at most, per run at work: enough that the places of runs waiting out a
@@ -30,56 +30,32 @@ runs in ten waiting: the Ray batch above ran 2.3 times its fault-free time at 4,
 _GATE: contextvars.ContextVar[WorkGate | None] = contextvars.ContextVar("gate", default=None)
 
 
-class WorkGate:
-    """Lets a run start while fewer than `concurrency` runs are at work: under way, less the
-    calls that wait between attempts (a run whose two calls both wait counts as two, and one
-    whose call waits while another is out counts as none: an estimate, never past `most`)."""
+class WorkGate(Gate):
+    """Lets a run start while fewer than `concurrency` runs are at work: under way (`taken`),
+    less the calls that wait between attempts (a run whose two calls both wait counts as two,
+    and one whose call waits while another is out counts as none: an estimate, never past
+    `most`)."""
 
     def __init__(self, concurrency: int, most: int | None = None) -> None:
+        super().__init__()
         self.concurrency = concurrency
         self.most = most if most is not None else WAITING * concurrency
-        self.running = 0
-        """Runs under way."""
         self.waiting = 0
-        """Calls of those runs waiting between two attempts."""
-        self._queue: collections.deque[asyncio.Future[None]] = collections.deque()
+        """Calls of the runs under way waiting between two attempts."""
 
-    def _room(self) -> bool:
-        return self.running < min(self.most, self.concurrency + self.waiting)
+    def has_room(self) -> bool:
+        return self.taken < min(self.most, self.concurrency + self.waiting)
 
     @contextlib.asynccontextmanager
     async def working(self) -> AsyncIterator[None]:
         """Hold a place for one run, waiting for one first if none is free."""
-        if not self._room() or self._queue:
-            future = asyncio.get_running_loop().create_future()
-            self._queue.append(future)
-            try:
-                await future
-            except BaseException:
-                if future.done() and not future.cancelled():
-                    self._leave()  # handed a place it will not use
-                elif future in self._queue:  # else a wake-up passed it by, cancelled
-                    self._queue.remove(future)
-                raise
-        else:
-            self.running += 1
+        await self.take()
         token = _GATE.set(self)
         try:
             yield
         finally:
             _GATE.reset(token)
-            self._leave()
-
-    def _leave(self) -> None:
-        self.running -= 1
-        self._wake()
-
-    def _wake(self) -> None:
-        while self._queue and self._room():
-            future = self._queue.popleft()
-            if not future.done():
-                self.running += 1
-                future.set_result(None)
+            self.give_back()
 
 
 @contextlib.contextmanager
@@ -90,7 +66,7 @@ def waiting() -> Iterator[None]:
         yield
         return
     gate.waiting += 1
-    gate._wake()
+    gate.wake()
     try:
         yield
     finally:

@@ -45,10 +45,10 @@ async def test_the_gate_lets_runs_start_for_calls_that_wait_up_to_its_bound():
     runs = [asyncio.create_task(run(waits_out_a_retry=i < 2)) for i in range(5)]
     await asyncio.sleep(0.05)
     # Two at work, both waiting: one more starts (the bound, 3), not two.
-    assert gate.running == 3 and gate.waiting == 2
+    assert gate.taken == 3 and gate.waiting == 2
     waits.set()
     await asyncio.sleep(0.05)
-    assert gate.running == 3  # over the concurrency now, until runs end: none is stopped
+    assert gate.taken == 3  # over the concurrency now, until runs end: none is stopped
     release.set()
     await asyncio.gather(*runs)
-    assert gate.running == 0 and gate.waiting == 0
+    assert gate.taken == 0 and gate.waiting == 0

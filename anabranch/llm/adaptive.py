@@ -21,10 +21,11 @@ left alone by `anabranch.llm.breaker`.
 from __future__ import annotations
 
 import asyncio
-import collections
 import math
 import time
 from dataclasses import dataclass
+
+from anabranch.gate import Gate
 
 _START = 4
 """Slots an adaptive gate starts with (or the cap, if lower)."""
@@ -69,15 +70,15 @@ class SlotStats:
     """Attempts that got an answer."""
 
 
-class AdaptiveSlots:
-    """A concurrency gate whose limit adapts (or not) to the server's capacity."""
+class AdaptiveSlots(Gate):
+    """A concurrency gate whose limit adapts (or not) to the server's capacity; `taken` is the
+    calls in flight."""
 
     def __init__(self, cap: int, *, adaptive: bool) -> None:
+        super().__init__()
         self.cap = cap
         self.adaptive = adaptive
         self.limit = float(min(cap, _START) if adaptive else cap)
-        self.in_flight = 0
-        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
         self._slow_start = adaptive
         self._best: dict[int, float] = {}
         """The fastest answer seen per length (`_LENGTHS_PER_DOUBLING`)."""
@@ -91,38 +92,18 @@ class AdaptiveSlots:
         self._probe: asyncio.TimerHandle | None = None
         self.stats = SlotStats(self.limit, self.limit, self.limit)
 
+    def has_room(self) -> bool:
+        return self.taken < int(self.limit)
+
     async def acquire(self, *, first: bool = False) -> None:
         """Take a slot; `first` jumps the queue (a call coming back from a wait between its
-        attempts, which already waited its turn once)."""
+        attempts)."""
         if self.adaptive and self._probe is None:
             self._arm(asyncio.get_running_loop())
-        if self.in_flight < int(self.limit) and (first or not self._waiters):
-            self.in_flight += 1
-            return
-        waiter = asyncio.get_running_loop().create_future()
-        if first:
-            self._waiters.appendleft(waiter)
-        else:
-            self._waiters.append(waiter)
-        try:
-            await waiter
-        except BaseException:
-            if waiter.done() and not waiter.cancelled():
-                self.release()  # it was handed a slot it will not use
-            elif waiter in self._waiters:  # else a wake-up passed it by, cancelled
-                self._waiters.remove(waiter)
-            raise
+        await self.take(first=first)
 
     def release(self) -> None:
-        self.in_flight -= 1
-        self._wake()
-
-    def _wake(self) -> None:
-        while self._waiters and self.in_flight < int(self.limit):
-            waiter = self._waiters.popleft()
-            if not waiter.done():
-                self.in_flight += 1
-                waiter.set_result(None)
+        self.give_back()
 
     def _arm(self, loop: asyncio.AbstractEventLoop) -> None:
         due = loop.time() + _PROBE
@@ -133,7 +114,7 @@ class AdaptiveSlots:
         only while calls are in flight, so an idle endpoint leaves nothing scheduled."""
         self._lag = 0.8 * self._lag + 0.2 * (loop.time() - due)
         self._probe = None
-        if self.in_flight:
+        if self.taken:
             self._arm(loop)
 
     # -- what the server said ---------------------------------------------------------------------
@@ -154,7 +135,7 @@ class AdaptiveSlots:
             if self._smoothed > _QUEUEING and self.limit > 1:
                 self._decrease()
                 return
-        if self.in_flight + len(self._waiters) >= int(self.limit):  # the slots were all in use
+        if self.taken + self.queued >= int(self.limit):  # the slots were all in use
             step = _SLOW_START_STEP if self._slow_start else 1.0 / self.limit
             self._set(min(self.cap, self.limit + step))
 
@@ -187,4 +168,4 @@ class AdaptiveSlots:
         self.stats.limit = limit
         self.stats.low = min(self.stats.low, limit)
         self.stats.high = max(self.stats.high, limit)
-        self._wake()
+        self.wake()

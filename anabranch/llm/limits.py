@@ -101,7 +101,7 @@ class CallLimiter:
                 await asyncio.sleep(self.breaker.until_give_up(seconds))
             await self.slots.acquire(first=True)
         except BaseException:
-            self.slots.in_flight += 1  # not taken back, but the slot's own release follows
+            self.slots.taken += 1  # not taken back, but the slot's own release follows
             raise
 
     async def pace(self, estimated_tokens: int) -> None:
@@ -120,7 +120,7 @@ class CallLimiter:
         """An attempt got an answer: judge the load by its time per generated token."""
         self.breaker.succeeded()
         self.slots.succeeded(latency, completion_tokens)
-        self.headers.learner.answered(self.slots.in_flight - 1)
+        self.headers.learner.answered(self.slots.taken - 1)
 
     def heard(self, exc: BaseException, max_retry_after: float, took: float = 0.0) -> None:
         """What an attempt's failure says of the server: that it has no room (429, 503, with
@@ -154,7 +154,7 @@ class CallLimiter:
             self.slots.overloaded()
             if not self.limits.adaptive:
                 return
-            signal = self.headers.heard or self.headers.learner.refused(self.slots.in_flight - 1)
+            signal = self.headers.heard or self.headers.learner.refused(self.slots.taken - 1)
             if signal and exact and retry_after:
                 self.headers.pause(min(retry_after, 60.0))
         else:
