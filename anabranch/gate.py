@@ -3,8 +3,8 @@
 The endpoint's concurrency slots (`llm/adaptive.py`: a limit that moves with the server) and a
 batch's places at work (`work.py`: a bound that grows while runs wait) are the same line with
 different rules for when one more may enter. The line, its wake-ups and its cancellations are
-written once, here: a waiter cancelled after a wake-up had already passed it once raised
-`ValueError` on its way out of both copies.
+written once, here: they were two copies, each of which had needed the same fix (a waiter
+cancelled after a wake-up had passed it raised `ValueError` on its way out).
 """
 
 from __future__ import annotations

@@ -14,8 +14,8 @@ calls that failed for good. One more case halves the `seconds` quota mid-run.
 
 A second table has no quota: answers of mixed lengths (2 and 31 words) on servers whose time is
 fixed (a remote server's network and prompt), per token (a local model's decoding), and either
-of those with 4 slots that queue the rest. Adaptive should match the static cap on the first
-two and stay under the cap on the queues.
+of those with 4 slots that queue the rest. Adaptive should come near the static cap on the
+first two (after its slow start) and stay under the cap on the queues.
 
     python bench/bench_adaptive.py [--calls 600] [--rps 40]
 """

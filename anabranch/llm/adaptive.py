@@ -8,10 +8,9 @@ does, within [1, the user's cap]:
 - multiplicative decrease (halving, at most once per round trip) on latency that shows
   queueing: answers that take, smoothed, over `_QUEUEING` times the fastest answer of about
   their length (429 and 503 are a quota's business, paced by rate, not by halving the
-  concurrency). Not
-  while the client's own event loop lags: a batch whose client is CPU-bound hears every answer
-  late, and halving its concurrency then only slows it down (measured: 11 % slower at 64 in
-  flight on a 20 ms server).
+  concurrency). Not while the client's own event loop lags: a batch whose client is CPU-bound
+  hears every answer late, and halving its concurrency then only slows it down (measured: 11 %
+  slower at 64 in flight on a 20 ms server).
 A static cap is the same gate with adaptation off.
 
 What the server says of its quota is read in `anabranch.llm.quota`; a server that is down is
@@ -44,7 +43,7 @@ _LENGTHS_PER_DOUBLING = 2
 generated tokens. Not the time per token over every answer: a remote server's time is mostly
 fixed (the network, the prompt), so a 1-token answer takes as long as a 30-token one, 15 times
 as long per token, which read as queueing and ran a fixed-latency server 1 to 5 at a time
-(measured: 12.5 times a static cap's time for 300 calls of mixed lengths)."""
+(measured: about 13 times a static cap's time for 300 calls of mixed lengths)."""
 _LAGGING = 0.5
 """A loop that runs its timers later than this share of the fastest call is the bottleneck
 itself: answers wait in its own queue, which more or fewer requests in flight do not shorten."""
@@ -130,7 +129,8 @@ class AdaptiveSlots(Gate):
         if self._lag <= _LAGGING * self._fastest:  # else late by our own fault: no signal
             length = int(_LENGTHS_PER_DOUBLING * math.log2(tokens + 1))
             best = self._best[length] = min(self._best.get(length, latency), latency)
-            ratio, smoothed = latency / best if best > 0 else 1.0, self._smoothed
+            ratio = latency / best if best > 0 else 1.0
+            smoothed = self._smoothed
             self._smoothed = ratio if smoothed is None else 0.8 * smoothed + 0.2 * ratio
             if self._smoothed > _QUEUEING and self.limit > 1:
                 self._decrease()

@@ -117,7 +117,8 @@ class CallLimiter:
             await self._tpm.acquire(estimated_tokens)
 
     def succeeded(self, latency: float, completion_tokens: int) -> None:
-        """An attempt got an answer: judge the load by its time per generated token."""
+        """An attempt got an answer: judge the load by its time against the
+        fastest answer of its length."""
         self.breaker.succeeded()
         self.slots.succeeded(latency, completion_tokens)
         self.headers.learner.answered(self.slots.taken - 1)

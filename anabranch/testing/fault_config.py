@@ -56,9 +56,9 @@ class FaultConfig(BaseModel):
 
     latency_ms: float = 0.0
     """Added before every answer, faults included: a remote server's network and prompt time."""
-    ms_per_token: float = 0.0
+    ms_per_token: float = Field(0.0, ge=0)
     """Added per word of an answer, as a model decodes it (local servers' time is mostly this)."""
-    slots: int | None = None
+    slots: int | None = Field(None, ge=1)
     """Requests worked on at once; the rest wait their turn, as in llama.cpp's `--parallel`
     slots (None: no limit). A queue the client sees only in the latency."""
     rates: dict[Fault, float] = Field(default_factory=dict)
