@@ -89,7 +89,9 @@ async def mixed(faults, calls: int = 300) -> tuple[float, int]:
 
 
 @pytest.mark.parametrize(
-    "speed", [{"latency_ms": 100}, {"latency_ms": 5, "ms_per_token": 5}], ids=["fixed", "per-token"]
+    "speed",
+    [{"latency_ms": 100}, {"latency_ms": 20, "ms_per_token": 5}],
+    ids=["fixed", "per-token"],
 )
 async def test_answers_of_mixed_lengths_are_not_taken_for_queueing(faults, speed):
     """A remote server's time is mostly fixed: a 2-word answer takes as long as a 31-word one.
