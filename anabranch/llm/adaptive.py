@@ -101,9 +101,6 @@ class AdaptiveSlots(Gate):
             self._arm(asyncio.get_running_loop())
         await self.take(first=first)
 
-    def release(self) -> None:
-        self.give_back()
-
     def _arm(self, loop: asyncio.AbstractEventLoop) -> None:
         due = loop.time() + _PROBE
         self._probe = loop.call_at(due, self._measure_lag, loop, due)

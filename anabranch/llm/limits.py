@@ -88,14 +88,14 @@ class CallLimiter:
         try:
             yield
         finally:
-            self.slots.release()
+            self.slots.give_back()
 
     async def lend(self, seconds: float) -> None:
         """Wait `seconds` between two attempts of a call without its slot, then take it back
         ahead of the queue. A call that waits out a Retry-After or a backoff has nothing at the
         server: holding its slot meanwhile ran a batch with 15 % random 429s (Retry-After: 1)
         two requests at a time."""
-        self.slots.release()
+        self.slots.give_back()
         try:
             with waiting():  # nor at work: its run's place in the batch may go to another
                 await asyncio.sleep(self.breaker.until_give_up(seconds))
