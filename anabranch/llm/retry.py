@@ -155,14 +155,20 @@ class Retrier:
         return self._delay(exc, state.attempt_number + 1)
 
     def _delay(self, exc: BaseException | None, failed: int) -> float:
-        """Retry-After when the server sent one (capped), else exponential backoff with jitter
-        (tenacity's `wait_exponential_jitter`) after the call's attempt number `failed`."""
+        """Retry-After when the server sent one (capped), else a backoff with full jitter after
+        the call's attempt number `failed`: anywhere from 0 to `backoff_initial` doubled per
+        earlier failure (tenacity's `wait_random_exponential`).
+
+        Full jitter, not a doubled floor plus a little jitter: a sporadic 500 costs the retried
+        call a quarter of a second on average, not three quarters, and with tens of calls in
+        flight the longest chain of retries is what the batch waits for. Calls that failed
+        together still spread out over the whole window, and a dead server is the breaker's
+        to judge, not the backoff's."""
         after = retry_after(exc)
         if after is not None:
             return min(after, self.policy.max_retry_after)
-        initial = self.policy.backoff_initial
-        backoff = initial * 2 ** (failed - 1) + random.uniform(0, initial)
-        return min(backoff, self.policy.backoff_max)
+        window = self.policy.backoff_initial * 2 ** (failed - 1)
+        return random.uniform(0, min(window, self.policy.backoff_max))
 
 
 class _OutOfTime(stop_base):

@@ -51,7 +51,8 @@ class RetryPolicy:
     max_attempts: int = 4
     """Attempts per call, the first included."""
     backoff_initial: float = 0.5
-    """Seconds before the second attempt; doubled for each later one, with jitter."""
+    """The longest wait before the second attempt (each wait is drawn from 0 up to it, "full
+    jitter"); doubled for each later one."""
     backoff_max: float = 8.0
     """The longest backoff between two attempts."""
     max_retry_after: float = 30.0
