@@ -10,6 +10,7 @@ from anabranch.analysis import AnalysisRecord, SentimentOutput, make_agents
 from anabranch.errors import LLMOutputError, LLMStatusError, LLMTimeoutError
 from anabranch.llm.cache import ResponseCache
 from anabranch.llm.endpoint import Endpoint
+from anabranch.llm.retry import Retrier
 from anabranch.llm.settings import Limits, RetryPolicy, Timeouts
 from anabranch.llm.url import normalize_base_url
 
@@ -282,3 +283,14 @@ async def test_an_answer_that_fails_validation_is_not_replayed(faults, tmp_path)
             faults.configure()  # the model is fine now: a retry must reach it
             parsed = await llm.parse(HI, SentimentOutput)
     assert parsed.usage.requests == 1 and parsed.usage.cached == 0
+
+
+def test_the_backoff_without_retry_after_is_drawn_from_zero_up_to_a_doubling_window():
+    """Full jitter: a sporadic 500's retry may come at once, and the window doubles per failure
+    up to `backoff_max` (a floor of `backoff_initial` made the batch wait for its longest
+    chain of retries)."""
+    retrier = Retrier(RetryPolicy(backoff_initial=0.5, backoff_max=1.5), Timeouts())
+    for failed, window in ((1, 0.5), (2, 1.0), (3, 1.5), (6, 1.5)):
+        waits = [retrier._delay(None, failed) for _ in range(400)]
+        assert all(0 <= wait <= window for wait in waits)
+        assert min(waits) < window / 8 and max(waits) > window * 7 / 8
