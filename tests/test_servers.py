@@ -21,6 +21,7 @@ from anabranch.errors import (
     LLMUnavailableError,
 )
 from anabranch.llm.endpoint import Endpoint
+from anabranch.llm.limits import CallLimiter
 from anabranch.llm.quota import QuotaLearner
 from anabranch.llm.settings import Limits, RetryPolicy, Timeouts
 from anabranch.testing.fault_server import Quota
@@ -75,6 +76,45 @@ def test_sporadic_429s_in_the_first_second_are_paced_at_the_rate_measured():
     learner, suspected = _first_suspicion(window)
     assert suspected and learner.rate is not None
     assert learner.rate >= 10 * window.count(".")
+
+
+def test_a_first_trial_is_not_judged_on_three_429s_in_a_row():
+    """Whole-second Retry-Afters bring sporadic 429s back in waves. A first trial ended by its
+    first three answers, all 429s, measured that nothing got through it, and the second trial
+    paced at its floor, 0.5 requests/s: a 5 s batch with 15 % random 429s ran in 80 s."""
+    learner, suspected = _first_suspicion(".....R..........R.........R....R")
+    assert suspected and learner.rate is not None
+    first = learner.rate
+    for c in "RRR.....":  # each waited for the trial's pacing, as a batch's requests do
+        learner.waited()
+        learner.refused(0) if c == "R" else learner.answered()
+    assert learner.rate is None or learner.rate >= 0.5 * first, (learner.rate, first)
+
+
+async def test_a_trial_waits_for_the_attempts_at_the_server_not_for_the_slots_held():
+    """Calls that wait for the pacing hold their slots with nothing at the server. A trial that
+    skipped as many answers as slots were held (26) waited for them at the rate it paced."""
+    limiter = CallLimiter(Limits(64), "http://127.0.0.1:1")
+    learner = limiter.headers.learner
+    limiter.slots.limit = 64.0  # past its slow start
+    for _ in range(26):  # 26 calls hold slots; 2 of them have an attempt out
+        await limiter.slots.acquire()
+    sending = [limiter.sending(60.0) for _ in range(2)]
+    for attempt in sending:
+        attempt.__enter__()
+    for c in ".....R..........R.........R....":
+        learner.refused(0) if c == "R" else learner.answered()
+    limiter.failed(overloaded=True, retry_after=1.0)  # the 429 that raises the suspicion
+    first = learner.rate
+    assert first is not None
+    for attempt in sending:  # the two out answer: the trial counts from the next
+        attempt.__exit__(None, None, None)
+        limiter.succeeded(0.02, 1)
+    for c in "RRR.....":
+        learner.waited()
+        learner.refused(0) if c == "R" else learner.answered()
+    assert learner.rate != first, "the trial still waits for answers it skipped"
+    await limiter.breaker.aclose()
 
 
 @pytest.mark.parametrize("seed", range(4))

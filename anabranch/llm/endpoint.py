@@ -286,8 +286,8 @@ class Endpoint:
             # cancellation, which the breaker never heard
             left = limiter.breaker.bound(tally.left())
             timeout = each if left is None else max(0.001, min(each, left - 0.01))
-            try:  # still out a check's time before its timeout: the breaker asks the check
-                with limiter.breaker.watching(timeout):
+            try:
+                with limiter.sending(timeout):
                     answer = await send(timeout)
             except Exception as exc:
                 tally.last = exc

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator, Mapping
+from contextlib import asynccontextmanager, contextmanager
 from typing import Any
 
 import openai
@@ -74,6 +74,11 @@ class CallLimiter:
                                slots=lambda: int(self.slots.limit))  # fmt: skip
         self._rpm = RateLimiter(limits.rpm) if limits.rpm else None
         self._tpm = RateLimiter(limits.tpm) if limits.tpm else None
+        self.out = 0
+        """Attempts at the server now: sent, not yet answered. Not the slots taken, which
+        also hold calls waiting for the quota's pacing: a trial that skipped the answers of
+        those waited for tens of them at the rate it paced (measured: 26 at 0.5 requests/s,
+        a 5 s batch with 15 % random 429s run in 80 s)."""
 
     @property
     def counts_tokens(self) -> bool:
@@ -116,12 +121,23 @@ class CallLimiter:
         if self._tpm:
             await self._tpm.acquire(estimated_tokens)
 
+    @contextmanager
+    def sending(self, timeout: float) -> Iterator[None]:
+        """One attempt at the server, within `timeout`: counted in `out`, and watched by the
+        breaker (still out a check's time before its timeout, the breaker asks the check)."""
+        self.out += 1
+        try:
+            with self.breaker.watching(timeout):
+                yield
+        finally:
+            self.out -= 1
+
     def succeeded(self, latency: float, completion_tokens: int) -> None:
         """An attempt got an answer: judge the load by its time against the
         fastest answer of its length."""
         self.breaker.succeeded()
         self.slots.succeeded(latency, completion_tokens)
-        self.headers.learner.answered(self.slots.taken - 1)
+        self.headers.learner.answered(self.out)
 
     def heard(self, exc: BaseException, max_retry_after: float, took: float = 0.0) -> None:
         """What an attempt's failure says of the server: that it has no room (429, 503, with
@@ -155,7 +171,7 @@ class CallLimiter:
             self.slots.overloaded()
             if not self.limits.adaptive:
                 return
-            signal = self.headers.heard or self.headers.learner.refused(self.slots.taken - 1)
+            signal = self.headers.heard or self.headers.learner.refused(self.out)
             if signal and exact and retry_after:
                 self.headers.pause(min(retry_after, 60.0))
         else:

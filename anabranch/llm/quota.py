@@ -125,6 +125,12 @@ sporadic 429s reads 40 % now and then, and each suspicion costs a trial."""
 _ENOUGH = 3
 """429s after which the first trial ends: it cannot find the quota under its rate any more, and
 a few more tell what got through it."""
+_MEASURED = 8
+"""Answers the first trial takes at least, 429s or not: what got through it sets the second
+trial's rate, and over its first three answers that was a guess. Whole-second Retry-Afters
+bring sporadic 429s back in waves, and a first trial ended by three 429s in a row measured
+0 requests/s got through: the second trial paced at its floor, 0.5 requests/s, and a 5 s batch
+with 15 % random 429s ran in 80 s."""
 _SECOND = 0.7
 """The second trial's rate, as a share of what got through the first: under a quota that the
 first was over (what got through it is the quota), for a climb of half a second back to it."""
@@ -167,7 +173,7 @@ class QuotaLearner:
       the client's own demand was low, which cannot have caused the 429s): it was the quota,
       and the rate is under it; the rate climbs by `_CLIMB_STEP` per answer back to the rate
       measured, then probes by `_PROBE_STEP`. A trial with 429s cannot say so: it ends at
-      `_ENOUGH` of them;
+      `_ENOUGH` of them (after `_MEASURED` answers at least);
     - the second, at `_SECOND` of what got through the first: under a quota that the first was
       still a little over, clean again (the climb then stops at `_HEADROOM` of what got through
       the first); sporadic 429s go on, and the trial ends at the first of them.
@@ -288,9 +294,14 @@ class QuotaLearner:
         trial.answers += 1
         trial.refused += refused
         # A trial clean of 429s finds the quota; one with 429s cannot, and need not go on: the
-        # second ends at its first, the first at `_ENOUGH` (what got through it by then is
-        # where the second's climb ends). A sporadic share is told in a few answers, not 64.
-        if trial.answers == _WINDOW or trial.refused >= (1 if trial.through else _ENOUGH):
+        # second ends at its first, the first at `_ENOUGH` once it has `_MEASURED` answers
+        # (what got through it is where the second's climb ends). A sporadic share is told in
+        # a few answers, not 64.
+        if trial.answers == _WINDOW or (
+            trial.refused >= _ENOUGH and trial.answers >= _MEASURED
+            if trial.through is None
+            else trial.refused >= 1
+        ):
             self._judge(trial, now, in_flight)
 
     def _judge(self, trial: _Trial, now: float, in_flight: int) -> None:
