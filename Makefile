@@ -27,9 +27,11 @@ llm: install
 demo: llm
 	$(BIN)/anabranch demo --out results.jsonl || [ $$? -eq 4 ]
 
-# Everything: what CI runs (the embedded model, a Ray cluster, the notebooks included).
+# Everything: what CI runs (the embedded model, a Ray cluster, the notebooks included), one test at
+# a time (see docs/architecture.md, "Tests: two tiers"). A test that hangs fails at 10 minutes,
+# with its stack, instead of using up CI's time.
 test: llm lint
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --timeout 600
 
 # The fast tier, for the edit-test loop: no embedded model, no Ray, no notebooks (tests that need
 # them, or take more than about 10 s, are marked `slow`). Its tests mostly wait on `anabranch`

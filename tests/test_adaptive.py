@@ -158,22 +158,11 @@ async def test_on_the_embedded_server_adaptation_stays_within_its_slots():
             await asyncio.gather(*calls)
             adaptive = time.perf_counter() - start
             settled = llm.slot_stats.limit
-        async with Endpoint(server.url, server.model,
-                            limits=Limits(8, adaptive=False)) as llm:  # fmt: skip
-            calls = [llm.chat([{"role": "user", "content": f"Say a word about {i}."}],
-                              max_tokens=24) for i in range(96)]  # fmt: skip
-            start = time.perf_counter()
-            await asyncio.gather(*calls)
-            static = time.perf_counter() - start
-    print(
-        f"\nembedded server: settled at {settled:.1f}; adaptive {adaptive:.1f} s, "
-        f"static 8 {static:.1f} s"
-    )
+    print(f"\nembedded server: settled at {settled:.1f} in {adaptive:.1f} s")
     # It does not flood the server's 8 slots: it settles about at them (8.3 in a run here; 2 to 6
-    # when answers were judged by their time per token) and is slower than a static 8 (1.25x in
-    # that run; speed is the benchmarks' business, printed, not asserted): it starts at 4 and
-    # halves when a batching server's growing batch slows each answer. That is why the embedded
-    # server runs with a static cap equal to its slots.
+    # when answers were judged by their time per token). It starts at 4 and halves when a
+    # batching server's growing batch slows each answer, so it is slower than a static 8 (1.25x
+    # in that run): that is why the embedded server runs with a static cap equal to its slots.
     assert 1 <= settled <= 16
 
 
