@@ -150,14 +150,16 @@ def test_reset_durations_read_as_openai_writes_them():
 async def test_on_the_embedded_server_adaptation_stays_within_its_slots():
     from anabranch.llm.local_server import LocalLLMServer
 
-    async with LocalLLMServer(parallel=8) as server:
-        async with Endpoint(server.url, server.model, limits=Limits(32)) as llm:
-            calls = [llm.chat([{"role": "user", "content": f"Say a word about {i}."}],
-                              max_tokens=24) for i in range(96)]  # fmt: skip
-            start = time.perf_counter()
-            await asyncio.gather(*calls)
-            adaptive = time.perf_counter() - start
-            settled = llm.slot_stats.limit
+    async with (
+        LocalLLMServer(parallel=8) as server,
+        Endpoint(server.url, server.model, limits=Limits(32)) as llm,
+    ):
+        calls = [llm.chat([{"role": "user", "content": f"Say a word about {i}."}],
+                          max_tokens=24) for i in range(96)]  # fmt: skip
+        start = time.perf_counter()
+        await asyncio.gather(*calls)
+        adaptive = time.perf_counter() - start
+        settled = llm.slot_stats.limit
     print(f"\nembedded server: settled at {settled:.1f} in {adaptive:.1f} s")
     # It does not flood the server's 8 slots: it settles about at them (8.3 in a run here; 2 to 6
     # when answers were judged by their time per token). It starts at 4 and halves when a
