@@ -5,6 +5,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -119,3 +120,23 @@ def _alive(pid: int) -> bool:
         return False
     with open(f"/proc/{pid}/stat") as stat:  # a zombie is dead, merely unreaped
         return stat.read().split(") ", 1)[1][0] != "Z"
+
+
+def _command_on_port(port: int) -> list[bytes]:
+    """The command line of the process listening on `port`, as llama-server was started."""
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            command = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:  # gone meanwhile
+            continue
+        if b"--port" in command and command[command.index(b"--port") + 1] == str(port).encode():
+            return command
+    raise AssertionError(f"no process started with --port {port}")
+
+
+def test_the_server_runs_a_thread_for_each_core_not_busy(server):
+    """llama.cpp's threads poll for work: beside a busy second server, a thread per core starved
+    the demo's. The server is started with the cores free when it was made, at least one."""
+    assert 1 <= server.threads <= len(os.sched_getaffinity(0))
+    command = _command_on_port(server.port)
+    assert command[command.index(b"--threads") + 1] == str(server.threads).encode()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import json
+import os
 import shutil
 import socket
 import subprocess
@@ -43,6 +44,18 @@ def model_path() -> Path:
     if not path.is_file():
         raise SetupError(f"the model file is missing from its package: {path}")
     return path
+
+
+def free_cores() -> int:
+    """The cores not already busy (whole cores of the one-minute load average), at least one:
+    the embedded server's threads. llama.cpp's threads poll for work, so a thread more than the
+    cores free starves the server. Beside a second llama.cpp server kept busy on 2 cores,
+    `anabranch demo` with llama.cpp's default (a thread per core) delivered 8 tasks in 12
+    minutes; with one thread, all 100 in 147 s. Not one thread always, nor a core counted busy
+    for a load of 0.55 (what a machine keeps for a minute after work): quiet, the demo took
+    101 s with one against 60-71 s with two."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, (cores or 1) - int(os.getloadavg()[0]))
 
 
 def server_binary() -> Path:
@@ -105,6 +118,8 @@ class LocalLLMServer:
         self.parallel = parallel
         """Requests the server decodes at once; each gets ctx_size / parallel tokens of context."""
         self.startup_timeout = startup_timeout
+        self.threads = free_cores()
+        """llama.cpp's threads, counted when the server is made (`free_cores`)."""
         self.model = MODEL_NAME
         self._process: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
@@ -142,6 +157,8 @@ class LocalLLMServer:
             "--ctx-size", str(self.ctx_size), "-np", str(self.parallel), "--jinja",
             "--alias", self.model,
         ]  # fmt: skip
+        if "LLAMA_ARG_THREADS" not in os.environ:  # llama.cpp's own variable, if set, decides
+            command += ["--threads", str(self.threads)]
         self._process = subprocess.Popen(
             _with_parent_death_signal(command),
             stdin=subprocess.DEVNULL,
