@@ -297,11 +297,11 @@ class QuotaLearner:
         # second ends at its first, the first at `_ENOUGH` once it has `_MEASURED` answers
         # (what got through it is where the second's climb ends). A sporadic share is told in
         # a few answers, not 64.
-        if trial.answers == _WINDOW or (
-            trial.refused >= _ENOUGH and trial.answers >= _MEASURED
-            if trial.through is None
-            else trial.refused >= 1
-        ):
+        if trial.through is None:  # the first trial
+            told = trial.refused >= _ENOUGH and trial.answers >= _MEASURED
+        else:
+            told = trial.refused >= 1
+        if told or trial.answers == _WINDOW:
             self._judge(trial, now, in_flight)
 
     def _judge(self, trial: _Trial, now: float, in_flight: int) -> None:
