@@ -23,6 +23,8 @@ import urllib.request
 from pathlib import Path
 from typing import IO
 
+import psutil
+
 from anabranch.errors import SetupError
 
 __all__ = ["MODEL_NAME", "LocalLLMServer", "model_path", "server_binary"]
@@ -46,16 +48,23 @@ def model_path() -> Path:
     return path
 
 
-def free_cores() -> int:
-    """The cores not already busy (whole cores of the one-minute load average), at least one:
-    the embedded server's threads. llama.cpp's threads poll for work, so a thread more than the
-    cores free starves the server. Beside a second llama.cpp server kept busy on 2 cores,
+def free_cores(sample: float = 0.5) -> int:
+    """The cores that other processes do not keep busy, measured over `sample` seconds, at least
+    one: the embedded server's threads. llama.cpp's threads poll for work, so a thread more than
+    the cores free starves the server. Beside a second llama.cpp server kept busy on 2 cores,
     `anabranch demo` with llama.cpp's default (a thread per core) delivered 8 tasks in 12
-    minutes; with one thread, all 100 in 147 s. Not one thread always, nor a core counted busy
-    for a load of 0.55 (what a machine keeps for a minute after work): quiet, the demo took
+    minutes; with one thread, all 100 in 135-147 s. Measured now, not read from the one-minute
+    load average: that lags a neighbour that started seconds ago (0.59 at 24 s, and the demo
+    starved) and lingers after work that has ended. Not one thread always: quiet, the demo took
     101 s with one against 60-71 s with two."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return max(1, (cores or 1) - int(os.getloadavg()[0]))
+    me = psutil.Process()
+    before = me.cpu_times()
+    everyone = psutil.cpu_percent(interval=sample) / 100 * (psutil.cpu_count() or 1)
+    after = me.cpu_times()
+    ours = (after.user + after.system - before.user - before.system) / sample
+    others = max(0.0, everyone - ours)
+    return max(1, (cores or 1) - round(others))
 
 
 def server_binary() -> Path:
@@ -118,8 +127,9 @@ class LocalLLMServer:
         self.parallel = parallel
         """Requests the server decodes at once; each gets ctx_size / parallel tokens of context."""
         self.startup_timeout = startup_timeout
-        self.threads = free_cores()
-        """llama.cpp's threads, counted when the server is made (`free_cores`)."""
+        self.threads: int | None = None
+        """llama.cpp's threads, counted as the server starts (`free_cores`); None when
+        `LLAMA_ARG_THREADS`, llama.cpp's own variable, decides."""
         self.model = MODEL_NAME
         self._process: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
@@ -134,6 +144,7 @@ class LocalLLMServer:
         return f"{self.root}/v1"
 
     def start(self) -> LocalLLMServer:
+        self.threads = self._threads()
         self._spawn()
         try:
             self._wait_healthy()
@@ -157,7 +168,7 @@ class LocalLLMServer:
             "--ctx-size", str(self.ctx_size), "-np", str(self.parallel), "--jinja",
             "--alias", self.model,
         ]  # fmt: skip
-        if "LLAMA_ARG_THREADS" not in os.environ:  # llama.cpp's own variable, if set, decides
+        if self.threads is not None:
             command += ["--threads", str(self.threads)]
         self._process = subprocess.Popen(
             _with_parent_death_signal(command),
@@ -165,6 +176,10 @@ class LocalLLMServer:
             stdout=self._log,
             stderr=subprocess.STDOUT,
         )
+
+    @staticmethod
+    def _threads() -> int | None:
+        return None if "LLAMA_ARG_THREADS" in os.environ else free_cores()
 
     def _wait_healthy(self) -> None:
         process = self._process
@@ -208,6 +223,7 @@ class LocalLLMServer:
         self.stop()
 
     async def __aenter__(self) -> LocalLLMServer:
+        self.threads = await asyncio.to_thread(self._threads)  # half a second: off the event loop
         self._spawn()
         try:
             await asyncio.to_thread(self._wait_healthy)  # about a second: off the event loop
