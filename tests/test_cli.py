@@ -86,7 +86,7 @@ def test_runs_with_the_network_cut_and_an_empty_tiktoken_cache(tmp_path):
 
 
 def test_run_against_any_openai_compatible_server(tmp_path, faults):
-    faults.configure(rates={"429": 0.2}, retry_after=0.01)
+    faults.configure(rates={"429": 0.2}, retry_after=0.01, retry_after_format="fractional")
     tasks = tmp_path / "tasks.jsonl"
     tasks.write_text("".join(f'{{"id": "t{i}", "text": "Good thing {i}."}}\n' for i in range(10)))
     out = tmp_path / "out.jsonl"

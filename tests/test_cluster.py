@@ -55,7 +55,7 @@ def tasks(n: int) -> list[Task]:
 @pytest.mark.slow
 async def test_every_task_comes_back_once_despite_faults(cluster, faults, tmp_path):
     faults.configure(latency_ms=10, rates={"500": 0.05, "429": 0.05, "reset": 0.03},
-                     retry_after=0.05)  # fmt: skip
+                     retry_after=0.05, retry_after_format="fractional")  # fmt: skip
     executor = RayExecutor(workers=2)
     journal = Journal(tmp_path / "journal.sqlite")
     batch = run_batch(tasks(300), spec(faults.url, concurrency=16), concurrency=16,

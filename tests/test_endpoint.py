@@ -42,6 +42,7 @@ async def test_thirty_percent_transient_faults_and_every_subtask_ends_ok(faults)
     faults.configure(
         rates={"429": 0.1, "500": 0.05, "503": 0.05, "reset": 0.05, "malformed": 0.05},
         retry_after=0.01,
+        retry_after_format="fractional",
         seed=7,
     )
     async with endpoint(faults, max_attempts=12, concurrency=16) as llm:

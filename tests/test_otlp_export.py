@@ -17,7 +17,7 @@ FAULTS = {"429": 0.08, "500": 0.04, "503": 0.04, "reset": 0.04}
 
 
 def test_run_with_otel_exports_spans_and_metrics_a_receiver_decodes(faults, tmp_path):
-    faults.configure(rates=FAULTS, retry_after=0.01, seed=11)
+    faults.configure(rates=FAULTS, retry_after=0.01, retry_after_format="fractional", seed=11)
     n = 20
     tasks = tmp_path / "tasks.jsonl"
     tasks.write_text(

@@ -66,7 +66,7 @@ def _points(reader) -> dict[str, list]:
 
 async def test_a_batch_with_20_percent_faults_gives_the_genai_span_tree(faults, otel, tmp_path):
     tracer_provider, meter_provider, exporter, reader = otel
-    faults.configure(rates=FAULTS, retry_after=0.01, seed=21)
+    faults.configure(rates=FAULTS, retry_after=0.01, retry_after_format="fractional", seed=21)
     instrument(tracer_provider, meter_provider)
     n = 40
     async with _endpoint(faults) as llm:

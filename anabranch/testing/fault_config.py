@@ -67,9 +67,9 @@ class FaultConfig(BaseModel):
     """Faults for the first requests, in order, before `rates` applies."""
     retry_after: float | None = 1.0
     """Retry-After seconds sent with 429 and 503; None sends none."""
-    retry_after_format: RetryAfterFormat = "fractional"
-    """How Retry-After is written, for these faults and for the quota's 429s. Real servers send
-    whole seconds ("seconds") or a date; "fractional" keeps tests quick."""
+    retry_after_format: RetryAfterFormat = "seconds"
+    """How Retry-After is written, for these faults and for the quota's 429s: whole seconds by
+    default, as real servers send; "fractional" lets a test wait less than a second."""
     retry_after_ms: bool = False
     """Also send `retry-after-ms` with the exact wait, as OpenAI does (most servers do not)."""
     error_style: ErrorStyle = "openai"
