@@ -71,7 +71,9 @@ def browse(page: Path, *args: str) -> subprocess.CompletedProcess[str]:
 @pytest.fixture(scope="module")
 def reports(fault_server, tmp_path_factory):
     """One CLI run with faults: its report, and the same run's report from the journal."""
-    fault_server.configure(rates=FAULTS, retry_after=0.02, retry_after_format="fractional", latency_ms=20, seed=5)
+    fault_server.configure(
+        rates=FAULTS, retry_after=0.02, retry_after_format="fractional", latency_ms=20, seed=5
+    )
     root = tmp_path_factory.mktemp("report")
     tasks = root / "tasks.jsonl"
     tasks.write_text(
