@@ -274,9 +274,10 @@ async def test_a_body_cut_mid_way_says_so_not_timed_out(faults):
     assert "connection failed, 3 attempt(s) in" in message and "timed out" not in message
 
 
+@pytest.mark.parametrize("framing", ["length", "close"])
 @pytest.mark.parametrize("padding", ["text", "whitespace"])
-async def test_an_answer_past_the_size_cap_fails_its_call(faults, padding):
-    faults.configure(answer_bytes=4 * 2**20, answer_padding=padding)
+async def test_an_answer_past_the_size_cap_fails_its_call(faults, padding, framing):
+    faults.configure(answer_bytes=4 * 2**20, answer_padding=padding, answer_framing=framing)
     limits = Limits(max_response_bytes=2**20)
     async with Endpoint(faults.url, "fault", limits=limits) as llm:
         with pytest.raises(LLMOutputError, match="larger than"):

@@ -83,6 +83,10 @@ class FaultConfig(BaseModel):
     answer_padding: Literal["text", "whitespace"] = "text"
     """What the padding is: letters after the answer (invalid for any schema), or whitespace
     around it (valid JSON stays valid, only much larger)."""
+    answer_framing: Literal["length", "close"] = "length"
+    """How a padded answer is framed: with its Content-Length, as a server that builds the answer
+    first sends it (a client can refuse it from its head), or close-delimited, without one, as
+    HTTP/1.0 servers and some proxies send it (a client must read up to its cap to know)."""
     refuse_json_schema: bool = False
     """Answer 400 to `response_format: json_schema`, as servers without it do."""
     refuse_json_object: bool = False

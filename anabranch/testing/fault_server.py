@@ -294,7 +294,10 @@ class FaultApp:
                 return acted(fault, self.config, 200, {"content-type": "text/event-stream"},
                               [events])  # fmt: skip
             headers = {"content-type": "application/json", **self.quota_headers()}
-            return acted(fault, self.config, 200, headers, padded(completion, self.config))
+            reply = acted(fault, self.config, 200, headers, padded(completion, self.config))
+            if isinstance(reply, Act) and self.config.answer_framing == "close":
+                reply.length = None
+            return reply
         finally:
             stats.in_flight -= 1
             if held is not None:
