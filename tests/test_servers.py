@@ -284,6 +284,31 @@ async def test_an_answer_past_the_size_cap_fails_its_call(faults, padding, frami
             await llm.chat(HI)
 
 
+def held_bytes(exc: BaseException | None) -> int:
+    """What an error's tracebacks keep alive in their frames' locals: bytes, and lists of them."""
+    held, seen = 0, set()
+    while exc is not None and id(exc) not in seen:  # a chain may come back to itself
+        seen.add(id(exc))
+        tb = exc.__traceback__
+        while tb is not None:
+            for value in tb.tb_frame.f_locals.values():
+                pieces = value if isinstance(value, list) else [value]
+                held += sum(len(p) for p in pieces if isinstance(p, bytes | bytearray | str))
+            tb = tb.tb_next
+        exc = exc.__cause__ or exc.__context__
+    return held
+
+
+async def test_an_answer_past_the_cap_is_not_kept_by_its_error(faults):
+    """An error record lives to the end of a run: its traceback must not keep what was read
+    before the cap (16 of them, at 8 MiB, held 150 MB)."""
+    faults.configure(answer_bytes=4 * 2**20, answer_framing="close")
+    async with Endpoint(faults.url, "fault", limits=Limits(max_response_bytes=2**20)) as llm:
+        with pytest.raises(LLMOutputError) as caught:
+            await llm.chat(HI)
+    assert held_bytes(caught.value) < 2**18
+
+
 @pytest.mark.slow  # two anabranch processes end to end
 def test_a_plain_re_run_retries_what_the_server_failed(tmp_path, faults):
     faults.configure(rates={"500": 1.0}, retry_after=0)
