@@ -147,7 +147,8 @@ class Transport:
         declared = response.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
             raise self._too_large(int(declared))
-        parts, size = [], 0
+        parts: list[bytes] = []
+        size = 0
         async for chunk in response.aiter_raw():
             size += len(chunk)
             if size > self.max_bytes:
