@@ -264,7 +264,7 @@ class QuotaLearner:
         most of those that followed the first were refused. A burst ran out, as a quota's
         first one does; answers sent before it did still come in among its first 429s
         (measured: 2 refusals among 5 answers, taken for sporadic, paced a first trial at 153
-        requests/s against a quota of 40: 39-95 429s for 600 calls, in 3 of 18 runs). Sporadic 429s
+        requests/s against a quota of 40: 39-95 429s for 600 calls, in 4 of 20 runs). Sporadic 429s
         are spread among the answers: at 15 %, none in a window's first 24 answers is 2 %."""
         recent = list(self._recent)
         first = recent.index(True)
