@@ -155,6 +155,11 @@ _FLOOR = 0.8
 """A known quota's 429s step its rate down to no less than this share of the rate its trial
 found: sporadic 429s mistaken for a quota's cannot walk the rate down for ever, and a quota
 that really shrank refuses more than the cut's share, which starts a new trial."""
+_LATE = 0.75
+"""429s that begin this far into a window came after its clean answers: a burst ran dry, even
+with answers sent before it did among its first 429s (2 refusals among 5 answers were taken
+for sporadic, and a first trial paced at 153 requests/s against a quota of 40: 4 of 20 runs of
+600 calls got 39-95 429s). At 15 % sporadic 429s, none in a window's first 24 answers is 2 %."""
 
 
 class QuotaLearner:
@@ -260,16 +265,13 @@ class QuotaLearner:
         return True
 
     def _ran_dry(self) -> bool:
-        """The window's 429s came after its clean answers: they began in its last quarter, or
+        """The window's 429s came after its clean answers: they began late in it (`_LATE`), or
         most of those that followed the first were refused. A burst ran out, as a quota's
-        first one does; answers sent before it did still come in among its first 429s
-        (measured: 2 refusals among 5 answers, taken for sporadic, paced a first trial at 153
-        requests/s against a quota of 40: 39-95 429s for 600 calls, in 4 of 20 runs). Sporadic 429s
-        are spread among the answers: at 15 %, none in a window's first 24 answers is 2 %."""
+        first one does; sporadic 429s are spread among the answers."""
         recent = list(self._recent)
         first = recent.index(True)
         after = recent[first:]
-        return first >= 0.75 * len(recent) or 2 * sum(after) >= len(after)
+        return first >= _LATE * len(recent) or 2 * sum(after) >= len(after)
 
     def _margin(self) -> float:
         """How far over the sporadic share a window's share must be to be a suspicion."""

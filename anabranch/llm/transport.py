@@ -152,8 +152,9 @@ class Transport:
         async for chunk in response.aiter_raw():
             size += len(chunk)
             if size > self.max_bytes:
-                # The error's traceback keeps this frame, and with it what was read, as long as
-                # the error is kept (to the end of the run: 16 of them held 150 MB).
+                # The error's traceback keeps this frame, and with it what was read, while the
+                # error is handled and the other calls in flight read theirs (100 MB answers,
+                # 8 at a time: peak RSS 330 MB, 240 MB with this).
                 parts.clear()
                 raise self._too_large(size)
             parts.append(chunk)
